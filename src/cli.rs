@@ -1,0 +1,283 @@
+//! Command-line interface: argument parsing and the `once`, `plan`, `check`
+//! and `ring` commands. Exit codes: 0 ok, 1 failure, 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Service};
+use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::script::{CompiledScript, Sandbox};
+use crate::sim::SimArgs;
+
+/// Shard Prometheus scrape targets over a pool of Prometheus servers.
+#[derive(Debug, Parser)]
+#[command(name = "promshard", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "promshard.yaml")]
+    pub config: PathBuf,
+    /// Log format (filter with RUST_LOG, e.g. RUST_LOG=promshard=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One pass for all (or one) services: run scripts, plan, write, deliver.
+    Once(PassArgs),
+    /// Show the assignment a pass would make; writes and delivers nothing.
+    Plan(PassArgs),
+    /// Validate the config and compile every script.
+    Check,
+    /// Simulate the hash ring on a synthetic fleet.
+    Ring(SimArgs),
+}
+
+/// Arguments of `once` and `plan`.
+#[derive(Debug, Args)]
+pub struct PassArgs {
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Print a machine-readable JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Apply even if the pass would drop more than max_drop_ratio of the targets.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Set up logging to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parse arguments and run; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match &cli.command {
+        Command::Ring(args) => crate::sim::main(args).map(|_| true),
+        Command::Check => check(&cli.config),
+        Command::Once(args) => with_runtime(|| pass_command(&cli.config, args, false)),
+        Command::Plan(args) => with_runtime(|| pass_command(&cli.config, args, true)),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("promshard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<bool>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f())
+}
+
+/// The services a command applies to.
+fn select<'a>(config: &'a Config, only: Option<&str>) -> anyhow::Result<Vec<&'a Arc<Service>>> {
+    match only {
+        None => Ok(config.services.iter().collect()),
+        Some(name) => config.service(name).map(|s| vec![s]).ok_or_else(|| {
+            let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no service {name:?} in {} (known: {})",
+                config.path.display(),
+                known.join(", ")
+            )
+        }),
+    }
+}
+
+/// The sandbox every script of `config` runs in.
+pub fn sandbox_for(config: &Config) -> Sandbox {
+    Sandbox {
+        allowed_dirs: config.allowed_dirs.clone(),
+        ..Sandbox::default()
+    }
+}
+
+async fn pass_command(
+    path: &std::path::Path,
+    args: &PassArgs,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let sandbox = sandbox_for(&config);
+    let cancel = CancellationToken::new();
+    let mut outcomes = Vec::new();
+    let mut all_ok = true;
+    for service in select(&config, args.service.as_deref())? {
+        let result = match CompiledScript::compile(&service.script) {
+            Err(e) => Err(e.into()),
+            Ok(script) => {
+                let input = PassInput {
+                    config: &config,
+                    service,
+                    script: &script,
+                    nodes: &service.nodes,
+                    sandbox: &sandbox,
+                };
+                run_pass(
+                    input,
+                    PassOptions {
+                        dry_run,
+                        force: args.force,
+                    },
+                    &cancel,
+                )
+                .await
+            }
+        };
+        match &result {
+            Ok(r) if r.failed_deliveries() > 0 => {
+                all_ok = false;
+                tracing::error!(service = %service.name, failed = r.failed_deliveries(), "pass wrote its files but some deliveries failed");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                all_ok = false;
+                tracing::error!(service = %service.name, error = %e, "pass failed; files left as they were");
+            }
+        }
+        outcomes.push((service.name.clone(), result));
+    }
+    if args.json {
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Outcome<'a> {
+            Done(&'a PassReport),
+            Failed { name: &'a str, error: String },
+        }
+        #[derive(serde::Serialize)]
+        struct Output<'a> {
+            services: Vec<Outcome<'a>>,
+        }
+        let services = outcomes
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(report) => Outcome::Done(report),
+                Err(e) => Outcome::Failed {
+                    name,
+                    error: e.to_string(),
+                },
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&Output { services })?);
+    } else if dry_run {
+        for (name, r) in &outcomes {
+            match r {
+                Ok(report) => print_plan(report),
+                Err(e) => println!("service {name}: ERROR: {e}\n"),
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+fn print_plan(r: &PassReport) {
+    println!(
+        "service {}: {} targets ({} invalid, {} duplicates merged), {} nodes, each target on {} node(s)",
+        r.name,
+        r.targets,
+        r.invalid,
+        r.duplicates,
+        r.nodes.len(),
+        r.replicas
+    );
+    for bad in &r.invalid_samples {
+        println!("  invalid: {bad}");
+    }
+    let width = r
+        .nodes
+        .iter()
+        .map(|n| n.node.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "  {:<width$}  {:>7}  {:>6}  {:>6}  FILE",
+        "NODE", "TARGETS", "IN", "OUT"
+    );
+    for n in &r.nodes {
+        println!(
+            "  {:<width$}  {:>7}  {:>6}  {:>6}  {}",
+            n.node, n.count, n.moved_in, n.moved_out, n.file
+        );
+    }
+    println!();
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(false);
+        }
+    };
+    let mut ok = true;
+    for s in &config.services {
+        match CompiledScript::compile(&s.script) {
+            Ok(script) if script.has_fn("targets", 1) => println!(
+                "ok: service {} ({}, {} nodes, replicas {}, schedule {})",
+                s.name,
+                s.script.display(),
+                s.nodes.len(),
+                s.replicas,
+                s.schedule
+            ),
+            Ok(_) => {
+                ok = false;
+                eprintln!(
+                    "{}: fn targets(ctx) is not defined (service {})",
+                    s.script.display(),
+                    s.name
+                );
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("{e} (service {})", s.name);
+            }
+        }
+    }
+    if ok {
+        println!(
+            "{}: {} service(s), all scripts compile",
+            config.path.display(),
+            config.services.len()
+        );
+    }
+    Ok(ok)
+}

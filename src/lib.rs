@@ -1,0 +1,20 @@
+//! promshard: shard Prometheus scrape targets over a pool of Prometheus
+//! servers with a consistent hash ring.
+//!
+//! The flow of one pass of one service is one-way:
+//! `script` (targets) → `target` (validate, normalize) → `plan` (ring
+//! assignment, file names; pure) → `output` (render, atomic write, cleanup)
+//! → `push` (deliver changed files) → `state` (remember what was done).
+//! `pass` drives that flow; `cli` wires it to commands.
+
+pub mod cli;
+pub mod config;
+pub mod output;
+pub mod pass;
+pub mod plan;
+pub mod push;
+pub mod ring;
+pub mod script;
+pub mod sim;
+pub mod state;
+pub mod target;

@@ -1,0 +1,246 @@
+//! Rendering and writing sd files.
+//!
+//! Rendering is pure: a node's targets become Prometheus file_sd content
+//! (JSON or YAML), targets with identical labels grouped, everything sorted,
+//! so the same input gives the same bytes. Writing is atomic: a temp file in
+//! the same directory (`.{name}.tmp`, which no `*.json`/`*.yml` glob
+//! matches), fsync, rename, fsync of the directory. A reader sees the old
+//! file or the new one, never a torn one. Only files inside the service's
+//! own directory are ever created or removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use twox_hash::XxHash3_64;
+
+use crate::config::FileType;
+use crate::target::{Labels, Target};
+
+#[derive(Serialize)]
+struct Group<'a> {
+    targets: Vec<&'a str>,
+    labels: &'a Labels,
+}
+
+fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
+    let mut by_labels: BTreeMap<&'a Labels, Vec<&'a str>> = BTreeMap::new();
+    for &i in indices {
+        let t = &targets[i as usize];
+        by_labels.entry(&t.labels).or_default().push(&t.addr);
+    }
+    by_labels
+        .into_iter()
+        .map(|(labels, mut addrs)| {
+            addrs.sort_unstable();
+            Group {
+                targets: addrs,
+                labels,
+            }
+        })
+        .collect()
+}
+
+/// Render one node's file_sd content.
+pub fn render(targets: &[Target], indices: &[u32], file_type: FileType) -> Vec<u8> {
+    let groups = groups(targets, indices);
+    match file_type {
+        FileType::Json => render_json(&groups),
+        FileType::Yaml => {
+            if groups.is_empty() {
+                return b"[]\n".to_vec();
+            }
+            // Serializing plain strings and maps cannot fail.
+            serde_yaml_ng::to_string(&groups)
+                .unwrap_or_default()
+                .into_bytes()
+        }
+    }
+}
+
+/// One group per line: readable, diffable and fast to write.
+fn render_json(groups: &[Group<'_>]) -> Vec<u8> {
+    if groups.is_empty() {
+        return b"[]\n".to_vec();
+    }
+    let mut out = Vec::with_capacity(64 * groups.iter().map(|g| g.targets.len()).sum::<usize>());
+    out.extend_from_slice(b"[\n");
+    for (i, g) in groups.iter().enumerate() {
+        out.extend_from_slice(b"  ");
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, g);
+        out.extend_from_slice(if i + 1 < groups.len() { b",\n" } else { b"\n" });
+    }
+    out.extend_from_slice(b"]\n");
+    out
+}
+
+/// Parse file_sd content back into addresses (for `plan`'s movement view).
+pub fn parse_addresses(bytes: &[u8], file_type: FileType) -> Result<BTreeSet<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct OwnedGroup {
+        #[serde(default)]
+        targets: Vec<String>,
+    }
+    let groups: Vec<OwnedGroup> = match file_type {
+        FileType::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
+        FileType::Yaml => serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?,
+    };
+    Ok(groups.into_iter().flat_map(|g| g.targets).collect())
+}
+
+/// Content hash used to detect changes (hex xxh3).
+pub fn content_hash(bytes: &[u8]) -> String {
+    format!("{:016x}", XxHash3_64::oneshot(bytes))
+}
+
+/// Temp name for `name`: hidden and not ending in the real extension.
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Write `bytes` to `dir/name` atomically (mode 0644).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(temp_name(name));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
+        drop(f);
+        fs::rename(&tmp, dir.join(name))?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// An I/O failure with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct OutputError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// What [`sync_dir`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SyncResult {
+    /// Names that were (re)written because their content changed.
+    pub written: Vec<String>,
+    /// Stale files removed.
+    pub removed: Vec<String>,
+}
+
+/// Make `dir` hold exactly `files`: write those whose content differs,
+/// remove every other regular file (stale names, leftover temp files).
+/// Subdirectories and links are left alone.
+pub fn sync_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<SyncResult, OutputError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OutputError { path, source }
+    };
+    fs::create_dir_all(dir).map_err(err(dir))?;
+    let mut result = SyncResult::default();
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        if fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        write_atomic(dir, name, bytes).map_err(err(&path))?;
+        result.written.push(name.clone());
+    }
+    let keep: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    let mut stale = Vec::new();
+    for entry in fs::read_dir(dir).map_err(err(dir))? {
+        let entry = entry.map_err(err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_file && !keep.contains(name.as_str()) {
+            stale.push(name);
+        }
+    }
+    stale.sort();
+    for name in stale {
+        let path = dir.join(&name);
+        fs::remove_file(&path).map_err(err(&path))?;
+        result.removed.push(name);
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{RawGroup, normalize};
+
+    fn sample() -> Vec<Target> {
+        let lab = |e: &str| [("env".to_string(), e.to_string())].into_iter().collect();
+        normalize(vec![
+            RawGroup {
+                index: 0,
+                targets: vec!["b:1".into(), "a:1".into()],
+                labels: lab("prod"),
+                weight: None,
+            },
+            RawGroup {
+                index: 1,
+                targets: vec!["c:1".into()],
+                labels: lab("dev"),
+                weight: None,
+            },
+        ])
+        .targets
+    }
+
+    #[test]
+    fn json_groups_by_labels_sorted() {
+        let t = sample();
+        let all: Vec<u32> = (0..t.len() as u32).collect();
+        let text = String::from_utf8(render(&t, &all, FileType::Json)).unwrap();
+        assert_eq!(
+            text,
+            "[\n  {\"targets\":[\"c:1\"],\"labels\":{\"env\":\"dev\"}},\n  {\"targets\":[\"a:1\",\"b:1\"],\"labels\":{\"env\":\"prod\"}}\n]\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        assert_eq!(render(&t, &[], FileType::Json), b"[]\n");
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let t = sample();
+        let all: Vec<u32> = (0..t.len() as u32).collect();
+        let bytes = render(&t, &all, FileType::Yaml);
+        let addrs = parse_addresses(&bytes, FileType::Yaml).unwrap();
+        assert_eq!(addrs.into_iter().collect::<Vec<_>>(), ["a:1", "b:1", "c:1"]);
+        assert_eq!(parse_addresses(b"[]\n", FileType::Yaml).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn sync_writes_changed_and_removes_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("svc");
+        let first = vec![
+            ("a.json".to_string(), b"[]\n".to_vec()),
+            ("b.json".to_string(), b"[]\n".to_vec()),
+        ];
+        let r = sync_dir(&dir, &first).unwrap();
+        assert_eq!(r.written, ["a.json", "b.json"]);
+        fs::write(dir.join(".x.json.tmp"), "junk").unwrap();
+        fs::write(tmp.path().join("outside.json"), "keep").unwrap();
+        let second = vec![("a.json".to_string(), b"[]\n".to_vec())];
+        let r = sync_dir(&dir, &second).unwrap();
+        assert!(r.written.is_empty());
+        assert_eq!(r.removed, [".x.json.tmp", "b.json"]);
+        assert!(tmp.path().join("outside.json").exists());
+    }
+}

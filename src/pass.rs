@@ -1,0 +1,554 @@
+//! One dispatch pass of one service, start to finish:
+//! script → normalize → mass-drop guard → plan → write → deliver → state.
+//!
+//! CPU work (script, planning, rendering) runs in one `spawn_blocking` task
+//! so the runtime never stalls; file writes run in another. Any failure
+//! before the write step leaves every file as it was. One summary line is
+//! logged per pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rhai::Map;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FileType, Service};
+use crate::output::{self, OutputError, content_hash, render, sync_dir};
+use crate::plan::{
+    FileNameArgs, Plan, PlanError, PlanInput, default_file_name, make_plan, movement,
+};
+use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
+use crate::ring::NodeSpec;
+use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
+use crate::state::{NodeState, ServiceState};
+use crate::target::{Invalid, Target, normalize};
+
+/// How many invalid targets a report lists in full.
+const INVALID_SAMPLES: usize = 20;
+
+/// Flags of a pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassOptions {
+    /// Compute and report, write and deliver nothing.
+    pub dry_run: bool,
+    /// Override the mass-drop guard.
+    pub force: bool,
+}
+
+/// Why a pass failed. Files are untouched unless the error says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Script(#[from] ScriptError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(
+        "refusing to drop from {previous} to {now} targets (more than max_drop_ratio {max_drop_ratio}); files kept; use --force or raise max_drop_ratio if this is intended"
+    )]
+    MassDrop {
+        previous: usize,
+        now: usize,
+        max_drop_ratio: f64,
+    },
+    #[error("writing files: {0}")]
+    Output(#[from] OutputError),
+    #[error("saving state {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal task failed: {0}")]
+    Join(String),
+}
+
+impl PassError {
+    /// Short kind for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PassError::Script(e) => e.kind(),
+            PassError::Plan(_) => "plan",
+            PassError::MassDrop { .. } => "mass_drop",
+            PassError::Output(_) | PassError::State { .. } => "io",
+            PassError::Join(_) => "internal",
+        }
+    }
+}
+
+/// What happened to one node in a pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub file: String,
+    pub count: usize,
+    /// The file's content changed (or would, in a dry run).
+    pub changed: bool,
+    pub moved_in: usize,
+    pub moved_out: usize,
+    /// A delivery was attempted.
+    pub delivered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<DeliveryResult>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The outcome of a pass, printed by `once --json` and served by the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassReport {
+    pub name: String,
+    pub targets: usize,
+    pub invalid: usize,
+    /// The first invalid entries, for operators.
+    pub invalid_samples: Vec<Invalid>,
+    pub duplicates: usize,
+    pub replicas: usize,
+    pub nodes: Vec<NodeReport>,
+    /// Nodes that left and were sent an empty file.
+    pub departed: Vec<NodeDelivery>,
+    /// Stale files removed from the service directory.
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+    pub duration_ms: u64,
+}
+
+impl PassReport {
+    /// Nodes whose delivery failed in this pass.
+    pub fn failed_deliveries(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.result.is_some_and(|r| !r.is_success()))
+            .count()
+    }
+
+    /// Files whose content changed.
+    pub fn changed_files(&self) -> usize {
+        self.nodes.iter().filter(|n| n.changed).count()
+    }
+}
+
+/// Everything a pass needs.
+pub struct PassInput<'a> {
+    pub config: &'a Config,
+    pub service: &'a Service,
+    pub script: &'a CompiledScript,
+    /// Live nodes, sorted by address.
+    pub nodes: &'a [NodeSpec],
+    pub sandbox: &'a Sandbox,
+}
+
+/// The pure part of a pass: targets, plan and rendered files.
+struct Computed {
+    targets: Vec<Target>,
+    invalid: Vec<Invalid>,
+    duplicates: usize,
+    plan: Plan,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+/// The `ctx` map given to `targets(ctx)`.
+pub fn script_ctx(service: &Service, nodes: &[NodeSpec]) -> Map {
+    let mut ctx = Map::new();
+    ctx.insert("service".into(), service.name.clone().into());
+    ctx.insert(
+        "port".into(),
+        service
+            .port
+            .map(|p| rhai::Dynamic::from(p as i64))
+            .unwrap_or(rhai::Dynamic::UNIT),
+    );
+    ctx.insert("replicas".into(), (service.replicas as i64).into());
+    ctx.insert("file_type".into(), service.file_type.ext().into());
+    let nodes: rhai::Array = nodes.iter().map(|n| n.addr.clone().into()).collect();
+    ctx.insert("nodes".into(), nodes.into());
+    ctx
+}
+
+fn file_name_map(a: &FileNameArgs) -> Map {
+    let mut f = Map::new();
+    f.insert("service".into(), a.service.clone().into());
+    f.insert("node".into(), a.node.clone().into());
+    f.insert("index".into(), (a.index as i64).into());
+    f.insert("total".into(), (a.total as i64).into());
+    f.insert("count".into(), (a.count as i64).into());
+    f.insert("file_type".into(), a.file_type.ext().into());
+    f
+}
+
+fn compute(
+    service: &Service,
+    script: &CompiledScript,
+    nodes: &[NodeSpec],
+    sandbox: &Sandbox,
+) -> Result<Computed, PassError> {
+    let run = ScriptRun::new(script, sandbox);
+    let (groups, mut invalid) = run.targets(script_ctx(service, nodes))?;
+    let normalized = normalize(groups);
+    invalid.extend(normalized.invalid);
+    invalid.sort_by_key(|i| i.group);
+    let targets = normalized.targets;
+    let mut script_name_error = None;
+    let plan = make_plan(
+        &PlanInput {
+            service: &service.name,
+            nodes,
+            targets: &targets,
+            replicas: service.replicas,
+            ring: &service.ring,
+            file_type: service.file_type,
+        },
+        |args| match run.file_name(file_name_map(args)) {
+            None => Ok(default_file_name(args)),
+            Some(Ok(name)) => Ok(name),
+            Some(Err(e)) => {
+                let msg = e.to_string();
+                script_name_error = Some(e);
+                Err(msg)
+            }
+        },
+    );
+    let plan = match (plan, script_name_error) {
+        (Err(_), Some(e)) => return Err(e.into()),
+        (p, _) => p?,
+    };
+    let files = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.file.clone(),
+                render(&targets, &n.targets, service.file_type),
+            )
+        })
+        .collect();
+    Ok(Computed {
+        targets,
+        invalid,
+        duplicates: normalized.duplicates,
+        plan,
+        files,
+    })
+}
+
+/// Whether dropping from `previous` to `now` targets must be refused.
+pub fn is_mass_drop(previous: usize, now: usize, max_drop_ratio: f64) -> bool {
+    if previous == 0 || max_drop_ratio >= 1.0 {
+        return false;
+    }
+    now == 0 || (now as f64) < (1.0 - max_drop_ratio) * previous as f64
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether a node's file must be (re)delivered.
+fn needs_delivery(prev: Option<&NodeState>, hash: &str, resync: Duration, now: u64) -> bool {
+    let Some(prev) = prev else { return true };
+    prev.delivered_hash.as_deref() != Some(hash)
+        || !matches!(prev.last_result.as_deref(), Some("ok" | "changed"))
+        || prev
+            .delivered_at
+            .is_none_or(|t| now.saturating_sub(t) >= resync.as_secs())
+}
+
+/// Current per-node address sets, read from the files the state names.
+fn current_assignment(
+    dir: &Path,
+    state: &ServiceState,
+    file_type: FileType,
+) -> BTreeMap<String, BTreeSet<String>> {
+    state
+        .nodes
+        .iter()
+        .filter_map(|(node, ns)| {
+            let bytes = std::fs::read(dir.join(&ns.file)).ok()?;
+            Some((
+                node.clone(),
+                output::parse_addresses(&bytes, file_type).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Path of the shared empty file sent to nodes that left.
+fn empty_file(out_dir: &Path, file_type: FileType) -> PathBuf {
+    out_dir
+        .join(".promshard")
+        .join(format!("empty.{}", file_type.ext()))
+}
+
+/// Run one pass. Returns a report even when deliveries failed (see
+/// [`PassReport::failed_deliveries`]); returns an error when nothing was
+/// written.
+pub async fn run_pass(
+    input: PassInput<'_>,
+    options: PassOptions,
+    cancel: &CancellationToken,
+) -> Result<PassReport, PassError> {
+    let started = Instant::now();
+    let service = input.service;
+    let out_dir = input.config.out_dir.clone();
+    let dir = out_dir.join(&service.name);
+    let computed = {
+        let (svc, script, nodes, sandbox) = (
+            Arc::new(service.clone()),
+            input.script.clone(),
+            input.nodes.to_vec(),
+            input.sandbox.clone(),
+        );
+        tokio::task::spawn_blocking(move || compute(&svc, &script, &nodes, &sandbox))
+            .await
+            .map_err(|e| PassError::Join(e.to_string()))??
+    };
+    let mut state = ServiceState::load(&out_dir, &service.name);
+    let now_count = computed.targets.len();
+    if !options.force && is_mass_drop(state.targets, now_count, service.max_drop_ratio) {
+        return Err(PassError::MassDrop {
+            previous: state.targets,
+            now: now_count,
+            max_drop_ratio: service.max_drop_ratio,
+        });
+    }
+    let current = current_assignment(&dir, &state, service.file_type);
+    let moves = movement(&computed.plan, &computed.targets, &current);
+    let hashes: Vec<String> = computed
+        .files
+        .iter()
+        .map(|(_, b)| content_hash(b))
+        .collect();
+    let mut nodes: Vec<NodeReport> = computed
+        .plan
+        .nodes
+        .iter()
+        .zip(&moves)
+        .zip(&hashes)
+        .map(|((n, m), hash)| NodeReport {
+            node: n.node.clone(),
+            file: n.file.clone(),
+            count: n.count,
+            changed: state
+                .nodes
+                .get(&n.node)
+                .is_none_or(|s| &s.hash != hash || s.file != n.file),
+            moved_in: m.moved_in,
+            moved_out: m.moved_out,
+            delivered: false,
+            result: None,
+            attempts: 0,
+            error: None,
+        })
+        .collect();
+    let mut report = PassReport {
+        name: service.name.clone(),
+        targets: now_count,
+        invalid: computed.invalid.len(),
+        invalid_samples: computed
+            .invalid
+            .iter()
+            .take(INVALID_SAMPLES)
+            .cloned()
+            .collect(),
+        duplicates: computed.duplicates,
+        replicas: computed.plan.replicas,
+        nodes: Vec::new(),
+        departed: Vec::new(),
+        removed: Vec::new(),
+        dry_run: options.dry_run,
+        duration_ms: 0,
+    };
+    for bad in &computed.invalid {
+        tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
+    }
+    if options.dry_run {
+        report.nodes = nodes;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+
+    // Effects from here on.
+    let files = computed.files;
+    let write_dir = dir.clone();
+    let synced = tokio::task::spawn_blocking(move || sync_dir(&write_dir, &files))
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))??;
+    report.removed = synced.removed;
+    for n in &mut nodes {
+        n.changed = synced.written.contains(&n.file);
+    }
+
+    let pusher = Pusher::for_service(service);
+    let now = unix_now();
+    let planned: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let departed: Vec<String> = state
+        .nodes
+        .keys()
+        .filter(|n| !planned.contains(n.as_str()))
+        .cloned()
+        .collect();
+    if pusher.delivers() {
+        let batch: Vec<Delivery> = nodes
+            .iter()
+            .zip(&hashes)
+            .filter(|(n, hash)| {
+                needs_delivery(state.nodes.get(&n.node), hash, service.resync_interval, now)
+            })
+            .map(|(n, _)| Delivery {
+                node: n.node.clone(),
+                file: dir.join(&n.file),
+                file_name: n.file.clone(),
+            })
+            .collect();
+        for r in pusher.deliver(service, batch, cancel).await {
+            if let Some(n) = nodes.iter_mut().find(|n| n.node == r.node) {
+                n.delivered = true;
+                n.result = Some(r.result);
+                n.attempts = r.attempts;
+                n.error = r.error;
+            }
+        }
+        for n in nodes.iter_mut().filter(|n| !n.delivered) {
+            n.result = Some(DeliveryResult::SkippedUnchanged);
+        }
+        if !departed.is_empty() {
+            let empty = empty_file(&out_dir, service.file_type);
+            let body = render(&[], &[], service.file_type);
+            let written = empty
+                .parent()
+                .map(|d| {
+                    std::fs::create_dir_all(d).and_then(|_| {
+                        output::write_atomic(
+                            d,
+                            &format!("empty.{}", service.file_type.ext()),
+                            &body,
+                        )
+                    })
+                })
+                .unwrap_or(Ok(()));
+            if let Err(e) = written {
+                tracing::warn!(service = %service.name, error = %e, "cannot write the empty file for departed nodes");
+            } else {
+                let batch = departed
+                    .iter()
+                    .map(|node| Delivery {
+                        node: node.clone(),
+                        file: empty.clone(),
+                        file_name: format!("empty.{}", service.file_type.ext()),
+                    })
+                    .collect();
+                report.departed = pusher.deliver(service, batch, cancel).await;
+            }
+        }
+    }
+
+    // Remember what was done.
+    state.targets = now_count;
+    for (n, hash) in nodes.iter().zip(&hashes) {
+        let entry = state.nodes.entry(n.node.clone()).or_default();
+        entry.file = n.file.clone();
+        entry.hash = hash.clone();
+        match n.result {
+            Some(r) if n.delivered => {
+                entry.last_result = Some(r.as_str().into());
+                if r.is_success() {
+                    entry.delivered_hash = Some(hash.clone());
+                    entry.delivered_at = Some(now);
+                }
+            }
+            Some(_) => {}
+            None => {
+                // `push: none`: the file in out_dir is the delivery.
+                entry.last_result = Some("ok".into());
+                entry.delivered_hash = Some(hash.clone());
+                entry.delivered_at = Some(now);
+            }
+        }
+    }
+    let told: BTreeSet<&str> = report
+        .departed
+        .iter()
+        .filter(|d| d.result.is_success())
+        .map(|d| d.node.as_str())
+        .collect();
+    // A departed node stays remembered until it has been sent its empty file.
+    state.nodes.retain(|node, _| {
+        planned.contains(node) || (pusher.delivers() && !told.contains(node.as_str()))
+    });
+    state
+        .save(&out_dir, &service.name)
+        .map_err(|source| PassError::State {
+            path: crate::state::state_path(&out_dir, &service.name),
+            source,
+        })?;
+
+    report.nodes = nodes;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    log_summary(&report);
+    Ok(report)
+}
+
+/// The one summary line per pass.
+pub fn log_summary(r: &PassReport) {
+    let per_node: Vec<String> = r
+        .nodes
+        .iter()
+        .map(|n| format!("{}={}", n.node, n.count))
+        .collect();
+    let delivered = r.nodes.iter().filter(|n| n.delivered).count();
+    tracing::info!(
+        service = %r.name,
+        targets = r.targets,
+        invalid = r.invalid,
+        duplicates = r.duplicates,
+        nodes = r.nodes.len(),
+        per_node = %per_node.join(" "),
+        files_changed = r.changed_files(),
+        files_removed = r.removed.len(),
+        delivered,
+        delivery_failed = r.failed_deliveries(),
+        departed = r.departed.len(),
+        duration_ms = r.duration_ms,
+        "pass done"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mass_drop_rule() {
+        assert!(!is_mass_drop(0, 0, 0.5));
+        assert!(is_mass_drop(100, 0, 0.5));
+        assert!(is_mass_drop(100, 40, 0.5));
+        assert!(!is_mass_drop(100, 50, 0.5));
+        assert!(!is_mass_drop(100, 0, 1.0));
+    }
+
+    #[test]
+    fn delivery_needed_when_changed_failed_or_due() {
+        let ok = NodeState {
+            file: "f".into(),
+            hash: "h".into(),
+            delivered_hash: Some("h".into()),
+            last_result: Some("ok".into()),
+            delivered_at: Some(1000),
+        };
+        let hour = Duration::from_secs(3600);
+        assert!(!needs_delivery(Some(&ok), "h", hour, 1000 + 10));
+        assert!(needs_delivery(Some(&ok), "other", hour, 1010));
+        assert!(needs_delivery(Some(&ok), "h", hour, 1000 + 3600));
+        assert!(needs_delivery(None, "h", hour, 1010));
+        let failed = NodeState {
+            last_result: Some("failed".into()),
+            ..ok
+        };
+        assert!(needs_delivery(Some(&failed), "h", hour, 1010));
+    }
+}

@@ -1,0 +1,336 @@
+//! Planning: targets + live nodes + ring settings → a [`Plan`].
+//!
+//! Pure: no I/O. A `Plan` says, for every live node (sorted), which targets
+//! it scrapes and what its file is called. Every node gets an entry, empty
+//! if it has no targets, so that a node that lost its targets is told so.
+//! `plan`, `once` and the daemon all go through here; effects consume a Plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::config::FileType;
+use crate::ring::{self, NodeSpec, RingError, RingSettings};
+use crate::target::Target;
+
+/// What the file name of one node is made from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileNameArgs {
+    pub service: String,
+    pub node: String,
+    /// 1-based position of the node in sorted node order.
+    pub index: usize,
+    pub total: usize,
+    pub count: usize,
+    pub file_type: FileType,
+}
+
+/// The seed's naming rule: `{service}_{node}_{index}_{total}_{count}.{ext}`.
+pub fn default_file_name(a: &FileNameArgs) -> String {
+    format!(
+        "{}_{}_{}_{}_{}.{}",
+        a.service,
+        a.node,
+        a.index,
+        a.total,
+        a.count,
+        a.file_type.ext()
+    )
+}
+
+/// Check a file name before anything is written under it.
+pub fn check_file_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name.contains('/') || name.contains('\\') {
+        Err("contains a path separator")
+    } else if name.contains("..") {
+        Err("contains '..'")
+    } else if name.chars().any(char::is_control) {
+        Err("contains a NUL or control character")
+    } else if name.starts_with('.') {
+        Err("starts with '.' (reserved for temporary files)")
+    } else {
+        Ok(())
+    }
+}
+
+/// Why no plan could be made; nothing is written for that service.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("file name {name:?} for node {node} {reason}")]
+    BadFileName {
+        node: String,
+        name: String,
+        reason: String,
+    },
+    #[error("nodes {first} and {second} would both write {name:?}")]
+    DuplicateFileName {
+        first: String,
+        second: String,
+        name: String,
+    },
+}
+
+/// One node's share of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodePlan {
+    pub node: String,
+    pub index: usize,
+    pub file: String,
+    /// Ascending indices into the plan's target list.
+    #[serde(skip)]
+    pub targets: Vec<u32>,
+    pub count: usize,
+}
+
+/// The assignment of one service's targets to its live nodes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub service: String,
+    pub file_type: FileType,
+    pub targets: usize,
+    /// `min(replicas, nodes)`: how many nodes each target is on.
+    pub replicas: usize,
+    pub nodes: Vec<NodePlan>,
+}
+
+/// Inputs of [`make_plan`].
+pub struct PlanInput<'a> {
+    pub service: &'a str,
+    /// Live nodes, sorted by address.
+    pub nodes: &'a [NodeSpec],
+    /// Normalized (sorted, deduplicated) targets.
+    pub targets: &'a [Target],
+    pub replicas: usize,
+    pub ring: &'a RingSettings,
+    pub file_type: FileType,
+}
+
+/// Assign targets to nodes and name the files. `namer` is the script's
+/// `file_name()` when it has one, else [`default_file_name`].
+pub fn make_plan(
+    input: &PlanInput<'_>,
+    mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
+) -> Result<Plan, PlanError> {
+    let keys: Vec<&str> = input.targets.iter().map(|t| &*t.addr).collect();
+    let any_weight = input.targets.iter().any(|t| t.weight != 1);
+    let weights: Option<Vec<u32>> =
+        any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
+    let assignment = ring::assign(
+        input.nodes,
+        &keys,
+        weights.as_deref(),
+        input.replicas,
+        input.ring,
+    )?;
+    let total = input.nodes.len();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut nodes = Vec::with_capacity(total);
+    for (i, (node, targets)) in input.nodes.iter().zip(assignment.per_node).enumerate() {
+        let args = FileNameArgs {
+            service: input.service.to_string(),
+            node: node.addr.clone(),
+            index: i + 1,
+            total,
+            count: targets.len(),
+            file_type: input.file_type,
+        };
+        let file = namer(&args).map_err(|reason| PlanError::BadFileName {
+            node: node.addr.clone(),
+            name: String::new(),
+            reason,
+        })?;
+        check_file_name(&file).map_err(|reason| PlanError::BadFileName {
+            node: node.addr.clone(),
+            name: file.clone(),
+            reason: reason.into(),
+        })?;
+        if let Some(first) = names.insert(file.clone(), node.addr.clone()) {
+            return Err(PlanError::DuplicateFileName {
+                first,
+                second: node.addr.clone(),
+                name: file,
+            });
+        }
+        nodes.push(NodePlan {
+            node: node.addr.clone(),
+            index: i + 1,
+            file,
+            count: targets.len(),
+            targets,
+        });
+    }
+    Ok(Plan {
+        service: input.service.to_string(),
+        file_type: input.file_type,
+        targets: input.targets.len(),
+        replicas: input.replicas.min(total),
+        nodes,
+    })
+}
+
+/// How one node's target set changes from what it scrapes now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeMove {
+    pub node: String,
+    pub count: usize,
+    /// Targets the node gains.
+    pub moved_in: usize,
+    /// Targets the node loses.
+    pub moved_out: usize,
+}
+
+/// Compare a plan with the current per-node address sets. A node missing
+/// from `current` starts empty; nodes in `current` but not in the plan are
+/// reported with count 0 (they will lose everything).
+pub fn movement(
+    plan: &Plan,
+    targets: &[Target],
+    current: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<NodeMove> {
+    let empty = BTreeSet::new();
+    let mut out: Vec<NodeMove> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let now = current.get(&n.node).unwrap_or(&empty);
+            let next: BTreeSet<&str> = n
+                .targets
+                .iter()
+                .map(|&i| &*targets[i as usize].addr)
+                .collect();
+            NodeMove {
+                node: n.node.clone(),
+                count: n.count,
+                moved_in: next.iter().filter(|a| !now.contains(**a)).count(),
+                moved_out: now.iter().filter(|a| !next.contains(a.as_str())).count(),
+            }
+        })
+        .collect();
+    for (node, now) in current {
+        if !plan.nodes.iter().any(|n| &n.node == node) {
+            out.push(NodeMove {
+                node: node.clone(),
+                count: 0,
+                moved_in: 0,
+                moved_out: now.len(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{RawGroup, normalize};
+
+    fn targets(n: usize) -> Vec<Target> {
+        normalize(vec![RawGroup {
+            index: 0,
+            targets: (0..n)
+                .map(|i| format!("10.1.{}.{}:9100", i / 250, i % 250))
+                .collect(),
+            ..RawGroup::default()
+        }])
+        .targets
+    }
+
+    fn nodes(n: usize) -> Vec<NodeSpec> {
+        (1..=n)
+            .map(|i| NodeSpec::new(format!("prom{i}:9090")))
+            .collect()
+    }
+
+    fn plan_of(t: &[Target], n: &[NodeSpec], replicas: usize) -> Result<Plan, PlanError> {
+        make_plan(
+            &PlanInput {
+                service: "svc",
+                nodes: n,
+                targets: t,
+                replicas,
+                ring: &RingSettings::default(),
+                file_type: FileType::Json,
+            },
+            |a| Ok(default_file_name(a)),
+        )
+    }
+
+    #[test]
+    fn every_node_gets_a_file_even_when_empty() {
+        let p = plan_of(&targets(1), &nodes(3), 1).unwrap();
+        assert_eq!(p.nodes.len(), 3);
+        assert_eq!(p.nodes.iter().filter(|n| n.count == 0).count(), 2);
+        assert_eq!(
+            p.nodes[0].file,
+            format!("svc_prom1:9090_1_3_{}.json", p.nodes[0].count)
+        );
+    }
+
+    #[test]
+    fn no_nodes_is_an_error() {
+        assert!(matches!(
+            plan_of(&targets(3), &[], 1),
+            Err(PlanError::Ring(RingError::NoNodes))
+        ));
+    }
+
+    #[test]
+    fn bad_and_duplicate_names_are_rejected() {
+        let t = targets(10);
+        let n = nodes(2);
+        let input = PlanInput {
+            service: "svc",
+            nodes: &n,
+            targets: &t,
+            replicas: 1,
+            ring: &RingSettings::default(),
+            file_type: FileType::Json,
+        };
+        for bad in [
+            "../x.json",
+            "a/b.json",
+            "",
+            "x\0.json",
+            ".hidden.json",
+            "a\\b",
+        ] {
+            let r = make_plan(&input, |_| Ok(bad.to_string()));
+            assert!(matches!(r, Err(PlanError::BadFileName { .. })), "{bad:?}");
+        }
+        let r = make_plan(&input, |_| Ok("same.json".into()));
+        assert!(matches!(r, Err(PlanError::DuplicateFileName { .. })));
+    }
+
+    #[test]
+    fn movement_counts_in_and_out() {
+        let t = targets(300);
+        let p3 = plan_of(&t, &nodes(3), 1).unwrap();
+        let current: BTreeMap<String, BTreeSet<String>> = p3
+            .nodes
+            .iter()
+            .map(|n| {
+                let set = n
+                    .targets
+                    .iter()
+                    .map(|&i| t[i as usize].addr.to_string())
+                    .collect();
+                (n.node.clone(), set)
+            })
+            .collect();
+        let same = movement(&p3, &t, &current);
+        assert!(same.iter().all(|m| m.moved_in == 0 && m.moved_out == 0));
+        let p2 = plan_of(&t, &nodes(2), 1).unwrap();
+        let moved = movement(&p2, &t, &current);
+        let gone = moved.iter().find(|m| m.node == "prom3:9090").unwrap();
+        assert_eq!(gone.moved_out, p3.nodes[2].count);
+        let total_in: usize = moved.iter().map(|m| m.moved_in).sum();
+        assert_eq!(
+            total_in, p3.nodes[2].count,
+            "only the removed node's targets move"
+        );
+    }
+}

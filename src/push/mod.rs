@@ -1,0 +1,109 @@
+//! Delivery of written sd files to their Prometheus nodes.
+//!
+//! A pass writes every node's file under `out_dir`, then hands the nodes
+//! whose file needs delivery to the service's [`Pusher`] as one batch. A
+//! pusher reports a result per node; one node failing never stops the
+//! others. Which nodes need delivery (changed, failed last time, rejoined,
+//! resync due) is decided by the pass, not here, so every pusher gets the
+//! same change detection.
+//!
+//! Pushers: `none` (Prometheus reads `out_dir` or pulls `/sd/…`), `local`
+//! (atomic copy to a path template).
+
+mod local;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Push, Service};
+
+pub use local::expand_template;
+
+/// One node's file to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub node: String,
+    /// Absolute path of the node's file under `out_dir`.
+    pub file: PathBuf,
+    /// File name (without directory).
+    pub file_name: String,
+}
+
+/// Outcome of delivering to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryResult {
+    /// Delivered; the destination already had this content.
+    Ok,
+    /// Delivered; the destination changed.
+    Changed,
+    Failed,
+    Unreachable,
+    /// Not attempted: nothing changed since the last successful delivery.
+    SkippedUnchanged,
+}
+
+impl DeliveryResult {
+    /// Whether the node now has its file.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Ok | Self::Changed | Self::SkippedUnchanged)
+    }
+
+    /// Label value for metrics and state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Changed => "changed",
+            Self::Failed => "failed",
+            Self::Unreachable => "unreachable",
+            Self::SkippedUnchanged => "skipped-unchanged",
+        }
+    }
+}
+
+/// Per-node delivery report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeDelivery {
+    pub node: String,
+    pub result: DeliveryResult,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The configured delivery mechanism of a service.
+#[derive(Debug, Clone)]
+pub enum Pusher {
+    None,
+    Local { dest: String },
+}
+
+impl Pusher {
+    /// Build the pusher a service's config asks for.
+    pub fn for_service(service: &Service) -> Self {
+        match &service.push {
+            Push::None => Pusher::None,
+            Push::Local { dest } => Pusher::Local { dest: dest.clone() },
+        }
+    }
+
+    /// Whether this pusher delivers anything (`none` does not).
+    pub fn delivers(&self) -> bool {
+        !matches!(self, Pusher::None)
+    }
+
+    /// Deliver a batch; one report per delivery, in batch order.
+    pub async fn deliver(
+        &self,
+        service: &Service,
+        batch: Vec<Delivery>,
+        cancel: &CancellationToken,
+    ) -> Vec<NodeDelivery> {
+        match self {
+            Pusher::None => Vec::new(),
+            Pusher::Local { dest } => local::deliver(dest, service, batch, cancel).await,
+        }
+    }
+}

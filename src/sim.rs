@@ -1,0 +1,572 @@
+//! `promshard ring`: a ring simulator for operators sizing a pool.
+//!
+//! It answers the three questions people choose a sharder by, on a fleet
+//! that looks like theirs: how evenly are targets spread, how many move when
+//! a Prometheus node leaves or joins, and how much of that is avoidable. The
+//! fleet is synthetic but realistic (`ip:port` targets in /24 subnets with
+//! the usual exporter ports) and comes from a seeded generator, so a run is
+//! reproducible and two operators comparing settings see the same numbers.
+//!
+//! As a yardstick the report also shows rendezvous (highest-random-weight)
+//! hashing on the same fleet: it has no ring error at all, so its spread is
+//! the sampling noise of the targets, which no hashing scheme can beat.
+//!
+//! [`simulate`] is pure and returns a serializable [`SimReport`]; [`main`]
+//! only prints it.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::ring::{Assignment, Balance, NodeSpec, Ring, RingError, RingSettings, hash_key};
+
+/// Arguments of `promshard ring`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Number of Prometheus nodes.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// Number of synthetic targets.
+    #[arg(long, default_value_t = 100_000)]
+    pub targets: usize,
+    /// Replicas per target.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// `consistent` (minimal movement) or `bounded` (load capped at
+    /// load-factor × fair share).
+    #[arg(long, value_enum, default_value_t = BalanceArg::Consistent)]
+    pub balance: BalanceArg,
+    /// Bounded mode: node capacity as a multiple of its fair share.
+    #[arg(long, default_value_t = crate::ring::DEFAULT_LOAD_FACTOR)]
+    pub load_factor: f64,
+    /// Ring points per unit of node weight.
+    #[arg(long, default_value_t = crate::ring::DEFAULT_VNODES)]
+    pub vnodes: u32,
+    /// Seed of the synthetic fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Node weights, comma separated, repeated over the nodes (e.g. `1,2`).
+    #[arg(long, value_delimiter = ',')]
+    pub node_weights: Vec<u32>,
+    /// Give targets synthetic weights (series counts, long-tailed) and
+    /// balance load instead of target count.
+    #[arg(long)]
+    pub target_weights: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--balance` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BalanceArg {
+    Consistent,
+    Bounded,
+}
+
+impl From<BalanceArg> for Balance {
+    fn from(b: BalanceArg) -> Self {
+        match b {
+            BalanceArg::Consistent => Balance::Consistent,
+            BalanceArg::Bounded => Balance::Bounded,
+        }
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub targets: usize,
+    pub replicas: usize,
+    pub seed: u64,
+    pub settings: RingSettings,
+    /// Node weights, repeated over the nodes; empty = all 1.
+    pub node_weights: Vec<u32>,
+    /// Synthetic target weights instead of weight 1.
+    pub target_weights: bool,
+}
+
+impl SimConfig {
+    /// `nodes` × `targets`, one replica, default ring settings, seed 1.
+    pub fn new(nodes: usize, targets: usize) -> Self {
+        Self {
+            nodes,
+            targets,
+            replicas: 1,
+            seed: 1,
+            settings: RingSettings::default(),
+            node_weights: Vec::new(),
+            target_weights: false,
+        }
+    }
+}
+
+/// Spread of load over nodes. Load is the number of (target, replica)
+/// placements, or their weight with target weights.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoadStats {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+    /// Busiest node relative to its weighted fair share (= max/mean when
+    /// all nodes weigh the same).
+    pub max_over_mean: f64,
+    /// Idlest node relative to its weighted fair share.
+    pub min_over_mean: f64,
+    /// Standard deviation of load / fair share, relative (0.01 = 1%).
+    pub rel_stddev: f64,
+    pub stddev: f64,
+}
+
+/// Effect of one membership change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MoveStats {
+    /// The node removed or added.
+    pub node: String,
+    /// Placements that changed node (a replica that moved counts once).
+    pub moved: u64,
+    /// Least possible: the removed node's placements, or the added node's
+    /// fair share.
+    pub ideal: u64,
+    /// `moved / ideal`.
+    pub ratio: f64,
+    /// Placements that moved between two nodes present before and after.
+    pub between_others: u64,
+    /// `between_others` as a fraction of all placements.
+    pub between_others_frac: f64,
+    /// Load spread after the change.
+    pub load_after: LoadStats,
+}
+
+/// The simulator's answer; see [`simulate`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimReport {
+    pub config: SimConfig,
+    pub ring_points: usize,
+    pub ring_bytes: usize,
+    pub load: LoadStats,
+    /// Rendezvous hashing on the same fleet: the sampling-noise floor.
+    pub rendezvous: LoadStats,
+    pub remove: MoveStats,
+    pub add: MoveStats,
+}
+
+/// splitmix64: a tiny deterministic generator (no dependency, same
+/// sequence on every platform).
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; slight bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n.max(1))) >> 64) as u64
+    }
+}
+
+/// Exporter ports and how often a host runs one (per mille).
+const PORTS: [(u16, u64); 7] = [
+    (9100, 1000), // node_exporter: every host
+    (8080, 250),  // application metrics
+    (9113, 120),  // nginx
+    (9104, 100),  // mysqld
+    (9187, 80),   // postgres
+    (9121, 60),   // redis
+    (9256, 150),  // process-exporter
+];
+
+/// `n` distinct, realistic scrape targets (`ip:port`), sorted, from `seed`.
+///
+/// Hosts sit in 10.x.y.0/24 subnets, numbered from .1 upwards with gaps,
+/// each running node_exporter and often a few other exporters — the
+/// near-sequential addresses real fleets have, which is what a poor hash
+/// gets wrong.
+pub fn synthetic_addresses(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = SplitMix64(seed ^ 0x7072_6f6d_7368_6172);
+    let mut out = Vec::with_capacity(n);
+    let mut block = rng.below(1 << 14);
+    'fill: while out.len() < n {
+        let (b, c) = ((block >> 8) & 0xff, block & 0xff);
+        block += 1 + rng.below(3); // some subnets are elsewhere
+        let hosts = 16 + rng.below(239); // 16..=254 used addresses
+        for host in 1..=hosts {
+            if rng.below(10) == 0 {
+                continue; // decommissioned
+            }
+            for &(port, per_mille) in &PORTS {
+                if rng.below(1000) < per_mille {
+                    out.push(format!("10.{b}.{c}.{host}:{port}"));
+                    if out.len() == n {
+                        break 'fill;
+                    }
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `n` Prometheus nodes (`10.250.x.y:9090`, weight 1), sorted by address.
+pub fn synthetic_nodes(n: usize, seed: u64) -> Vec<NodeSpec> {
+    let mut rng = SplitMix64(seed ^ 0x6e6f_6465_7321);
+    let base = rng.below(1 << 12);
+    let mut nodes: Vec<NodeSpec> = (0..n as u64)
+        .map(|i| {
+            let h = base + i * 7; // spaced out like racks
+            NodeSpec::new(format!(
+                "10.{}.{}.{}:9090",
+                240 + (h >> 16) % 16,
+                (h >> 8) & 0xff,
+                h & 0xff
+            ))
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.addr.cmp(&b.addr));
+    nodes.dedup_by(|a, b| a.addr == b.addr);
+    nodes
+}
+
+/// Long-tailed synthetic target weights (series per target, 50..≈20k).
+pub fn synthetic_weights(n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix64(seed ^ 0x7765_6967_6874);
+    (0..n)
+        .map(|_| {
+            // Pareto-like: most targets small, a few big.
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            (50.0 / (1.0 - u * 0.9975).sqrt()).min(20_000.0) as u32
+        })
+        .collect()
+}
+
+/// Rendezvous (highest-random-weight) hashing, the reference: each target
+/// goes to the `replicas` nodes with the highest weighted score
+/// `-w / ln(u)`, `u` uniform from hashing (target, node).
+pub fn rendezvous_assign(
+    nodes: &[NodeSpec],
+    keys: &[&str],
+    replicas: usize,
+) -> Result<Assignment, RingError> {
+    if nodes.is_empty() {
+        return Err(RingError::NoNodes);
+    }
+    let seeds: Vec<u64> = nodes.iter().map(|n| hash_key(&n.addr)).collect();
+    let replicas = replicas.clamp(1, nodes.len());
+    let mut per_node = vec![Vec::new(); nodes.len()];
+    let mut scored: Vec<(f64, usize)> = Vec::with_capacity(nodes.len());
+    for (k, key) in keys.iter().enumerate() {
+        let h = hash_key(key);
+        scored.clear();
+        for (i, node) in nodes.iter().enumerate() {
+            let mut r = SplitMix64(h ^ seeds[i]);
+            let u = ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            scored.push((-f64::from(node.weight.max(1)) / u.ln(), i));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, i) in &scored[..replicas] {
+            per_node[i].push(k as u32);
+        }
+    }
+    Ok(Assignment { per_node })
+}
+
+/// Load statistics of an assignment (`weights[k]` per key, 1 if `None`).
+pub fn load_stats(nodes: &[NodeSpec], a: &Assignment, weights: Option<&[u32]>) -> LoadStats {
+    let loads: Vec<u64> = a
+        .per_node
+        .iter()
+        .map(|list| {
+            list.iter()
+                .map(|&k| weights.map_or(1, |w| u64::from(w[k as usize])))
+                .sum()
+        })
+        .collect();
+    let total: u64 = loads.iter().sum();
+    let wsum: u64 = nodes.iter().map(|n| u64::from(n.weight.max(1))).sum();
+    let n = loads.len().max(1) as f64;
+    let mean = total as f64 / n;
+    // Load relative to weighted fair share.
+    let rel: Vec<f64> = loads
+        .iter()
+        .zip(nodes)
+        .map(|(&l, node)| {
+            let fair = total as f64 * f64::from(node.weight.max(1)) / wsum.max(1) as f64;
+            if fair > 0.0 { l as f64 / fair } else { 1.0 }
+        })
+        .collect();
+    let var = loads
+        .iter()
+        .map(|&l| (l as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let rel_var = rel.iter().map(|r| (r - 1.0).powi(2)).sum::<f64>() / n;
+    LoadStats {
+        min: loads.iter().copied().min().unwrap_or(0),
+        mean,
+        max: loads.iter().copied().max().unwrap_or(0),
+        max_over_mean: rel.iter().copied().fold(0.0, f64::max),
+        min_over_mean: rel.iter().copied().fold(f64::INFINITY, f64::min).min(1.0e9),
+        rel_stddev: rel_var.sqrt(),
+        stddev: var.sqrt(),
+    }
+}
+
+/// Per key, the sorted addresses of its nodes.
+fn placements<'a>(nodes: &'a [NodeSpec], a: &Assignment, keys: usize) -> Vec<Vec<&'a str>> {
+    let mut out: Vec<Vec<&str>> = vec![Vec::new(); keys];
+    for (i, list) in a.per_node.iter().enumerate() {
+        for &k in list {
+            out[k as usize].push(nodes[i].addr.as_str());
+        }
+    }
+    out.iter_mut().for_each(|v| v.sort_unstable());
+    out
+}
+
+/// Movement between two assignments of the same keys: (placements that
+/// changed node, of which between nodes other than `changed`).
+pub fn movement(
+    before: (&[NodeSpec], &Assignment),
+    after: (&[NodeSpec], &Assignment),
+    keys: usize,
+    changed: &str,
+) -> (u64, u64) {
+    let old = placements(before.0, before.1, keys);
+    let new = placements(after.0, after.1, keys);
+    let (mut moved, mut between) = (0u64, 0u64);
+    for (o, n) in old.iter().zip(&new) {
+        let gained: Vec<&&str> = n.iter().filter(|a| !o.contains(a)).collect();
+        let lost = o
+            .iter()
+            .filter(|a| **a != changed && !n.contains(a))
+            .count();
+        moved += gained.len() as u64;
+        // A placement moved between two other nodes when a node other than
+        // `changed` lost it and another one other than `changed` gained it.
+        let gained_others = gained.iter().filter(|a| ***a != changed).count();
+        between += lost.min(gained_others) as u64;
+    }
+    (moved, between)
+}
+
+/// Apply node weights (repeated over the list) to `nodes`.
+fn weigh(nodes: &mut [NodeSpec], weights: &[u32]) {
+    if weights.is_empty() {
+        return;
+    }
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.weight = weights[i % weights.len()];
+    }
+}
+
+/// Run the simulation: balance on a synthetic fleet, then the effect of
+/// removing its middle node and of adding one node. Pure and deterministic.
+pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
+    if cfg.nodes == 0 {
+        return Err(RingError::NoNodes);
+    }
+    let addrs = synthetic_addresses(cfg.targets, cfg.seed);
+    let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+    let tw = cfg
+        .target_weights
+        .then(|| synthetic_weights(keys.len(), cfg.seed));
+    let tw = tw.as_deref();
+
+    // The fleet plus one spare node; weights follow the generator order.
+    let mut all = synthetic_nodes(cfg.nodes + 1, cfg.seed);
+    weigh(&mut all, &cfg.node_weights);
+    let spare = all.remove(all.len() / 2 + 1 - usize::from(all.len() < 2));
+    let fleet = all;
+    let removed = fleet[fleet.len() / 2].clone();
+    let smaller: Vec<NodeSpec> = fleet
+        .iter()
+        .filter(|n| n.addr != removed.addr)
+        .cloned()
+        .collect();
+    let mut larger = fleet.clone();
+    larger.push(spare.clone());
+    larger.sort_by(|a, b| a.addr.cmp(&b.addr));
+
+    let ring = Ring::new(&fleet, &cfg.settings)?;
+    let base = ring.assign_hashes(&hashes, tw, cfg.replicas)?;
+    let load = load_stats(&fleet, &base, tw);
+    let rendezvous = load_stats(&fleet, &rendezvous_assign(&fleet, &keys, cfg.replicas)?, tw);
+    let placed: u64 = base.per_node.iter().map(|l| l.len() as u64).sum();
+
+    let change =
+        |nodes: &[NodeSpec], node: &NodeSpec, ideal: u64| -> Result<MoveStats, RingError> {
+            let a = if nodes.is_empty() {
+                Assignment {
+                    per_node: Vec::new(),
+                }
+            } else {
+                Ring::new(nodes, &cfg.settings)?.assign_hashes(&hashes, tw, cfg.replicas)?
+            };
+            let (moved, between) = movement((&fleet, &base), (nodes, &a), keys.len(), &node.addr);
+            Ok(MoveStats {
+                node: node.addr.clone(),
+                moved,
+                ideal,
+                ratio: if ideal > 0 {
+                    moved as f64 / ideal as f64
+                } else {
+                    0.0
+                },
+                between_others: between,
+                between_others_frac: if placed > 0 {
+                    between as f64 / placed as f64
+                } else {
+                    0.0
+                },
+                load_after: load_stats(nodes, &a, tw),
+            })
+        };
+    let idx = fleet
+        .iter()
+        .position(|n| n.addr == removed.addr)
+        .unwrap_or(0);
+    let remove = change(&smaller, &removed, base.per_node[idx].len() as u64)?;
+    let wsum: u64 = larger.iter().map(|n| u64::from(n.weight)).sum();
+    let add_ideal = (placed as f64 * f64::from(spare.weight) / wsum as f64).round() as u64;
+    let add = change(&larger, &spare, add_ideal)?;
+
+    Ok(SimReport {
+        config: cfg.clone(),
+        ring_points: ring.point_count(),
+        ring_bytes: ring.memory_bytes(),
+        load,
+        rendezvous,
+        remove,
+        add,
+    })
+}
+
+/// Tally of node weights for the text report (`weight → count`).
+fn weight_summary(cfg: &SimConfig) -> String {
+    if cfg.node_weights.is_empty() {
+        return String::new();
+    }
+    let mut tally: BTreeMap<u32, usize> = BTreeMap::new();
+    for i in 0..cfg.nodes {
+        *tally
+            .entry(cfg.node_weights[i % cfg.node_weights.len()])
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = tally.iter().map(|(w, c)| format!("{c}×w{w}")).collect();
+    format!(", node weights {}", parts.join(" "))
+}
+
+fn fmt_load(s: &LoadStats) -> String {
+    format!(
+        "min {}  mean {:.1}  max {}  max/mean {:.4}  min/mean {:.4}  stddev {:.1} ({:.2}%)",
+        s.min,
+        s.mean,
+        s.max,
+        s.max_over_mean,
+        s.min_over_mean,
+        s.stddev,
+        s.rel_stddev * 100.0
+    )
+}
+
+fn fmt_move(verb: &str, m: &MoveStats) -> String {
+    format!(
+        "{verb} {}: moved {} (ideal {}, {:.3}×), between other nodes {} ({:.2}%); after: max/mean {:.4}",
+        m.node,
+        m.moved,
+        m.ideal,
+        m.ratio,
+        m.between_others,
+        m.between_others_frac * 100.0,
+        m.load_after.max_over_mean
+    )
+}
+
+/// The text form of a report.
+pub fn render_text(r: &SimReport) -> String {
+    let c = &r.config;
+    let balance = match c.settings.balance {
+        Balance::Consistent => "consistent".to_string(),
+        Balance::Bounded => format!("bounded (load factor {})", c.settings.load_factor),
+    };
+    let unit = if c.target_weights {
+        "target weight"
+    } else {
+        "targets"
+    };
+    [
+        format!(
+            "ring: {} nodes, {} targets{}, replicas {}, balance {balance}, seed {}{}",
+            c.nodes,
+            c.targets,
+            if c.target_weights { " (weighted)" } else { "" },
+            c.replicas,
+            c.seed,
+            weight_summary(c)
+        ),
+        format!(
+            "      {} vnodes per weight unit: {} points, {:.0} KiB",
+            c.settings.vnodes,
+            r.ring_points,
+            r.ring_bytes as f64 / 1024.0
+        ),
+        format!("load ({unit} per node): {}", fmt_load(&r.load)),
+        format!(
+            "rendezvous, same fleet (noise floor): max/mean {:.4}  stddev {:.2}%",
+            r.rendezvous.max_over_mean,
+            r.rendezvous.rel_stddev * 100.0
+        ),
+        fmt_move("remove", &r.remove),
+        fmt_move("add   ", &r.add),
+    ]
+    .join("\n")
+}
+
+/// Run the simulator and print its report.
+pub fn main(args: &SimArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    if args.replicas == 0 {
+        anyhow::bail!("--replicas must be at least 1");
+    }
+    if args.node_weights.contains(&0) {
+        anyhow::bail!("--node-weights must all be at least 1");
+    }
+    let cfg = SimConfig {
+        nodes: args.nodes,
+        targets: args.targets,
+        replicas: args.replicas,
+        seed: args.seed,
+        settings: RingSettings {
+            balance: args.balance.into(),
+            load_factor: args.load_factor,
+            vnodes: args.vnodes,
+        },
+        node_weights: args.node_weights.clone(),
+        target_weights: args.target_weights,
+    };
+    let started = std::time::Instant::now();
+    let report = simulate(&cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", render_text(&report));
+        println!(
+            "(simulated in {:.0} ms)",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
