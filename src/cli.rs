@@ -37,6 +37,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as a daemon: passes on each service's schedule and on every change.
+    Run,
     /// One pass for all (or one) services: run scripts, plan, write, deliver.
     Once(PassArgs),
     /// Show the assignment a pass would make; writes and delivers nothing.
@@ -64,7 +66,7 @@ pub struct PassArgs {
 /// Set up logging to stderr.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -81,6 +83,7 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Ring(args) => crate::sim::main(args).map(|_| true),
         Command::Check => check(&cli.config),
+        Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
         Command::Once(args) => with_runtime(|| pass_command(&cli.config, args, false)),
         Command::Plan(args) => with_runtime(|| pass_command(&cli.config, args, true)),
     };
@@ -92,6 +95,33 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How long a shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(9);
+
+async fn run_daemon(config: PathBuf) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let watcher = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        watcher.cancel();
+        // A pass stuck in a script cannot be interrupted from outside its
+        // thread; never let that hold the process past the grace period.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_GRACE);
+            tracing::warn!("shutdown grace period over; exiting");
+            std::process::exit(0);
+        });
+    });
+    crate::daemon::run(config, shutdown).await?;
+    Ok(true)
 }
 
 fn with_runtime<F, Fut>(f: F) -> anyhow::Result<bool>

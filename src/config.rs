@@ -60,6 +60,11 @@ struct RawConfig {
     /// Extra directories scripts may `read_file` from.
     #[serde(default)]
     allowed_dirs: Vec<PathBuf>,
+    /// Bearer token required by mutating API calls.
+    #[serde(default)]
+    api_token: Option<String>,
+    #[serde(default)]
+    api_token_file: Option<PathBuf>,
     #[serde(default)]
     services: Vec<RawService>,
 }
@@ -124,6 +129,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Extra directories scripts may read (resolved).
     pub allowed_dirs: Vec<PathBuf>,
+    /// Bearer token for `POST` API calls (from `api_token` or `api_token_file`).
+    pub api_token: Option<String>,
     pub services: Vec<Arc<Service>>,
 }
 
@@ -234,6 +241,33 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 9310))
             }
         };
+        let api_token = match (&raw.api_token, &raw.api_token_file) {
+            (Some(_), Some(_)) => {
+                problems.push(ConfigProblem {
+                    location: "api_token_file".into(),
+                    message: "set api_token or api_token_file, not both".into(),
+                });
+                None
+            }
+            (Some(t), None) => Some(t.trim().to_string()),
+            (None, Some(f)) => match std::fs::read_to_string(base_dir.join(f)) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    problems.push(ConfigProblem {
+                        location: "api_token_file".into(),
+                        message: format!("cannot read {}: {e}", base_dir.join(f).display()),
+                    });
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if api_token.as_deref() == Some("") {
+            problems.push(ConfigProblem {
+                location: "api_token".into(),
+                message: "must not be empty".into(),
+            });
+        }
         let mut services = Vec::new();
         let mut names = BTreeSet::new();
         if raw.services.is_empty() {
@@ -270,6 +304,7 @@ impl Config {
             path: path.to_path_buf(),
             out_dir: base_dir.join(raw.out_dir),
             allowed_dirs: raw.allowed_dirs.iter().map(|d| base_dir.join(d)).collect(),
+            api_token,
             base_dir,
             listen,
             services,

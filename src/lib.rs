@@ -9,6 +9,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod metrics;
 pub mod output;
 pub mod pass;
 pub mod plan;

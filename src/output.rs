@@ -91,6 +91,12 @@ pub fn parse_addresses(bytes: &[u8], file_type: FileType) -> Result<BTreeSet<Str
     Ok(groups.into_iter().flat_map(|g| g.targets).collect())
 }
 
+/// Convert file_sd YAML content to the equivalent JSON (for http_sd).
+pub fn yaml_to_json(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?;
+    serde_json::to_vec(&value).map_err(|e| e.to_string())
+}
+
 /// Content hash used to detect changes (hex xxh3).
 pub fn content_hash(bytes: &[u8]) -> String {
     format!("{:016x}", XxHash3_64::oneshot(bytes))

@@ -1,0 +1,200 @@
+//! The HTTP API (axum): `/metrics`, `/healthz`, `/readyz`,
+//! `/api/v1/services[/{name}/plan]`, `POST /api/v1/services/{name}/dispatch`
+//! and `/sd/{service}/{node}` for Prometheus `http_sd_configs`.
+//!
+//! Reads only: every handler looks at [`Shared`] or at the files a pass
+//! wrote; the one mutating call only wakes a runner. Mutating calls need
+//! `Authorization: Bearer <api_token>` when a token is configured, and are
+//! refused outright on a non-loopback listener without one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Shared;
+use crate::output;
+
+type App = State<Arc<Shared>>;
+
+/// Serve the API until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let local = listener.local_addr().ok();
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{name}/plan", get(plan))
+        .route("/api/v1/services/{name}/dispatch", post(dispatch))
+        .route("/sd/{service}/{node}", get(http_sd))
+        .with_state(shared);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    if let Err(e) = served.await {
+        tracing::error!(listen = ?local, error = %e, "HTTP server failed");
+    }
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+async fn metrics(State(shared): App) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): App) -> Response {
+    if shared.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not every service has had a successful pass\n",
+        )
+            .into_response()
+    }
+}
+
+async fn services(State(shared): App) -> Response {
+    let list = shared.statuses().await;
+    #[derive(serde::Serialize)]
+    struct Out {
+        services: Vec<crate::daemon::ServiceStatus>,
+    }
+    // The full plan is at /plan; keep this listing small.
+    let services = list
+        .into_iter()
+        .map(|mut s| {
+            if let Some(c) = &mut s.current {
+                c.invalid_samples.clear();
+            }
+            s
+        })
+        .collect();
+    json(StatusCode::OK, &Out { services })
+}
+
+async fn plan(State(shared): App, Path(name): Path<String>) -> Response {
+    match shared.status(&name) {
+        None => error(StatusCode::NOT_FOUND, format!("no service {name:?}")),
+        Some(s) => match s.current {
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("service {name:?} has no successful pass yet"),
+            ),
+            Some(report) => json(StatusCode::OK, &report),
+        },
+    }
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let config = shared.config();
+    match &config.api_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given == Some(token.as_str()) {
+                Ok(())
+            } else {
+                Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token",
+                ))
+            }
+        }
+        None if config.listen.ip().is_loopback() => Ok(()),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            "mutating calls are disabled on a non-loopback listener without api_token",
+        )),
+    }
+}
+
+async fn dispatch(State(shared): App, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    if shared.trigger(&name, "api").await {
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "service": name, "dispatched": true }),
+        )
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no service {name:?}"))
+    }
+}
+
+/// The node's current targets, as its file holds them, in http_sd format.
+async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String)>) -> Response {
+    let Some(status) = shared.status(&service) else {
+        return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
+    };
+    let Some(current) = status.current else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {service:?} has no successful pass yet"),
+        );
+    };
+    let Some(entry) = current.nodes.iter().find(|n| n.node == node) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("service {service:?} has no node {node:?}"),
+        );
+    };
+    let config = shared.config();
+    let path = config.out_dir.join(&service).join(&entry.file);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: {e}", path.display()),
+            );
+        }
+    };
+    let body = if entry.file.ends_with(".json") {
+        bytes
+    } else {
+        match output::yaml_to_json(&bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}: {e}", path.display()),
+                );
+            }
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

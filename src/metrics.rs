@@ -1,0 +1,269 @@
+//! Prometheus metrics of promshard itself, served at `/metrics`.
+//!
+//! One [`Metrics`] value owns the registry; the daemon records each pass's
+//! report into it with [`Metrics::record_pass`] and friends, so metric names
+//! and labels live in this one file. Names follow Prometheus conventions:
+//! `_total` for counters, base units (seconds).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pass::{PassError, PassReport};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn service(name: &str) -> Labels {
+    vec![("service", name.to_string())]
+}
+
+fn pass_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// All metrics; cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub pass_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub passes: Family<Labels, Counter>,
+    pub targets: Family<Labels, Gauge>,
+    pub node_targets: Family<Labels, Gauge>,
+    pub invalid_targets: Family<Labels, Gauge>,
+    pub script_errors: Family<Labels, Counter>,
+    pub script_reloads: Family<Labels, Counter>,
+    pub config_reloads: Family<Labels, Counter>,
+    pub files_written: Family<Labels, Counter>,
+    pub deliveries: Family<Labels, Counter>,
+    pub mass_drop_refusals: Family<Labels, Counter>,
+    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub node_up: Family<Labels, Gauge>,
+    pub membership_changes: Family<Labels, Counter>,
+    pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("promshard");
+        let m = Self {
+            pass_duration: Family::new_with_constructor(pass_histogram),
+            passes: Family::default(),
+            targets: Family::default(),
+            node_targets: Family::default(),
+            invalid_targets: Family::default(),
+            script_errors: Family::default(),
+            script_reloads: Family::default(),
+            config_reloads: Family::default(),
+            files_written: Family::default(),
+            deliveries: Family::default(),
+            mass_drop_refusals: Family::default(),
+            last_success: Family::default(),
+            node_up: Family::default(),
+            membership_changes: Family::default(),
+            delivery_run_duration: Family::new_with_constructor(pass_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "pass_duration_seconds",
+            "Duration of a service pass",
+            m.pass_duration.clone(),
+        );
+        registry.register(
+            "passes",
+            "Passes by service and result (ok, failed, refused)",
+            m.passes.clone(),
+        );
+        registry.register(
+            "targets",
+            "Valid targets of a service in its last good pass",
+            m.targets.clone(),
+        );
+        registry.register(
+            "node_targets",
+            "Targets assigned to a node",
+            m.node_targets.clone(),
+        );
+        registry.register(
+            "invalid_targets",
+            "Invalid targets skipped in the last pass",
+            m.invalid_targets.clone(),
+        );
+        registry.register(
+            "script_errors",
+            "Script failures by service and kind",
+            m.script_errors.clone(),
+        );
+        registry.register(
+            "script_reloads",
+            "Script recompilations by result",
+            m.script_reloads.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "files_written",
+            "sd files rewritten because their content changed",
+            m.files_written.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries by service, node and result",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "mass_drop_refusals",
+            "Passes refused by the mass-drop guard",
+            m.mass_drop_refusals.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful pass",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "node_up",
+            "1 if the node is in the ring (healthy), 0 if not",
+            m.node_up.clone(),
+        );
+        registry.register(
+            "membership_changes",
+            "Node membership changes by service",
+            m.membership_changes.clone(),
+        );
+        registry.register(
+            "delivery_run_duration_seconds",
+            "Duration of one batched delivery run (e.g. ansible-playbook)",
+            m.delivery_run_duration.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Record a finished pass (successful or not).
+    pub fn record_pass(&self, name: &str, seconds: f64, result: &Result<PassReport, PassError>) {
+        self.pass_duration
+            .get_or_create(&service(name))
+            .observe(seconds);
+        let outcome = match result {
+            Ok(r) if r.failed_deliveries() == 0 => "ok",
+            Ok(_) => "failed",
+            Err(PassError::MassDrop { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        self.passes
+            .get_or_create(&vec![
+                ("service", name.to_string()),
+                ("result", outcome.into()),
+            ])
+            .inc();
+        match result {
+            Ok(r) => {
+                self.targets
+                    .get_or_create(&service(name))
+                    .set(r.targets as i64);
+                self.invalid_targets
+                    .get_or_create(&service(name))
+                    .set(r.invalid as i64);
+                self.files_written
+                    .get_or_create(&service(name))
+                    .inc_by(r.changed_files() as u64);
+                for n in &r.nodes {
+                    let node = vec![("service", name.to_string()), ("node", n.node.clone())];
+                    self.node_targets.get_or_create(&node).set(n.count as i64);
+                    if n.delivered
+                        && let Some(res) = n.result
+                    {
+                        let mut l = node.clone();
+                        l.push(("result", res.as_str().into()));
+                        self.deliveries.get_or_create(&l).inc();
+                    }
+                }
+                if r.failed_deliveries() == 0 {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    self.last_success.get_or_create(&service(name)).set(now);
+                }
+            }
+            Err(PassError::MassDrop { .. }) => {
+                self.mass_drop_refusals.get_or_create(&service(name)).inc();
+            }
+            Err(PassError::Script(e)) => {
+                self.script_errors
+                    .get_or_create(&vec![
+                        ("service", name.to_string()),
+                        ("kind", e.kind().into()),
+                    ])
+                    .inc();
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Forget the per-node series of nodes that are no longer planned.
+    pub fn forget_node(&self, service_name: &str, node: &str) {
+        let l = vec![
+            ("service", service_name.to_string()),
+            ("node", node.to_string()),
+        ];
+        self.node_targets.remove(&l);
+        self.node_up.remove(&l);
+    }
+
+    /// Count a script reload (`ok` or `failed`).
+    pub fn script_reload(&self, result: &'static str) {
+        self.script_reloads
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    /// Count a config reload (`ok` or `failed`).
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&vec![("result", result.into())])
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_prefix_and_total_suffix() {
+        let m = Metrics::new();
+        m.config_reload("ok");
+        m.pass_duration.get_or_create(&service("s")).observe(0.2);
+        let text = m.encode();
+        assert!(
+            text.contains("promshard_config_reloads_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE promshard_pass_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
