@@ -1,1 +1,77 @@
-fn main() {}
+//! Ring benchmarks (issue 8): lookup cost per target, ring build, and the
+//! planning step alone — assigning 100k realistic targets to 10 nodes —
+//! in both balance modes. Run with `cargo bench --bench ring`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use promshard::ring::{Balance, Ring, RingSettings, assign, hash_key};
+use promshard::sim::{synthetic_addresses, synthetic_nodes};
+
+fn bench_ring(c: &mut Criterion) {
+    let addrs = synthetic_addresses(100_000, 1);
+    let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+    let consistent = RingSettings::default();
+    let bounded = RingSettings {
+        balance: Balance::Bounded,
+        ..RingSettings::default()
+    };
+
+    let mut g = c.benchmark_group("lookup");
+    g.throughput(Throughput::Elements(keys.len() as u64));
+    for n in [10usize, 100] {
+        let ring = Ring::new(&synthetic_nodes(n, 1), &consistent).expect("ring");
+        g.bench_function(format!("hash+lookup/{n}_nodes"), |b| {
+            b.iter(|| {
+                keys.iter()
+                    .map(|k| ring.node_for(k))
+                    .fold(0u32, |a, x| a ^ x)
+            })
+        });
+        g.bench_function(format!("lookup_prehashed/{n}_nodes"), |b| {
+            b.iter(|| {
+                hashes
+                    .iter()
+                    .map(|&h| ring.node_for_hash(h))
+                    .fold(0u32, |a, x| a ^ x)
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("build");
+    g.sample_size(20);
+    for n in [10usize, 100] {
+        let nodes = synthetic_nodes(n, 1);
+        g.bench_function(format!("{n}_nodes"), |b| {
+            b.iter(|| Ring::new(black_box(&nodes), &consistent))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("assign_100k");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    for n in [10usize, 100] {
+        let nodes = synthetic_nodes(n, 1);
+        g.bench_function(format!("consistent/{n}_nodes"), |b| {
+            b.iter(|| assign(black_box(&nodes), &keys, None, 1, &consistent))
+        });
+        g.bench_function(format!("bounded/{n}_nodes"), |b| {
+            b.iter(|| assign(black_box(&nodes), &keys, None, 1, &bounded))
+        });
+        let ring = Ring::new(&nodes, &consistent).expect("ring");
+        g.bench_function(format!("consistent_prebuilt_ring/{n}_nodes"), |b| {
+            b.iter(|| ring.assign(black_box(&keys), None, 1))
+        });
+    }
+    let nodes = synthetic_nodes(10, 1);
+    g.bench_function("consistent/10_nodes_3_replicas", |b| {
+        b.iter(|| assign(black_box(&nodes), &keys, None, 3, &consistent))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_ring);
+criterion_main!(benches);

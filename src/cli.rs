@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Service};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
-use crate::script::{CompiledScript, Sandbox};
+use crate::config::effective_services;
+use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::sim::SimArgs;
 
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
@@ -43,8 +44,8 @@ pub enum Command {
     Once(PassArgs),
     /// Show the assignment a pass would make; writes and delivers nothing.
     Plan(PassArgs),
-    /// Validate the config and compile every script.
-    Check,
+    /// Validate the config, find drop-in services and compile every script.
+    Check(CheckArgs),
     /// Simulate the hash ring on a synthetic fleet.
     Ring(SimArgs),
 }
@@ -61,6 +62,15 @@ pub struct PassArgs {
     /// Apply even if the pass would drop more than max_drop_ratio of the targets.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also run each script's targets() (and nodes()) and report what it
+    /// returns; writes nothing.
+    #[arg(long)]
+    pub run: bool,
 }
 
 /// Set up logging to stderr.
@@ -82,7 +92,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Ring(args) => crate::sim::main(args).map(|_| true),
-        Command::Check => check(&cli.config),
+        Command::Check(args) => check(&cli.config, args),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
         Command::Once(args) => with_runtime(|| pass_command(&cli.config, args, false)),
         Command::Plan(args) => with_runtime(|| pass_command(&cli.config, args, true)),
@@ -135,12 +145,17 @@ where
         .block_on(f())
 }
 
-/// The services a command applies to.
-fn select<'a>(config: &'a Config, only: Option<&str>) -> anyhow::Result<Vec<&'a Arc<Service>>> {
+/// The services a command applies to, among `services` (from
+/// [`crate::config::effective_services`]).
+fn select<'a>(
+    config: &Config,
+    services: &'a [Arc<Service>],
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'a Arc<Service>>> {
     match only {
-        None => Ok(config.services.iter().collect()),
-        Some(name) => config.service(name).map(|s| vec![s]).ok_or_else(|| {
-            let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        None => Ok(services.iter().collect()),
+        Some(name) => services.iter().find(|s| s.name == name).map(|s| vec![s]).ok_or_else(|| {
+            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
             anyhow::anyhow!(
                 "no service {name:?} in {} (known: {})",
                 config.path.display(),
@@ -152,10 +167,7 @@ fn select<'a>(config: &'a Config, only: Option<&str>) -> anyhow::Result<Vec<&'a 
 
 /// The sandbox every script of `config` runs in.
 pub fn sandbox_for(config: &Config) -> Sandbox {
-    Sandbox {
-        allowed_dirs: config.allowed_dirs.clone(),
-        ..Sandbox::default()
-    }
+    Sandbox::for_config(config)
 }
 
 async fn pass_command(
@@ -166,10 +178,21 @@ async fn pass_command(
     let config = Config::load(path)?;
     let sandbox = sandbox_for(&config);
     let cancel = CancellationToken::new();
-    let mut outcomes = Vec::new();
+    let cache = Arc::new(ScriptCache::new());
+    let (services, problems) = {
+        let (config, cache) = (config.clone(), Arc::clone(&cache));
+        tokio::task::spawn_blocking(move || effective_services(&config, &cache)).await?
+    };
     let mut all_ok = true;
-    for service in select(&config, args.service.as_deref())? {
-        let result = match CompiledScript::compile(&service.script) {
+    if args.service.is_none() {
+        for p in &problems {
+            all_ok = false;
+            tracing::error!(script = %p.path.display(), service = %p.name, "{}", p.message);
+        }
+    }
+    let mut outcomes = Vec::new();
+    for service in select(&config, &services, args.service.as_deref())? {
+        let result = match cache.get(&service.script) {
             Err(e) => Err(e.into()),
             Ok(script) => {
                 let input = PassInput {
@@ -178,6 +201,7 @@ async fn pass_command(
                     script: &script,
                     nodes: &service.nodes,
                     sandbox: &sandbox,
+                    node_filter: None,
                 };
                 run_pass(
                     input,
@@ -269,7 +293,7 @@ fn print_plan(r: &PassReport) {
     println!();
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -277,24 +301,32 @@ fn check(path: &std::path::Path) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    let mut ok = true;
-    for s in &config.services {
-        match CompiledScript::compile(&s.script) {
-            Ok(script) if script.has_fn("targets", 1) => println!(
-                "ok: service {} ({}, {} nodes, replicas {}, schedule {})",
-                s.name,
-                s.script.display(),
-                s.nodes.len(),
-                s.replicas,
-                s.schedule
-            ),
-            Ok(_) => {
-                ok = false;
-                eprintln!(
-                    "{}: fn targets(ctx) is not defined (service {})",
+    let cache = ScriptCache::new();
+    let sandbox = sandbox_for(&config);
+    let (services, problems) = effective_services(&config, &cache);
+    let mut ok = problems.is_empty();
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    for s in &services {
+        match check_service_scripts(s, &cache) {
+            Ok(script) => {
+                let nodes = match (&s.node_script, s.nodes.len()) {
+                    (Some(n), _) => format!("nodes from {}", n.display()),
+                    (None, _) if script.has_fn("nodes", 1) => "nodes from fn nodes(ctx)".into(),
+                    (None, n) => format!("{n} nodes"),
+                };
+                println!(
+                    "ok: service {} ({}{}, {nodes}, replicas {}, schedule {})",
+                    s.name,
+                    if s.drop_in { "drop-in " } else { "" },
                     s.script.display(),
-                    s.name
+                    s.replicas,
+                    s.schedule
                 );
+                if args.run && !check_run(s, &script, &sandbox) {
+                    ok = false;
+                }
             }
             Err(e) => {
                 ok = false;
@@ -302,12 +334,90 @@ fn check(path: &std::path::Path) -> anyhow::Result<bool> {
             }
         }
     }
+    let drop_ins = services.iter().filter(|s| s.drop_in).count();
     if ok {
         println!(
-            "{}: {} service(s), all scripts compile",
+            "{}: {} service(s) ({} drop-in), all scripts compile{}",
             config.path.display(),
-            config.services.len()
+            services.len(),
+            drop_ins,
+            if args.run { " and run" } else { "" }
         );
     }
     Ok(ok)
+}
+
+/// Compile a service's scripts and check the functions it needs exist.
+fn check_service_scripts(
+    s: &Service,
+    cache: &ScriptCache,
+) -> anyhow::Result<crate::script::CompiledScript> {
+    let script = cache.get(&s.script)?;
+    if !script.has_fn("targets", 1) {
+        anyhow::bail!("{}: fn targets(ctx) is not defined", s.script.display());
+    }
+    if let Some(n) = &s.node_script {
+        if !cache.get(n)?.has_fn("nodes", 1) {
+            anyhow::bail!("{}: fn nodes(ctx) is not defined (node_script)", n.display());
+        }
+    } else if s.nodes.is_empty() && !script.has_fn("nodes", 1) {
+        anyhow::bail!(
+            "{}",
+            crate::script::ScriptError::NoNodes {
+                path: s.script.clone(),
+                service: s.name.clone()
+            }
+        );
+    }
+    Ok(script)
+}
+
+/// How many invalid entries `check --run` shows.
+const CHECK_SAMPLES: usize = 5;
+
+/// `check --run` for one service: call nodes() and targets(), print what
+/// they returned and the first problems. Writes nothing.
+fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sandbox) -> bool {
+    let started = std::time::Instant::now();
+    let nodes = match crate::pass::script_nodes(s, script, sandbox) {
+        None => s.nodes.clone(),
+        Some(Ok(n)) => {
+            let list: Vec<&str> = n.iter().map(|n| n.addr.as_str()).collect();
+            println!("  nodes(): {} node(s): {}", n.len(), list.join(", "));
+            n
+        }
+        Some(Err(e)) => {
+            eprintln!("  {e} (service {})", s.name);
+            return false;
+        }
+    };
+    let run = ScriptRun::new(script, sandbox);
+    match run.targets(crate::pass::script_ctx(s, &nodes)) {
+        Err(e) => {
+            eprintln!("  {e} (service {})", s.name);
+            false
+        }
+        Ok((groups, mut invalid)) => {
+            let normalized = crate::target::normalize(groups);
+            invalid.extend(normalized.invalid);
+            invalid.sort_by_key(|i| i.group);
+            println!(
+                "  targets(): {} target(s), {} invalid, {} duplicate(s) merged, in {} ms",
+                normalized.targets.len(),
+                invalid.len(),
+                normalized.duplicates,
+                started.elapsed().as_millis()
+            );
+            for bad in invalid.iter().take(CHECK_SAMPLES) {
+                println!("  invalid: {bad}");
+            }
+            if invalid.len() > CHECK_SAMPLES {
+                println!("  … and {} more invalid", invalid.len() - CHECK_SAMPLES);
+            }
+            if normalized.targets.is_empty() {
+                println!("  warning: no targets");
+            }
+            true
+        }
+    }
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ring::{NodeSpec, RingSettings};
+use crate::script::Limits;
+pub use crate::script::dropin::{DropInProblem, effective_services};
 use crate::target::check_address;
 
 /// Default cron schedule: every minute, at second 0.
@@ -65,8 +67,72 @@ struct RawConfig {
     api_token: Option<String>,
     #[serde(default)]
     api_token_file: Option<PathBuf>,
+    /// Where drop-in scripts live (top level only); default `scripts`.
+    #[serde(default = "default_scripts_dir")]
+    scripts_dir: PathBuf,
+    /// Settings every service inherits unless it sets them itself.
+    #[serde(default)]
+    defaults: RawSettings,
+    #[serde(default)]
+    script_limits: RawLimits,
+    /// Environment variables scripts may read with `env()`.
+    #[serde(default)]
+    env_allowlist: Option<Vec<String>>,
     #[serde(default)]
     services: Vec<RawService>,
+}
+
+fn default_scripts_dir() -> PathBuf {
+    PathBuf::from("scripts")
+}
+
+/// The settings of a service, all optional: the `defaults:` block and the
+/// map a drop-in script's `fn service()` returns.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    nodes: Option<Vec<RawNode>>,
+    #[serde(default)]
+    node_script: Option<PathBuf>,
+    #[serde(default)]
+    replicas: Option<i64>,
+    #[serde(default)]
+    file_type: Option<String>,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    push: Option<RawPush>,
+    #[serde(default)]
+    ring: Option<RingSettings>,
+    #[serde(default)]
+    max_drop_ratio: Option<f64>,
+    #[serde(default)]
+    resync_interval: Option<String>,
+    #[serde(default)]
+    health: Option<RawHealth>,
+}
+
+/// `script_limits:`; unset keys keep the defaults of [`Limits`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_operations: Option<u64>,
+    #[serde(default)]
+    max_call_levels: Option<usize>,
+    #[serde(default)]
+    max_string_size: Option<usize>,
+    #[serde(default)]
+    max_array_size: Option<usize>,
+    #[serde(default)]
+    max_map_size: Option<usize>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    max_memory_mb: Option<u64>,
 }
 
 fn default_out_dir() -> PathBuf {
@@ -85,7 +151,9 @@ struct RawService {
     #[serde(default)]
     schedule: Option<String>,
     #[serde(default)]
-    nodes: Vec<RawNode>,
+    nodes: Option<Vec<RawNode>>,
+    #[serde(default)]
+    node_script: Option<PathBuf>,
     #[serde(default)]
     replicas: Option<i64>,
     #[serde(default)]
@@ -100,20 +168,56 @@ struct RawService {
     max_drop_ratio: Option<f64>,
     #[serde(default)]
     resync_interval: Option<String>,
+    #[serde(default)]
+    health: Option<RawHealth>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `health:`; unset keys take the defaults of [`Health`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fall: Option<i64>,
+    #[serde(default)]
+    rise: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum RawNode {
     Addr(String),
     Weighted { addr: String, weight: Option<i64> },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum RawPush {
     None,
-    Local { dest: String },
+    Local {
+        dest: String,
+    },
+    Ansible {
+        #[serde(default)]
+        playbook: Option<PathBuf>,
+        #[serde(default)]
+        dest_sd_file_name: Option<String>,
+        #[serde(default)]
+        vars: BTreeMap<String, serde_yaml_ng::Value>,
+        #[serde(default)]
+        forks: Option<i64>,
+        #[serde(default)]
+        timeout: Option<String>,
+        #[serde(default)]
+        retries: Option<i64>,
+        #[serde(default)]
+        ansible_playbook: Option<PathBuf>,
+    },
 }
 
 // ------------------------------------------------------------ checked types
@@ -131,7 +235,17 @@ pub struct Config {
     pub allowed_dirs: Vec<PathBuf>,
     /// Bearer token for `POST` API calls (from `api_token` or `api_token_file`).
     pub api_token: Option<String>,
+    /// Directory scanned (top level only) for drop-in `<name>.rhai` services.
+    pub scripts_dir: PathBuf,
+    /// Sandbox limits of every script call (`script_limits:`).
+    pub script_limits: Limits,
+    /// Patterns of environment variable names scripts may read.
+    pub env_allowlist: Vec<String>,
+    /// Services written in the config file. Drop-in services are added by
+    /// [`effective_services`]; use that for the full list.
     pub services: Vec<Arc<Service>>,
+    /// The `defaults:` block, applied to every service.
+    defaults: RawSettings,
 }
 
 /// Format of the sd files.
@@ -177,6 +291,26 @@ pub enum Push {
     None,
     /// Copy to a path template with `{node}` and `{service}`.
     Local { dest: String },
+    /// One batched `ansible-playbook` run per pass.
+    Ansible(AnsiblePush),
+}
+
+/// Settings of `push: {kind: ansible}` (see `push::ansible`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsiblePush {
+    /// The playbook, resolved against the config directory.
+    pub playbook: PathBuf,
+    /// File name on the node; may use `{node}` and `{service}`.
+    pub dest_sd_file_name: String,
+    /// Extra host vars; string values may use `{node}` and `{service}`.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    pub forks: usize,
+    /// Limit of one `ansible-playbook` run.
+    pub timeout: Duration,
+    /// Extra runs for failed or unreachable nodes within a pass.
+    pub retries: u32,
+    /// The program: a name looked up in PATH, or a path (config-relative).
+    pub ansible_playbook: PathBuf,
 }
 
 /// A validated service.
@@ -186,8 +320,12 @@ pub struct Service {
     /// Absolute (or config-relative resolved) path of the script.
     pub script: PathBuf,
     pub schedule: Schedule,
-    /// Static nodes, sorted by address.
+    /// Static nodes, sorted by address; empty when a script supplies them.
     pub nodes: Vec<NodeSpec>,
+    /// A separate script whose `fn nodes(ctx)` supplies the nodes.
+    pub node_script: Option<PathBuf>,
+    /// Found in `scripts_dir` rather than written in the config file.
+    pub drop_in: bool,
     pub replicas: usize,
     pub file_type: FileType,
     pub port: Option<u16>,
@@ -197,6 +335,35 @@ pub struct Service {
     pub max_drop_ratio: f64,
     /// Re-deliver unchanged files this often anyway.
     pub resync_interval: Duration,
+    /// Probe the nodes and keep only healthy ones in the ring (`health:`).
+    pub health: Option<Health>,
+}
+
+/// `health:` of a service: how its nodes are probed (see `membership`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Health {
+    /// HTTP path probed on each node, e.g. `/-/healthy`; 2xx is healthy.
+    pub path: String,
+    /// Time between two probes of a node.
+    pub interval: Duration,
+    /// A probe that takes longer fails.
+    pub timeout: Duration,
+    /// Consecutive failures that take a node out of the ring.
+    pub fall: u32,
+    /// Consecutive successes that bring it back.
+    pub rise: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/-/healthy".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+        }
+    }
 }
 
 impl Config {
@@ -268,14 +435,42 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
-        let mut services = Vec::new();
-        let mut names = BTreeSet::new();
-        if raw.services.is_empty() {
+        let script_limits = match check_limits(&raw.script_limits) {
+            Ok(l) => l,
+            Err(list) => {
+                problems.extend(list.into_iter().map(|(key, message)| ConfigProblem {
+                    location: format!("script_limits.{key}"),
+                    message,
+                }));
+                Limits::default()
+            }
+        };
+        let env_allowlist = raw
+            .env_allowlist
+            .clone()
+            .unwrap_or_else(|| vec!["PROMSHARD_*".to_string()]);
+        if let Some(bad) = env_allowlist
+            .iter()
+            .find(|p| p.is_empty() || p.trim_end_matches('*').contains('*'))
+        {
             problems.push(ConfigProblem {
-                location: "services".into(),
-                message: "no services configured".into(),
+                location: "env_allowlist".into(),
+                message: format!("{bad:?}: use a name or a prefix ending in one '*'"),
             });
         }
+        // The defaults are checked once on their own, so that a mistake in
+        // them is reported even when only drop-in services use them.
+        if let Err(list) = check_service(
+            RawService::from_settings("defaults".into(), PathBuf::new(), raw.defaults.clone()),
+            &base_dir,
+        ) {
+            problems.extend(list.into_iter().map(|(key, message)| ConfigProblem {
+                location: format!("defaults.{key}"),
+                message,
+            }));
+        }
+        let mut services = Vec::new();
+        let mut names = BTreeSet::new();
         for (i, rs) in raw.services.into_iter().enumerate() {
             let location = format!("services[{i}] {:?}", rs.name);
             if !names.insert(rs.name.clone()) {
@@ -284,7 +479,7 @@ impl Config {
                     message: format!("duplicate service name {:?}", rs.name),
                 });
             }
-            match check_service(rs, &base_dir) {
+            match check_service(rs.with_defaults(&raw.defaults), &base_dir) {
                 Ok(s) => services.push(Arc::new(s)),
                 Err(list) => {
                     problems.extend(list.into_iter().map(|(key, message)| ConfigProblem {
@@ -305,10 +500,55 @@ impl Config {
             out_dir: base_dir.join(raw.out_dir),
             allowed_dirs: raw.allowed_dirs.iter().map(|d| base_dir.join(d)).collect(),
             api_token,
+            scripts_dir: base_dir.join(raw.scripts_dir),
+            script_limits,
+            env_allowlist,
+            defaults: raw.defaults,
             base_dir,
             listen,
             services,
         })
+    }
+
+    /// Build the drop-in service `name` for `script` from the `defaults:`
+    /// block overridden by `settings` (what the script's `fn service()`
+    /// returned, as JSON), validated exactly like a service in the file.
+    /// `script_nodes`: the script defines `fn nodes(ctx)`, so nodes from the
+    /// defaults are not inherited. Problems name the key.
+    pub fn drop_in_service(
+        &self,
+        name: &str,
+        script: &Path,
+        settings: Option<serde_json::Value>,
+        script_nodes: bool,
+    ) -> Result<Service, Vec<ConfigProblem>> {
+        let own: RawSettings = match settings {
+            None => RawSettings::default(),
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                vec![ConfigProblem {
+                    location: "fn service()".into(),
+                    message: e.to_string(),
+                }]
+            })?,
+        };
+        let mut defaults = self.defaults.clone();
+        if script_nodes {
+            defaults.nodes = None;
+        }
+        let raw = RawService::from_settings(name.to_string(), script.to_path_buf(), own)
+            .with_defaults(&defaults);
+        let mut service = check_service(raw, &self.base_dir).map_err(|list| {
+            list.into_iter()
+                .map(|(key, message)| ConfigProblem {
+                    location: format!("fn service(): {key}"),
+                    message,
+                })
+                .collect::<Vec<_>>()
+        })?;
+        // `script` is already resolved (it was found in `scripts_dir`).
+        service.script = script.to_path_buf();
+        service.drop_in = true;
+        Ok(service)
     }
 
     /// The service called `name`.
@@ -348,13 +588,22 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             Schedule::Cron(DEFAULT_SCHEDULE.into())
         }
     };
-    let nodes = match check_nodes(&rs.nodes) {
-        Ok(n) => n,
-        Err(e) => {
+    // No `nodes:` at all means a script supplies them (`node_script`, or
+    // `fn nodes(ctx)` in the service's script; checked when it runs).
+    let nodes = match rs.nodes.as_deref().map(check_nodes) {
+        None => Vec::new(),
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
             p.push(("nodes", e));
             Vec::new()
         }
     };
+    if rs.node_script.is_some() && rs.nodes.is_some() {
+        p.push((
+            "node_script",
+            "set nodes or node_script, not both".into(),
+        ));
+    }
     let replicas = match rs.replicas.unwrap_or(1) {
         r if r >= 1 => r as usize,
         r => {
@@ -396,6 +645,28 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             };
             Push::Local { dest }
         }
+        RawPush::Ansible {
+            playbook,
+            dest_sd_file_name,
+            vars,
+            forks,
+            timeout,
+            retries,
+            ansible_playbook,
+        } => Push::Ansible(check_ansible(
+            AnsibleRaw {
+                playbook,
+                dest_sd_file_name,
+                vars,
+                forks,
+                timeout,
+                retries,
+                ansible_playbook,
+            },
+            file_type,
+            base_dir,
+            &mut p,
+        )),
     };
     let ring = rs.ring.unwrap_or_default();
     if ring.vnodes == 0 {
@@ -421,12 +692,16 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             Duration::from_secs(3600)
         }
     };
+    let health = rs.health.as_ref().map(|h| check_health(h, &mut p));
     if !p.is_empty() {
         return Err(p);
     }
     Ok(Service {
         resync_interval,
+        health,
         script: base_dir.join(&rs.script),
+        node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
+        drop_in: false,
         name: rs.name,
         schedule,
         nodes,
@@ -437,6 +712,278 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         ring,
         max_drop_ratio,
     })
+}
+
+impl RawService {
+    fn from_settings(name: String, script: PathBuf, s: RawSettings) -> RawService {
+        RawService {
+            name,
+            script,
+            schedule: s.schedule,
+            nodes: s.nodes,
+            node_script: s.node_script,
+            replicas: s.replicas,
+            file_type: s.file_type,
+            port: s.port,
+            push: s.push,
+            ring: s.ring,
+            max_drop_ratio: s.max_drop_ratio,
+            resync_interval: s.resync_interval,
+            health: s.health,
+        }
+    }
+
+    /// Fill every setting the service leaves unset from `d`. A service with
+    /// its own `node_script` does not inherit static nodes, and vice versa.
+    fn with_defaults(mut self, d: &RawSettings) -> RawService {
+        fn or<T: Clone>(own: &mut Option<T>, default: &Option<T>) {
+            if own.is_none() {
+                own.clone_from(default);
+            }
+        }
+        if self.nodes.is_none() && self.node_script.is_none() {
+            or(&mut self.nodes, &d.nodes);
+            if self.nodes.is_none() {
+                or(&mut self.node_script, &d.node_script);
+            }
+        }
+        or(&mut self.schedule, &d.schedule);
+        or(&mut self.replicas, &d.replicas);
+        or(&mut self.file_type, &d.file_type);
+        or(&mut self.port, &d.port);
+        or(&mut self.push, &d.push);
+        or(&mut self.ring, &d.ring);
+        or(&mut self.max_drop_ratio, &d.max_drop_ratio);
+        or(&mut self.resync_interval, &d.resync_interval);
+        or(&mut self.health, &d.health);
+        self
+    }
+}
+
+/// The fields of `RawPush::Ansible`.
+struct AnsibleRaw {
+    playbook: Option<PathBuf>,
+    dest_sd_file_name: Option<String>,
+    vars: BTreeMap<String, serde_yaml_ng::Value>,
+    forks: Option<i64>,
+    timeout: Option<String>,
+    retries: Option<i64>,
+    ansible_playbook: Option<PathBuf>,
+}
+
+/// Check `push: {kind: ansible}`; problems are pushed under `push.<key>`.
+fn check_ansible(
+    raw: AnsibleRaw,
+    file_type: FileType,
+    base_dir: &Path,
+    p: &mut KeyProblems,
+) -> AnsiblePush {
+    let playbook = match raw.playbook {
+        None => {
+            p.push(("push.playbook", "required for kind ansible".into()));
+            PathBuf::new()
+        }
+        Some(pb) => {
+            let pb = base_dir.join(pb);
+            if !pb.is_file() {
+                p.push(("push.playbook", format!("{} is not a file", pb.display())));
+            }
+            pb
+        }
+    };
+    let dest_sd_file_name = raw
+        .dest_sd_file_name
+        .unwrap_or_else(|| format!("{{service}}.{}", file_type.ext()));
+    if dest_sd_file_name.is_empty()
+        || dest_sd_file_name.contains('/')
+        || dest_sd_file_name == "."
+        || dest_sd_file_name == ".."
+        || dest_sd_file_name.chars().any(char::is_control)
+    {
+        p.push((
+            "push.dest_sd_file_name",
+            format!("{dest_sd_file_name:?} must be a plain file name (no '/', not '..')"),
+        ));
+    }
+    let mut vars = BTreeMap::new();
+    for (k, v) in raw.vars {
+        let ident = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            p.push((
+                "push.vars",
+                format!("{k:?} is not a valid Ansible variable name"),
+            ));
+        } else if crate::push::ansible::RESERVED_VARS.contains(&k.as_str()) {
+            p.push((
+                "push.vars",
+                format!("{k:?} is set by promshard and cannot be overridden"),
+            ));
+        }
+        match serde_json::to_value(&v) {
+            Ok(j) => {
+                vars.insert(k, j);
+            }
+            Err(e) => p.push(("push.vars", format!("{k:?}: unsupported value: {e}"))),
+        }
+    }
+    let forks = match raw.forks.unwrap_or(10) {
+        n if (1..=1000).contains(&n) => n as usize,
+        n => {
+            p.push(("push.forks", format!("{n} must be 1..=1000")));
+            1
+        }
+    };
+    let timeout = match parse_duration(raw.timeout.as_deref().unwrap_or("120s")) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            p.push(("push.timeout", "must be more than 0s".into()));
+            Duration::from_secs(120)
+        }
+        Err(e) => {
+            p.push(("push.timeout", e));
+            Duration::from_secs(120)
+        }
+    };
+    let retries = match raw.retries.unwrap_or(2) {
+        n if (0..=10).contains(&n) => n as u32,
+        n => {
+            p.push(("push.retries", format!("{n} must be 0..=10")));
+            0
+        }
+    };
+    let ansible_playbook = match raw.ansible_playbook {
+        None => PathBuf::from("ansible-playbook"),
+        Some(a) if a.as_os_str().is_empty() => {
+            p.push(("push.ansible_playbook", "must not be empty".into()));
+            a
+        }
+        // A bare name is looked up in PATH; a path is config-relative.
+        Some(a) if a.components().count() == 1 && !a.is_absolute() => a,
+        Some(a) => base_dir.join(a),
+    };
+    AnsiblePush {
+        playbook,
+        dest_sd_file_name,
+        vars,
+        forks,
+        timeout,
+        retries,
+        ansible_playbook,
+    }
+}
+
+/// Check `health:`; problems are pushed under `health.<key>`.
+fn check_health(raw: &RawHealth, p: &mut KeyProblems) -> Health {
+    let d = Health::default();
+    let path = raw.path.clone().unwrap_or(d.path);
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.push((
+            "health.path",
+            format!("{path:?} must start with '/' and contain no spaces or control characters"),
+        ));
+    }
+    let mut duration = |key: &'static str, v: &Option<String>, default: Duration| match v
+        .as_deref()
+        .map(parse_duration)
+    {
+        None => default,
+        Some(Ok(t)) if t >= Duration::from_millis(10) => t,
+        Some(Ok(_)) => {
+            p.push((
+                key,
+                format!("{:?} must be at least 10ms", v.as_deref().unwrap_or("")),
+            ));
+            default
+        }
+        Some(Err(e)) => {
+            p.push((key, e));
+            default
+        }
+    };
+    let interval = duration("health.interval", &raw.interval, d.interval);
+    let timeout = duration("health.timeout", &raw.timeout, d.timeout.min(interval));
+    if timeout > interval {
+        p.push((
+            "health.timeout",
+            format!(
+                "{:?} must not exceed health.interval ({:?})",
+                raw.timeout.as_deref().unwrap_or(""),
+                raw.interval.as_deref().unwrap_or("5s")
+            ),
+        ));
+    }
+    let mut count = |key: &'static str, v: Option<i64>, default: u32| match v {
+        None => default,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(n) => {
+            p.push((key, format!("{n} must be between 1 and 100")));
+            default
+        }
+    };
+    let fall = count("health.fall", raw.fall, d.fall);
+    let rise = count("health.rise", raw.rise, d.rise);
+    Health {
+        path,
+        interval,
+        timeout,
+        fall,
+        rise,
+    }
+}
+
+fn check_limits(raw: &RawLimits) -> Result<Limits, KeyProblems> {
+    let mut p: KeyProblems = Vec::new();
+    let d = Limits::default();
+    fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
+        p: &mut KeyProblems,
+        key: &'static str,
+        v: Option<T>,
+        default: T,
+    ) -> T {
+        match v {
+            Some(n) if n <= T::default() => {
+                p.push((key, format!("{n} must be greater than 0")));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+    let timeout = match raw.timeout.as_deref().map(parse_duration) {
+        None => d.timeout,
+        Some(Ok(t)) if !t.is_zero() => t,
+        Some(Ok(_)) => {
+            p.push(("timeout", "must be greater than 0".into()));
+            d.timeout
+        }
+        Some(Err(e)) => {
+            p.push(("timeout", e));
+            d.timeout
+        }
+    };
+    let limits = Limits {
+        max_operations: positive(&mut p, "max_operations", raw.max_operations, d.max_operations),
+        max_call_levels: positive(&mut p, "max_call_levels", raw.max_call_levels, d.max_call_levels),
+        max_string_size: positive(&mut p, "max_string_size", raw.max_string_size, d.max_string_size),
+        max_array_size: positive(&mut p, "max_array_size", raw.max_array_size, d.max_array_size),
+        max_map_size: positive(&mut p, "max_map_size", raw.max_map_size, d.max_map_size),
+        timeout,
+        max_memory: positive(&mut p, "max_memory_mb", raw.max_memory_mb, d.max_memory >> 20) << 20,
+    };
+    if p.is_empty() { Ok(limits) } else { Err(p) }
+}
+
+/// Check nodes a script returned (JSON of an array of `"host:port"` strings
+/// or `{addr, weight}` maps) exactly like `nodes:` in the config.
+pub fn nodes_from_json(value: serde_json::Value) -> Result<Vec<NodeSpec>, String> {
+    let raw: Vec<RawNode> = serde_json::from_value(value).map_err(|e| {
+        format!("expected an array of \"host:port\" strings or #{{addr, weight}} maps: {e}")
+    })?;
+    check_nodes(&raw)
 }
 
 fn check_nodes(raw: &[RawNode]) -> Result<Vec<NodeSpec>, String> {
@@ -623,5 +1170,56 @@ services:
         );
         assert!(parse_schedule("@every 0s").is_err());
         assert!(parse_schedule("61 * * * * *").is_err());
+    }
+
+    #[test]
+    fn health_defaults_and_overrides() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.services[0].health, None, "no health: no probes");
+        let c = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {}")).unwrap();
+        assert_eq!(c.services[0].health, Some(Health::default()));
+        let text = GOOD.replace(
+            "port: 9100",
+            "port: 9100\n    health: {path: /ready, interval: 500ms, timeout: 200ms, fall: 2, rise: 1}",
+        );
+        let h = parse(&text).unwrap().services[0].health.clone().unwrap();
+        assert_eq!(
+            h,
+            Health {
+                path: "/ready".into(),
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(200),
+                fall: 2,
+                rise: 1
+            }
+        );
+        // Inherited from `defaults:`.
+        let text = format!("defaults:\n  health: {{fall: 5}}\n{GOOD}");
+        let h = parse(&text).unwrap().services[0].health.clone().unwrap();
+        assert_eq!(h.fall, 5);
+    }
+
+    #[test]
+    fn health_errors_name_the_key() {
+        let text = GOOD.replace(
+            "port: 9100",
+            "port: 9100\n    health: {path: healthy, interval: 1s, timeout: 2s, fall: 0, rise: 101}",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        let keys = ["health.path", "health.timeout", "health.fall"];
+        for key in keys.into_iter().chain(["health.rise"]) {
+            assert!(
+                e.contains(&format!("services[0] \"node_exporter\": {key}: ")),
+                "{key} missing in:\n{e}"
+            );
+        }
+        let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {interval: soon}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("health.interval"), "{e}");
+        let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {intervall: 1s}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("intervall"), "{e}");
     }
 }

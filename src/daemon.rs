@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Config, Schedule, Service};
+use crate::membership::{Membership, NodeStatus};
 use crate::metrics::Metrics;
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::{CompiledScript, Sandbox};
@@ -58,6 +59,9 @@ pub struct ServiceStatus {
     pub last_success: Option<u64>,
     /// The last successful pass (the plan now in effect).
     pub current: Option<PassReport>,
+    /// Per-node health, when the service has `health:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Vec<NodeStatus>>,
 }
 
 /// One running service.
@@ -74,6 +78,8 @@ pub struct Shared {
     config_path: PathBuf,
     config: RwLock<Arc<Config>>,
     pub metrics: Metrics,
+    /// Health checks and the live nodes of each service.
+    pub membership: Arc<Membership>,
     runners: tokio::sync::Mutex<BTreeMap<String, Runner>>,
     status: RwLock<BTreeMap<String, ServiceStatus>>,
     pass_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -118,6 +124,7 @@ impl Shared {
             .cloned()
             .map(|mut s| {
                 s.next_run = next.remove(&s.name);
+                s.health = self.membership.status(&s.name);
                 s
             })
             .collect()
@@ -125,17 +132,51 @@ impl Shared {
 
     /// Status of one service.
     pub fn status(&self, name: &str) -> Option<ServiceStatus> {
-        self.status
+        let mut s = self
+            .status
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .cloned()
+            .cloned()?;
+        s.health = self.membership.status(name);
+        Some(s)
     }
 
-    /// Whether every service has had a successful pass.
+    /// Whether every service has had a successful pass and has a live node.
     pub fn ready(&self) -> bool {
+        self.unready().is_none()
+    }
+
+    /// Why the daemon is not ready, if it is not.
+    pub fn unready(&self) -> Option<String> {
         let status = self.status.read().unwrap_or_else(|p| p.into_inner());
-        !status.is_empty() && status.values().all(|s| s.last_success.is_some())
+        if status.is_empty() {
+            return Some("no services".into());
+        }
+        let waiting: Vec<&str> = status
+            .values()
+            .filter(|s| s.last_success.is_none())
+            .map(|s| s.name.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            return Some(format!("no successful pass yet: {}", waiting.join(", ")));
+        }
+        let dead: Vec<&str> = status
+            .keys()
+            .filter(|name| {
+                self.membership
+                    .status(name)
+                    .is_some_and(|n| !n.is_empty() && n.iter().all(|n| !n.in_ring))
+            })
+            .map(String::as_str)
+            .collect();
+        if !dead.is_empty() {
+            return Some(format!(
+                "every node is down (last files kept): {}",
+                dead.join(", ")
+            ));
+        }
+        None
     }
 
     /// Ask for a pass of `name`; false if there is no such service.
@@ -166,19 +207,32 @@ impl Shared {
         let started = Instant::now();
         let config = self.config();
         let sandbox = self.sandbox();
-        let result = match CompiledScript::compile(&service.script) {
-            Err(e) => Err(PassError::Script(e)),
-            Ok(script) => {
-                let input = PassInput {
-                    config: &config,
-                    service,
-                    script: &script,
-                    nodes: &service.nodes,
-                    sandbox: &sandbox,
-                };
-                run_pass(input, PassOptions::default(), &self.shutdown).await
+        let nodes = self.membership.live(&service.name, &service.nodes);
+        let result = if nodes.is_empty() && !service.nodes.is_empty() {
+            // Re-planning onto nobody: refuse, loudly, and leave every file
+            // and delivery as the last pass left them.
+            Err(PassError::AllNodesDown {
+                nodes: service.nodes.len(),
+            })
+        } else {
+            match CompiledScript::compile(&service.script) {
+                Err(e) => Err(PassError::Script(e)),
+                Ok(script) => {
+                    let input = PassInput {
+                        config: &config,
+                        service,
+                        script: &script,
+                        nodes: &nodes,
+                        sandbox: &sandbox,
+                        node_filter: self.script_node_filter(service),
+                    };
+                    run_pass(input, PassOptions::default(), &self.shutdown).await
+                }
             }
         };
+        if matches!(result, Err(PassError::AllNodesDown { .. })) {
+            forget_deliveries(&config, service);
+        }
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.record_pass(&service.name, seconds, &result);
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
@@ -193,6 +247,7 @@ impl Shared {
                 Some(format!("{} deliveries failed", r.failed_deliveries())),
             ),
             Err(e @ PassError::MassDrop { .. }) => ("refused", Some(e.to_string())),
+            Err(e @ PassError::AllNodesDown { .. }) => ("all_nodes_down", Some(e.to_string())),
             Err(e) => ("failed", Some(e.to_string())),
         };
         if let Some(e) = &error {
@@ -221,6 +276,18 @@ impl Shared {
         }
     }
 
+    /// For a health-checked service whose script supplies the nodes: watch
+    /// the nodes it returns and keep the live ones.
+    fn script_node_filter(&self, service: &Service) -> Option<crate::pass::NodeFilter> {
+        let health = service.health.clone()?;
+        let membership = Arc::clone(&self.membership);
+        let name = service.name.clone();
+        Some(Arc::new(move |nodes: &[crate::ring::NodeSpec]| {
+            membership.watch(&name, Some(&health), nodes);
+            membership.live(&name, nodes)
+        }))
+    }
+
     /// Start a runner for `service` (its first pass runs at once).
     async fn start(
         self: &Arc<Self>,
@@ -229,6 +296,8 @@ impl Shared {
     ) {
         let wake = Arc::new(Notify::new());
         let stop = self.shutdown.child_token();
+        self.membership
+            .watch(&service.name, service.health.as_ref(), &service.nodes);
         let job = match self.add_job(&service, &wake).await {
             Ok(id) => Some(id),
             Err(e) => {
@@ -249,6 +318,7 @@ impl Shared {
                     last_pass: None,
                     last_success: None,
                     current: None,
+                    health: None,
                 });
             entry.script = service.script.clone();
             entry.schedule = service.schedule.to_string();
@@ -324,6 +394,11 @@ impl Shared {
             .collect();
         let mut runners = self.runners.lock().await;
         let names: Vec<String> = runners.keys().cloned().collect();
+        // Old runners are stopped after the lock is released: stopping waits
+        // for the pass in progress, and the API and triggers of every other
+        // service need the lock meanwhile. A replacement queues on the
+        // service's pass lock, so passes still never overlap.
+        let mut retired = Vec::new();
         for name in names {
             let keep = wanted
                 .get(&name)
@@ -332,9 +407,11 @@ impl Shared {
                 continue;
             }
             if let Some(r) = runners.remove(&name) {
-                self.stop(r).await;
+                r.stop.cancel();
+                retired.push(r);
             }
             if !wanted.contains_key(&name) {
+                self.membership.unwatch(&name);
                 self.status
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -352,6 +429,10 @@ impl Shared {
             if !runners.contains_key(&name) {
                 self.start(&mut runners, service).await;
             }
+        }
+        drop(runners);
+        for r in retired {
+            self.stop(r).await;
         }
     }
 
@@ -373,6 +454,23 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Every node of `service` is down: forget what was delivered (not the
+/// files). A returning server may have lost its disk, so each node is sent
+/// its file again when it is back, even if the content is unchanged.
+fn forget_deliveries(config: &Config, service: &Service) {
+    let mut state = crate::state::ServiceState::load(&config.out_dir, &service.name);
+    if state.nodes.values().all(|n| n.delivered_hash.is_none()) {
+        return;
+    }
+    for n in state.nodes.values_mut() {
+        n.delivered_hash = None;
+        n.last_result = Some("node_down".into());
+    }
+    if let Err(e) = state.save(&config.out_dir, &service.name) {
+        tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");
     }
 }
 
@@ -406,14 +504,19 @@ fn watch_config(
 
 /// Run the daemon until `shutdown` is cancelled.
 pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything else: SIGHUP's default action kills the process, and
+    // a reload (systemd's ExecReload) may come as soon as we are started.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
     let scheduler = JobScheduler::new()
         .await
         .context("starting the cron scheduler")?;
+    let (membership, mut membership_events) = Membership::new(shutdown.clone());
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         config: RwLock::new(Arc::clone(&config)),
         metrics: Metrics::new(),
+        membership,
         runners: tokio::sync::Mutex::new(BTreeMap::new()),
         status: RwLock::new(BTreeMap::new()),
         pass_locks: Mutex::new(HashMap::new()),
@@ -429,6 +532,26 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
                 config.listen
             )
         })?;
+    // Membership changes: metrics, and a pass of the service at once.
+    let membership_task = {
+        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    e = membership_events.recv() => match e { Some(e) => e, None => break },
+                };
+                shared.metrics.membership(&event);
+                if event.changes.is_empty() {
+                    continue;
+                }
+                if event.live() == 0 {
+                    tracing::error!(service = %event.service, nodes = event.nodes.len(), "every node of the service is down; keeping the last files and deliveries");
+                }
+                shared.trigger(&event.service, "membership").await;
+            }
+        })
+    };
     let http = tokio::spawn(crate::http::serve(
         listener,
         Arc::clone(&shared),
@@ -451,7 +574,6 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
             |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
         )
         .ok();
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tracing::info!(listen = %config.listen, services = config.services.len(), "promshard running");
     loop {
         tokio::select! {
@@ -474,6 +596,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         shared.stop(r).await;
     }
     let _ = http.await;
+    let _ = membership_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -73,14 +73,13 @@ async fn metrics(State(shared): App) -> Response {
 }
 
 async fn readyz(State(shared): App) -> Response {
-    if shared.ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+    match shared.unready() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not every service has had a successful pass\n",
+            format!("not ready: {why}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -116,7 +115,7 @@ async fn plan(State(shared): App, Path(name): Path<String>) -> Response {
     }
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let config = shared.config();
     match &config.api_token {
         Some(token) => {
@@ -127,23 +126,23 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
             if given == Some(token.as_str()) {
                 Ok(())
             } else {
-                Err(error(
+                Err(Box::new(error(
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong bearer token",
-                ))
+                )))
             }
         }
         None if config.listen.ip().is_loopback() => Ok(()),
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "mutating calls are disabled on a non-loopback listener without api_token",
-        )),
+        ))),
     }
 }
 
 async fn dispatch(State(shared): App, Path(name): Path<String>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&shared, &headers) {
-        return denied;
+        return *denied;
     }
     if shared.trigger(&name, "api").await {
         json(

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod output;
 pub mod pass;

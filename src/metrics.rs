@@ -43,6 +43,7 @@ pub struct Metrics {
     pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     pub node_up: Family<Labels, Gauge>,
     pub membership_changes: Family<Labels, Counter>,
+    pub live_nodes: Family<Labels, Gauge>,
     pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
@@ -71,6 +72,7 @@ impl Metrics {
             last_success: Family::default(),
             node_up: Family::default(),
             membership_changes: Family::default(),
+            live_nodes: Family::default(),
             delivery_run_duration: Family::new_with_constructor(pass_histogram),
             registry: Registry::default(),
         };
@@ -141,8 +143,13 @@ impl Metrics {
         );
         registry.register(
             "membership_changes",
-            "Node membership changes by service",
+            "Node membership changes (health checks) by service and direction (up, down)",
             m.membership_changes.clone(),
+        );
+        registry.register(
+            "live_nodes",
+            "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
+            m.live_nodes.clone(),
         );
         registry.register(
             "delivery_run_duration_seconds",
@@ -215,13 +222,40 @@ impl Metrics {
     }
 
     /// Forget the per-node series of nodes that are no longer planned.
+    /// (`node_up` stays: a node out of the ring is still watched, at 0.)
     pub fn forget_node(&self, service_name: &str, node: &str) {
         let l = vec![
             ("service", service_name.to_string()),
             ("node", node.to_string()),
         ];
         self.node_targets.remove(&l);
-        self.node_up.remove(&l);
+    }
+
+    /// Record a membership event: `node_up` of every node, the count of
+    /// changes, the live-node gauge; series of unwatched nodes go.
+    pub fn membership(&self, e: &crate::membership::Event) {
+        let node = |n: &str| vec![("service", e.service.clone()), ("node", n.to_string())];
+        for n in &e.removed {
+            self.node_up.remove(&node(n));
+        }
+        for (n, up) in &e.nodes {
+            self.node_up.get_or_create(&node(n)).set(i64::from(*up));
+        }
+        if e.nodes.is_empty() {
+            self.live_nodes.remove(&service(&e.service));
+        } else {
+            self.live_nodes
+                .get_or_create(&service(&e.service))
+                .set(e.live() as i64);
+        }
+        for c in &e.changes {
+            self.membership_changes
+                .get_or_create(&vec![
+                    ("service", e.service.clone()),
+                    ("direction", if c.up { "up" } else { "down" }.into()),
+                ])
+                .inc();
+        }
     }
 
     /// Count a script reload (`ok` or `failed`).

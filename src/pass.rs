@@ -62,6 +62,10 @@ pub enum PassError {
     },
     #[error("internal task failed: {0}")]
     Join(String),
+    #[error(
+        "all {nodes} nodes are down (health checks); last files and deliveries kept, not re-planning"
+    )]
+    AllNodesDown { nodes: usize },
 }
 
 impl PassError {
@@ -73,6 +77,7 @@ impl PassError {
             PassError::MassDrop { .. } => "mass_drop",
             PassError::Output(_) | PassError::State { .. } => "io",
             PassError::Join(_) => "internal",
+            PassError::AllNodesDown { .. } => "all_nodes_down",
         }
     }
 }
@@ -113,6 +118,23 @@ pub struct PassReport {
     pub removed: Vec<String>,
     pub dry_run: bool,
     pub duration_ms: u64,
+    /// Where the time went, in milliseconds.
+    pub phases_ms: Phases,
+}
+
+/// Milliseconds spent in each phase of a pass (see `--json` and debug logs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Phases {
+    pub script: f64,
+    pub normalize: f64,
+    pub plan: f64,
+    pub render: f64,
+    pub write: f64,
+    pub deliver: f64,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 impl PassReport {
@@ -138,7 +160,13 @@ pub struct PassInput<'a> {
     /// Live nodes, sorted by address.
     pub nodes: &'a [NodeSpec],
     pub sandbox: &'a Sandbox,
+    /// Keeps the live ones of the nodes a script supplies (health checks;
+    /// see `membership`). Static `nodes` arrive already filtered.
+    pub node_filter: Option<NodeFilter>,
 }
+
+/// Given the nodes a script returned, the ones in the ring.
+pub type NodeFilter = Arc<dyn Fn(&[NodeSpec]) -> Vec<NodeSpec> + Send + Sync>;
 
 /// The pure part of a pass: targets, plan and rendered files.
 struct Computed {
@@ -147,6 +175,7 @@ struct Computed {
     duplicates: usize,
     plan: Plan,
     files: Vec<(String, Vec<u8>)>,
+    phases: Phases,
 }
 
 /// The `ctx` map given to `targets(ctx)`.
@@ -178,18 +207,69 @@ fn file_name_map(a: &FileNameArgs) -> Map {
     f
 }
 
+/// The nodes a script supplies for `service`, or `None` when it uses its
+/// static `nodes:`. In order: `node_script`'s `fn nodes(ctx)`, then
+/// `fn nodes(ctx)` in the service's own script. The result is validated like
+/// `nodes:` in the config. A `node_script` is compiled afresh each time, so
+/// its edits apply on the next pass. Blocking.
+pub fn script_nodes(
+    service: &Service,
+    script: &CompiledScript,
+    sandbox: &Sandbox,
+) -> Option<Result<Vec<NodeSpec>, ScriptError>> {
+    let ctx = script_ctx(service, &[]);
+    if let Some(path) = &service.node_script {
+        return Some(CompiledScript::compile(path).and_then(|s| ScriptRun::new(&s, sandbox).nodes(ctx)));
+    }
+    if script.has_fn("nodes", 1) {
+        return Some(ScriptRun::new(script, sandbox).nodes(ctx));
+    }
+    if service.nodes.is_empty() {
+        return Some(Err(ScriptError::NoNodes {
+            path: script.path.clone(),
+            service: service.name.clone(),
+        }));
+    }
+    None
+}
+
 fn compute(
     service: &Service,
     script: &CompiledScript,
     nodes: &[NodeSpec],
     sandbox: &Sandbox,
+    node_filter: Option<&NodeFilter>,
 ) -> Result<Computed, PassError> {
+    let from_script = match script_nodes(service, script, sandbox) {
+        Some(r) => Some(r?),
+        None => None,
+    };
+    let from_script = match (from_script, node_filter) {
+        (Some(all), Some(live)) => {
+            let up = live(&all);
+            if up.is_empty() && !all.is_empty() {
+                return Err(PassError::AllNodesDown { nodes: all.len() });
+            }
+            Some(up)
+        }
+        (n, _) => n,
+    };
+    let nodes = from_script.as_deref().unwrap_or(nodes);
+    if let Some(n) = &from_script {
+        tracing::debug!(service = %service.name, nodes = n.len(), "nodes from script");
+    }
+    let mut phases = Phases::default();
+    let t = Instant::now();
     let run = ScriptRun::new(script, sandbox);
     let (groups, mut invalid) = run.targets(script_ctx(service, nodes))?;
+    phases.script = ms_since(t);
+    let t = Instant::now();
     let normalized = normalize(groups);
     invalid.extend(normalized.invalid);
     invalid.sort_by_key(|i| i.group);
     let targets = normalized.targets;
+    phases.normalize = ms_since(t);
+    let t = Instant::now();
     let mut script_name_error = None;
     let plan = make_plan(
         &PlanInput {
@@ -214,6 +294,8 @@ fn compute(
         (Err(_), Some(e)) => return Err(e.into()),
         (p, _) => p?,
     };
+    phases.plan = ms_since(t);
+    let t = Instant::now();
     let files = plan
         .nodes
         .iter()
@@ -224,12 +306,14 @@ fn compute(
             )
         })
         .collect();
+    phases.render = ms_since(t);
     Ok(Computed {
         targets,
         invalid,
         duplicates: normalized.duplicates,
         plan,
         files,
+        phases,
     })
 }
 
@@ -297,15 +381,18 @@ pub async fn run_pass(
     let out_dir = input.config.out_dir.clone();
     let dir = out_dir.join(&service.name);
     let computed = {
-        let (svc, script, nodes, sandbox) = (
+        let (svc, script, nodes, sandbox, filter) = (
             Arc::new(service.clone()),
             input.script.clone(),
             input.nodes.to_vec(),
             input.sandbox.clone(),
+            input.node_filter.clone(),
         );
-        tokio::task::spawn_blocking(move || compute(&svc, &script, &nodes, &sandbox))
-            .await
-            .map_err(|e| PassError::Join(e.to_string()))??
+        tokio::task::spawn_blocking(move || {
+            compute(&svc, &script, &nodes, &sandbox, filter.as_ref())
+        })
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))??
     };
     let mut state = ServiceState::load(&out_dir, &service.name);
     let now_count = computed.targets.len();
@@ -362,6 +449,7 @@ pub async fn run_pass(
         removed: Vec::new(),
         dry_run: options.dry_run,
         duration_ms: 0,
+        phases_ms: computed.phases.clone(),
     };
     for bad in &computed.invalid {
         tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
@@ -375,10 +463,13 @@ pub async fn run_pass(
     // Effects from here on.
     let files = computed.files;
     let write_dir = dir.clone();
+    let t = Instant::now();
     let synced = tokio::task::spawn_blocking(move || sync_dir(&write_dir, &files))
         .await
         .map_err(|e| PassError::Join(e.to_string()))??;
     report.removed = synced.removed;
+    report.phases_ms.write = ms_since(t);
+    let t = Instant::now();
     for n in &mut nodes {
         n.changed = synced.written.contains(&n.file);
     }
@@ -447,6 +538,8 @@ pub async fn run_pass(
         }
     }
 
+    report.phases_ms.deliver = ms_since(t);
+
     // Remember what was done.
     state.targets = now_count;
     for (n, hash) in nodes.iter().zip(&hashes) {
@@ -480,6 +573,15 @@ pub async fn run_pass(
     state.nodes.retain(|node, _| {
         planned.contains(node) || (pusher.delivers() && !told.contains(node.as_str()))
     });
+    // What a departed node holds is unknown now (its old file, the empty
+    // one, or nothing if it lost its disk): when it returns, deliver its
+    // file even if the content is what was delivered before it left.
+    for (node, ns) in state.nodes.iter_mut() {
+        if !planned.contains(node) {
+            ns.delivered_hash = None;
+            ns.last_result = Some("departed".into());
+        }
+    }
     state
         .save(&out_dir, &service.name)
         .map_err(|source| PassError::State {
@@ -515,6 +617,17 @@ pub fn log_summary(r: &PassReport) {
         departed = r.departed.len(),
         duration_ms = r.duration_ms,
         "pass done"
+    );
+    let p = &r.phases_ms;
+    tracing::debug!(
+        service = %r.name,
+        script_ms = p.script,
+        normalize_ms = p.normalize,
+        plan_ms = p.plan,
+        render_ms = p.render,
+        write_ms = p.write,
+        deliver_ms = p.deliver,
+        "pass phases"
     );
 }
 

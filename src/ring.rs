@@ -216,42 +216,75 @@ impl Ring {
         }
         let total = total as usize;
 
-        // About two points per bucket; at least one bucket bit.
-        let bucket_bits =
-            (usize::BITS - (total / 2).max(1).leading_zeros()).clamp(1, 64 - NODE_BITS);
+        // Generate, then sort with one MSD radix pass on the top bits into
+        // cache-sized chunks and a comparison sort inside each chunk.
+        let mut raw = Vec::with_capacity(total);
+        for (i, node) in nodes.iter().enumerate() {
+            let seed = hash_key(&node.addr);
+            for v in 0..u64::from(node.weight) * u64::from(settings.vnodes) {
+                raw.push((point_position(seed, v) & !NODE_MASK) | i as u64);
+            }
+        }
+        let chunk_bits = (usize::BITS - (total / 2048).max(1).leading_zeros() - 1).min(16);
+        let chunk_shift = 64 - chunk_bits;
+        let mut starts = vec![0usize; (1 << chunk_bits) + 1];
+        for &p in &raw {
+            starts[(p.checked_shr(chunk_shift).unwrap_or(0)) as usize + 1] += 1;
+        }
+        for c in 0..1 << chunk_bits {
+            starts[c + 1] += starts[c];
+        }
+        let mut fill = starts.clone();
+        let mut points = vec![0u64; total];
+        for &p in &raw {
+            let slot = &mut fill[(p.checked_shr(chunk_shift).unwrap_or(0)) as usize];
+            points[*slot] = p;
+            *slot += 1;
+        }
+
+        // Within each chunk (cache-resident), counting sort by bucket, then
+        // insertion sort of each bucket (about two points), filling the
+        // bucket table as we go.
+        let bucket_bits = (usize::BITS - (total / 2).max(1).leading_zeros())
+            .clamp(chunk_bits.max(1), 64 - NODE_BITS);
         let shift = 64 - bucket_bits;
         let buckets = 1usize << bucket_bits;
-
-        // Counting sort by bucket, then sort each (tiny) bucket.
-        let mut counts = vec![0u32; buckets + 1];
-        let pack =
-            |seed: u64, v: u64, node: usize| (point_position(seed, v) & !NODE_MASK) | node as u64;
-        let seeds: Vec<u64> = nodes.iter().map(|n| hash_key(&n.addr)).collect();
-        for (i, node) in nodes.iter().enumerate() {
-            for v in 0..u64::from(node.weight) * u64::from(settings.vnodes) {
-                counts[(pack(seeds[i], v, i) >> shift) as usize + 1] += 1;
+        let per_chunk = 1usize << (bucket_bits - chunk_bits);
+        let mut index = vec![0u32; buckets + 1];
+        let mut counts = vec![0usize; per_chunk + 1];
+        for c in 0..1 << chunk_bits {
+            let (lo, hi) = (starts[c], starts[c + 1]);
+            let base = c * per_chunk;
+            counts.iter_mut().for_each(|x| *x = 0);
+            for &p in &points[lo..hi] {
+                counts[(p >> shift) as usize - base + 1] += 1;
             }
-        }
-        for b in 0..buckets {
-            counts[b + 1] += counts[b];
-        }
-        let index = counts.clone();
-        let mut fill = counts;
-        let mut points = vec![0u64; total];
-        for (i, node) in nodes.iter().enumerate() {
-            for v in 0..u64::from(node.weight) * u64::from(settings.vnodes) {
-                let p = pack(seeds[i], v, i);
-                let slot = &mut fill[(p >> shift) as usize];
-                points[*slot as usize] = p;
+            for b in 0..per_chunk {
+                counts[b + 1] += counts[b];
+            }
+            for b in 0..per_chunk {
+                index[base + b] = (lo + counts[b]) as u32;
+            }
+            let mut at = counts.clone();
+            raw.clear();
+            raw.extend_from_slice(&points[lo..hi]);
+            for &p in &raw {
+                let slot = &mut at[(p >> shift) as usize - base];
+                points[lo + *slot] = p;
                 *slot += 1;
             }
-        }
-        for b in 0..buckets {
-            let (lo, hi) = (index[b] as usize, index[b + 1] as usize);
-            if hi - lo > 1 {
-                points[lo..hi].sort_unstable();
+            for b in 0..per_chunk {
+                let bucket = &mut points[lo + counts[b]..lo + counts[b + 1]];
+                for i in 1..bucket.len() {
+                    let mut j = i;
+                    while j > 0 && bucket[j - 1] > bucket[j] {
+                        bucket.swap(j - 1, j);
+                        j -= 1;
+                    }
+                }
             }
         }
+        index[buckets] = total as u32;
         Ok(Self {
             points,
             index,
@@ -399,16 +432,47 @@ impl Ring {
         Assignment { per_node }
     }
 
-    /// Capacity of each node: `load_factor ×` its weighted fair share of
-    /// `total`, never below the fair share rounded up (so all load fits).
-    pub fn capacities(&self, total: u64) -> Vec<u64> {
-        let wsum: u64 = self.weights.iter().map(|&w| u64::from(w)).sum();
-        self.weights
-            .iter()
-            .map(|&w| {
-                let fair = total as f64 * f64::from(w) / wsum as f64;
-                ((self.settings.load_factor * fair).floor() as u64).max(fair.ceil() as u64)
-            })
+    /// Weighted fair share of each node when keys of total weight
+    /// `key_weight` are placed `replicas` times: proportional to node weight,
+    /// except that no node can hold a key twice, so no share exceeds
+    /// `key_weight` (the excess is shared out among the others).
+    pub fn fair_shares(&self, key_weight: u64, replicas: usize) -> Vec<f64> {
+        let n = self.node_count();
+        let replicas = replicas.clamp(1, n);
+        let mut share = vec![0.0; n];
+        let mut capped = vec![false; n];
+        let mut left = key_weight as f64 * replicas as f64;
+        // Water-filling; at most `replicas` rounds can cap a node.
+        loop {
+            let wsum: f64 = (0..n)
+                .filter(|&i| !capped[i])
+                .map(|i| f64::from(self.weights[i]))
+                .sum();
+            let mut newly = false;
+            for i in (0..n).filter(|&i| !capped[i]) {
+                share[i] = left * f64::from(self.weights[i]) / wsum;
+            }
+            for i in 0..n {
+                if !capped[i] && share[i] > key_weight as f64 {
+                    capped[i] = true;
+                    share[i] = key_weight as f64;
+                    left -= key_weight as f64;
+                    newly = true;
+                }
+            }
+            if !newly {
+                return share;
+            }
+        }
+    }
+
+    /// Capacity of each node in bounded mode: `load_factor ×` its fair
+    /// share ([`Ring::fair_shares`]), never below the fair share rounded up
+    /// (so that all load fits).
+    pub fn capacities(&self, key_weight: u64, replicas: usize) -> Vec<u64> {
+        self.fair_shares(key_weight, replicas)
+            .into_iter()
+            .map(|fair| ((self.settings.load_factor * fair).floor() as u64).max(fair.ceil() as u64))
             .collect()
     }
 
@@ -421,8 +485,7 @@ impl Ring {
         let n = self.node_count();
         let m = hashes.len();
         let weight = |k: usize| weights.map_or(1, |w| u64::from(w[k]));
-        let total: u64 = (0..m).map(weight).sum::<u64>() * replicas as u64;
-        let caps = self.capacities(total);
+        let caps = self.capacities((0..m).map(weight).sum(), replicas);
         let mut load = vec![0u64; n];
         // chosen[k * replicas ..][..count[k]]: nodes granted to key k.
         let mut chosen = vec![u32::MAX; m * replicas];
@@ -494,26 +557,52 @@ impl Ring {
             }
         }
 
-        // Keys too heavy for any remaining room (only possible with very
-        // uneven target weights): give each missing replica to the node,
-        // among those it does not have yet, whose load ratio stays lowest.
+        // Stranded keys: the only nodes with room are ones the key already
+        // has (distinct replicas), or the key is too heavy for any room
+        // left (very uneven target weights). First try one swap: hand a
+        // node Y with room a key j from a node Z the stranded key lacks,
+        // then give it Z. Failing that, overshoot on the node whose load
+        // ratio stays lowest. Rare, and deterministic (scan in key order).
         spill.sort_unstable();
         spill.dedup();
         for &k in &spill {
             let k = k as usize;
             let w = weight(k);
             while (count[k] as usize) < replicas {
-                let mine = &chosen[k * replicas..k * replicas + count[k] as usize];
-                let best = (0..n)
-                    .filter(|&i| !mine.contains(&(i as u32)))
-                    .min_by(|&a, &b| {
+                let c = count[k] as usize;
+                let has = |j: usize, node: usize| {
+                    chosen[j * replicas..j * replicas + count[j] as usize].contains(&(node as u32))
+                };
+                let mut swap = None;
+                'search: for y in (0..n).filter(|&y| load[y] < caps[y]) {
+                    for j in
+                        (0..m).filter(|&j| j != k && !has(j, y) && load[y] + weight(j) <= caps[y])
+                    {
+                        for slot in 0..count[j] as usize {
+                            let z = chosen[j * replicas + slot] as usize;
+                            if !has(k, z) && load[z] - weight(j) + w <= caps[z] {
+                                swap = Some((y, j, slot, z));
+                                break 'search;
+                            }
+                        }
+                    }
+                }
+                let node = if let Some((y, j, slot, z)) = swap {
+                    chosen[j * replicas + slot] = y as u32;
+                    load[y] += weight(j);
+                    load[z] -= weight(j);
+                    z
+                } else {
+                    let best = (0..n).filter(|&i| !has(k, i)).min_by(|&a, &b| {
                         let ra = u128::from(load[a] + w) * u128::from(caps[b].max(1));
                         let rb = u128::from(load[b] + w) * u128::from(caps[a].max(1));
                         ra.cmp(&rb).then(a.cmp(&b))
                     });
-                let Some(best) = best else { break };
-                load[best] += w;
-                chosen[k * replicas + count[k] as usize] = best as u32;
+                    let Some(best) = best else { break };
+                    best
+                };
+                load[node] += w;
+                chosen[k * replicas + c] = node as u32;
                 count[k] += 1;
             }
         }
@@ -654,7 +743,7 @@ mod tests {
         let ring = Ring::new(&nodes(7), &s).unwrap();
         let a = ring.assign(&refs, Some(&weights), 1).unwrap();
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-        let caps = ring.capacities(total);
+        let caps = ring.capacities(total, 1);
         for (i, list) in a.per_node.iter().enumerate() {
             let load: u64 = list.iter().map(|&k| u64::from(weights[k as usize])).sum();
             assert!(load <= caps[i], "node {i}: {load} > {}", caps[i]);

@@ -263,17 +263,22 @@ pub fn rendezvous_assign(
     let seeds: Vec<u64> = nodes.iter().map(|n| hash_key(&n.addr)).collect();
     let replicas = replicas.clamp(1, nodes.len());
     let mut per_node = vec![Vec::new(); nodes.len()];
-    let mut scored: Vec<(f64, usize)> = Vec::with_capacity(nodes.len());
+    // Top `replicas` (score, node), best first; ties go to the lower index.
+    let mut top: Vec<(f64, usize)> = Vec::with_capacity(replicas + 1);
     for (k, key) in keys.iter().enumerate() {
         let h = hash_key(key);
-        scored.clear();
+        top.clear();
         for (i, node) in nodes.iter().enumerate() {
             let mut r = SplitMix64(h ^ seeds[i]);
             let u = ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            scored.push((-f64::from(node.weight.max(1)) / u.ln(), i));
+            let score = -f64::from(node.weight.max(1)) / u.ln();
+            if top.len() < replicas || top[top.len() - 1].0 < score {
+                let at = top.partition_point(|&(s, _)| s >= score);
+                top.insert(at, (score, i));
+                top.truncate(replicas);
+            }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for &(_, i) in &scored[..replicas] {
+        for &(_, i) in &top {
             per_node[i].push(k as u32);
         }
     }

@@ -8,8 +8,10 @@
 //! same change detection.
 //!
 //! Pushers: `none` (Prometheus reads `out_dir` or pulls `/sd/…`), `local`
-//! (atomic copy to a path template).
+//! (atomic copy to a path template), `ansible` (one batched
+//! `ansible-playbook` run per pass).
 
+pub mod ansible;
 mod local;
 
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Push, Service};
+use crate::config::{AnsiblePush, Push, Service};
 
 pub use local::expand_template;
 
@@ -78,6 +80,7 @@ pub struct NodeDelivery {
 pub enum Pusher {
     None,
     Local { dest: String },
+    Ansible(AnsiblePush),
 }
 
 impl Pusher {
@@ -86,6 +89,7 @@ impl Pusher {
         match &service.push {
             Push::None => Pusher::None,
             Push::Local { dest } => Pusher::Local { dest: dest.clone() },
+            Push::Ansible(a) => Pusher::Ansible(a.clone()),
         }
     }
 
@@ -104,6 +108,7 @@ impl Pusher {
         match self {
             Pusher::None => Vec::new(),
             Pusher::Local { dest } => local::deliver(dest, service, batch, cancel).await,
+            Pusher::Ansible(a) => ansible::deliver(a, service, batch, cancel).await,
         }
     }
 }

@@ -2,12 +2,16 @@
 
 use rhai::{Dynamic, Map};
 
+use super::fast::TargetList;
 use crate::target::{Invalid, Labels, RawGroup};
 
 /// Turn the array a script returned into groups. Items that are neither a
 /// `"host:port"` string nor a `#{targets, labels, weight}` map are reported
 /// as invalid with their position; a non-array result is an error.
 pub fn groups_from_dynamic(value: Dynamic) -> Result<(Vec<RawGroup>, Vec<Invalid>), String> {
+    if value.is::<TargetList>() {
+        return Ok(native_list(value.cast::<TargetList>()));
+    }
     let type_name = value.type_name();
     let items = value
         .try_cast::<rhai::Array>()
@@ -15,6 +19,12 @@ pub fn groups_from_dynamic(value: Dynamic) -> Result<(Vec<RawGroup>, Vec<Invalid
     let mut groups = Vec::with_capacity(items.len());
     let mut invalid = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
+        if item.is::<TargetList>() {
+            let (g, i) = native_list(item.cast::<TargetList>());
+            groups.extend(g);
+            invalid.extend(i);
+            continue;
+        }
         match group_from_item(index, item) {
             Ok(g) => groups.push(g),
             Err((value, reason)) => invalid.push(Invalid {
@@ -104,4 +114,11 @@ fn labels(value: Dynamic) -> Result<Labels, String> {
             }
         })
         .collect()
+}
+
+/// Unwrap a native list (no copy when the script kept no other handle).
+fn native_list(list: TargetList) -> (Vec<RawGroup>, Vec<Invalid>) {
+    let groups = std::sync::Arc::try_unwrap(list.groups).unwrap_or_else(|shared| (*shared).clone());
+    let invalid = std::sync::Arc::try_unwrap(list.invalid).unwrap_or_else(|shared| (*shared).clone());
+    (groups, invalid)
 }

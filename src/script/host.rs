@@ -1,16 +1,59 @@
 //! The host API scripts can call. Small on purpose: every function here is
-//! documented in README and nothing here writes or spawns.
+//! documented in README, has tests for its failures, and nothing here writes
+//! or spawns.
+//!
+//! | function | does |
+//! |---|---|
+//! | `http_get(url)`, `http_get(url, #{headers, timeout})` | GET, body as a string; error on non-2xx |
+//! | `http_get_json(url)`, `http_get_json(url, opts)` | GET and `parse_json` |
+//! | `parse_json(text)`, `to_json(value)` | JSON in and out |
+//! | `read_file(path)`, `read_json(path)` | read below the script's dir or `allowed_dirs` |
+//! | `env(name)` | an environment variable allowed by `env_allowlist`, or `()` if unset |
+//! | `log_info(msg)`, `log_warn(msg)` | tracing logs with the script's path |
+//!
+//! Data coming in from outside (files, HTTP bodies, JSON) is bounded by the
+//! same limits as the script's own values *before* it is allocated: a body
+//! larger than `max_string_size` is cut off with an error, and JSON is
+//! converted straight into Rhai values while counting array elements, map
+//! entries and string bytes against the limits, so a hostile or broken
+//! source cannot make the process grow. A network call cannot be
+//! interrupted by `on_progress`, so its timeout is capped by what is left of
+//! the call's wall-clock deadline.
 
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, Engine, EvalAltResult};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+use super::Limits;
+
+/// Default timeout of `http_get` when the script gives none.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What host functions of one script may reach.
 #[derive(Clone, Debug)]
 pub struct HostContext {
+    /// The script, for log lines.
+    pub script: PathBuf,
     /// `read_file` resolves relative paths against the first and may read
     /// below any of these.
     pub read_dirs: Vec<PathBuf>,
+    /// Patterns of environment variable names `env()` may read (`*` at the
+    /// end matches any suffix).
+    pub env_allowlist: Vec<String>,
+    pub limits: Limits,
+    /// Deadline of the current call, shared with `on_progress`.
+    pub deadline: Arc<Mutex<Instant>>,
+}
+
+impl HostContext {
+    fn remaining(&self) -> Duration {
+        let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        deadline.saturating_duration_since(Instant::now())
+    }
 }
 
 type HostResult<T> = Result<T, Box<EvalAltResult>>;
@@ -21,26 +64,335 @@ fn fail<T>(message: String) -> HostResult<T> {
 
 /// Register the host API on `engine`.
 pub fn register(engine: &mut Engine, ctx: HostContext) {
-    let reader = ctx.clone();
-    engine.register_fn("read_file", move |path: &str| -> HostResult<String> {
-        let resolved = resolve_readable(&reader.read_dirs, path).or_else(fail)?;
-        std::fs::read_to_string(&resolved)
-            .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))
+    let ctx = Arc::new(ctx);
+
+    let c = Arc::clone(&ctx);
+    engine.register_fn("read_file", move |path: &str| read_file(&c, path));
+    let c = Arc::clone(&ctx);
+    engine.register_fn("read_json", move |path: &str| -> HostResult<Dynamic> {
+        let text = read_file(&c, path)?;
+        parse_json_limited(&text, &c.limits)
+            .or_else(|e| fail(format!("read_json({path:?}): {e}")))
     });
-    engine.register_fn("parse_json", |text: &str| -> HostResult<Dynamic> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).or_else(|e| fail(format!("parse_json: {e}")))?;
-        rhai::serde::to_dynamic(value)
+    let c = Arc::clone(&ctx);
+    engine.register_fn("parse_json", move |text: &str| -> HostResult<Dynamic> {
+        parse_json_limited(text, &c.limits).or_else(|e| fail(format!("parse_json: {e}")))
     });
+    let c = Arc::clone(&ctx);
+    engine.register_fn("to_json", move |value: Dynamic| -> HostResult<String> {
+        let json: serde_json::Value = rhai::serde::from_dynamic(&value)
+            .or_else(|e| fail(format!("to_json: cannot convert a {}: {e}", value.type_name())))?;
+        let text = json.to_string();
+        if text.len() > c.limits.max_string_size {
+            return fail(format!(
+                "to_json: result of {} bytes exceeds max_string_size {}",
+                text.len(),
+                c.limits.max_string_size
+            ));
+        }
+        Ok(text)
+    });
+    let c = Arc::clone(&ctx);
+    engine.register_fn("env", move |name: &str| env(&c, name));
+
+    let c = Arc::clone(&ctx);
+    engine.register_fn("http_get", move |url: &str| http_get(&c, url, &Map::new()));
+    let c = Arc::clone(&ctx);
+    engine.register_fn("http_get", move |url: &str, opts: Map| http_get(&c, url, &opts));
+    let c = Arc::clone(&ctx);
+    engine.register_fn("http_get_json", move |url: &str| -> HostResult<Dynamic> {
+        let body = http_get(&c, url, &Map::new())?;
+        parse_json_limited(&body, &c.limits).or_else(|e| fail(format!("http_get_json({url}): {e}")))
+    });
+    let c = Arc::clone(&ctx);
     engine.register_fn(
-        "log_info",
-        |msg: &str| tracing::info!(target: "script", "{msg}"),
+        "http_get_json",
+        move |url: &str, opts: Map| -> HostResult<Dynamic> {
+            let body = http_get(&c, url, &opts)?;
+            parse_json_limited(&body, &c.limits)
+                .or_else(|e| fail(format!("http_get_json({url}): {e}")))
+        },
     );
-    engine.register_fn(
-        "log_warn",
-        |msg: &str| tracing::warn!(target: "script", "{msg}"),
-    );
+
+    let c = Arc::clone(&ctx);
+    engine.register_fn("log_info", move |msg: Dynamic| {
+        tracing::info!(target: "promshard::script", script = %c.script.display(), "{msg}")
+    });
+    let c = Arc::clone(&ctx);
+    engine.register_fn("log_warn", move |msg: Dynamic| {
+        tracing::warn!(target: "promshard::script", script = %c.script.display(), "{msg}")
+    });
+    super::fast::register(engine, &ctx);
+    // `print`/`debug` must never reach stdout (`--json` output lives there).
+    let c = Arc::clone(&ctx);
+    engine.on_print(move |msg| {
+        tracing::info!(target: "promshard::script", script = %c.script.display(), "{msg}")
+    });
+    let c = Arc::clone(&ctx);
+    engine.on_debug(move |msg, _src, pos| {
+        tracing::debug!(target: "promshard::script", script = %c.script.display(), line = pos.line().unwrap_or(0), "{msg}")
+    });
 }
+
+fn read_file(ctx: &HostContext, path: &str) -> HostResult<String> {
+    let resolved = resolve_readable(&ctx.read_dirs, path).or_else(fail)?;
+    let size = std::fs::metadata(&resolved)
+        .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))?
+        .len();
+    if size > ctx.limits.max_string_size as u64 {
+        return fail(format!(
+            "read_file({path:?}): {} is {size} bytes, more than max_string_size {}",
+            resolved.display(),
+            ctx.limits.max_string_size
+        ));
+    }
+    std::fs::read_to_string(&resolved)
+        .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))
+}
+
+/// Whether `name` matches one of the allowlist patterns.
+pub fn env_allowed(allowlist: &[String], name: &str) -> bool {
+    allowlist.iter().any(|pattern| match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    })
+}
+
+fn env(ctx: &HostContext, name: &str) -> HostResult<Dynamic> {
+    if !env_allowed(&ctx.env_allowlist, name) {
+        return fail(format!(
+            "env({name:?}): not allowed; env_allowlist is [{}]",
+            ctx.env_allowlist.join(", ")
+        ));
+    }
+    Ok(match std::env::var(name) {
+        Ok(v) => v.into(),
+        Err(_) => Dynamic::UNIT,
+    })
+}
+
+/// Options of `http_get`.
+#[derive(Debug, Default)]
+struct HttpOptions {
+    headers: Vec<(String, String)>,
+    timeout: Option<Duration>,
+}
+
+fn http_options(url: &str, opts: &Map) -> Result<HttpOptions, String> {
+    let mut out = HttpOptions::default();
+    for (key, value) in opts {
+        match key.as_str() {
+            "headers" => {
+                let map = value
+                    .read_lock::<Map>()
+                    .ok_or_else(|| format!("http_get({url}): headers must be a map"))?;
+                for (k, v) in map.iter() {
+                    out.headers.push((k.to_string(), v.to_string()));
+                }
+            }
+            "timeout" => {
+                let d = if let Ok(secs) = value.as_int() {
+                    (secs > 0).then(|| Duration::from_secs(secs as u64))
+                } else if let Ok(secs) = value.as_float() {
+                    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+                } else if let Some(text) = value.read_lock::<rhai::ImmutableString>() {
+                    crate::config::parse_duration(&text).ok()
+                } else {
+                    None
+                };
+                out.timeout = Some(d.filter(|d| !d.is_zero()).ok_or_else(|| {
+                    format!(
+                        "http_get({url}): timeout {value} must be seconds (a number) or a duration like \"5s\""
+                    )
+                })?);
+            }
+            other => {
+                return Err(format!(
+                    "http_get({url}): unknown option {other:?} (expected headers, timeout)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn http_get(ctx: &HostContext, url: &str, opts: &Map) -> HostResult<String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return fail(format!("http_get({url}): only http:// and https:// URLs"));
+    }
+    let opts = http_options(url, opts).or_else(fail)?;
+    let wanted = opts.timeout.unwrap_or(DEFAULT_HTTP_TIMEOUT);
+    let remaining = ctx.remaining();
+    if remaining.is_zero() {
+        return fail(format!("http_get({url}): the script's deadline has passed"));
+    }
+    let timeout = wanted.min(remaining);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(5)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (k, v) in &opts.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let started = Instant::now();
+    let mut response = request.call().map_err(|e| match e {
+        ureq::Error::Timeout(_) => format!("http_get({url}): timed out after {timeout:?}"),
+        other => format!("http_get({url}): {other}"),
+    })?;
+    let status = response.status();
+    let limit = ctx.limits.max_string_size as u64;
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_string()
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => format!(
+                "http_get({url}): timed out after {timeout:?} reading the body"
+            ),
+            ureq::Error::BodyExceedsLimit(_) => format!(
+                "http_get({url}): body larger than max_string_size {limit}"
+            ),
+            other => format!("http_get({url}): reading the body: {other}"),
+        })?;
+    tracing::debug!(target: "promshard::script", script = %ctx.script.display(), url, status = status.as_u16(), bytes = body.len(), ms = started.elapsed().as_millis() as u64, "http_get");
+    if !status.is_success() {
+        let snippet: String = body.chars().take(200).collect();
+        return fail(format!(
+            "http_get({url}): HTTP {}{}",
+            status.as_u16(),
+            if snippet.is_empty() {
+                String::new()
+            } else {
+                format!(": {snippet}")
+            }
+        ));
+    }
+    Ok(body)
+}
+
+// ------------------------------------------------------------------ JSON
+
+/// Size totals, counted the way Rhai counts them (recursively).
+#[derive(Default)]
+struct Budget {
+    arrays: usize,
+    maps: usize,
+    strings: usize,
+}
+
+struct Limited<'a> {
+    limits: &'a Limits,
+    used: &'a std::cell::RefCell<Budget>,
+}
+
+impl Limited<'_> {
+    fn charge<E: serde::de::Error>(&self, arrays: usize, maps: usize, strings: usize) -> Result<(), E> {
+        let mut b = self.used.borrow_mut();
+        b.arrays += arrays;
+        b.maps += maps;
+        b.strings += strings;
+        let l = self.limits;
+        if b.arrays > l.max_array_size {
+            return Err(E::custom(format!(
+                "more than max_array_size {} array elements",
+                l.max_array_size
+            )));
+        }
+        if b.maps > l.max_map_size {
+            return Err(E::custom(format!(
+                "more than max_map_size {} map entries",
+                l.max_map_size
+            )));
+        }
+        if b.strings > l.max_string_size {
+            return Err(E::custom(format!(
+                "more than max_string_size {} bytes of strings",
+                l.max_string_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn again(&self) -> Limited<'_> {
+        Limited {
+            limits: self.limits,
+            used: self.used,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Limited<'_> {
+    type Value = Dynamic;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Dynamic, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Limited<'_> {
+    type Value = Dynamic;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_unit<E>(self) -> Result<Dynamic, E> {
+        Ok(Dynamic::UNIT)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Dynamic, E> {
+        Ok(i64::try_from(v)
+            .map(Dynamic::from)
+            .unwrap_or_else(|_| Dynamic::from(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Dynamic, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dynamic, E> {
+        self.charge(0, 0, v.len())?;
+        Ok(v.into())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dynamic, A::Error> {
+        let mut out = Array::new();
+        while let Some(v) = seq.next_element_seed(self.again())? {
+            self.charge::<A::Error>(1, 0, 0)?;
+            out.push(v);
+        }
+        Ok(out.into())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dynamic, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(self.again())?;
+            self.charge::<A::Error>(0, 1, 0)?;
+            out.insert(k.into(), v);
+        }
+        Ok(out.into())
+    }
+}
+
+/// Parse JSON into Rhai values, refusing documents whose totals exceed the
+/// limits while parsing (nothing beyond the limit is ever allocated).
+pub fn parse_json_limited(text: &str, limits: &Limits) -> Result<Dynamic, String> {
+    let used = std::cell::RefCell::new(Budget::default());
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Limited {
+        limits,
+        used: &used,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+// ------------------------------------------------------------------ files
 
 /// Resolve `path` (relative to the first dir) and refuse anything that
 /// leaves every allowed directory, lexically and after following links.
@@ -97,5 +449,55 @@ mod tests {
             std::os::unix::fs::symlink("/etc", dirs[0].join("link")).unwrap();
             assert!(resolve_readable(&dirs, "link/passwd").is_err());
         }
+    }
+
+    #[test]
+    fn env_patterns() {
+        let list = vec!["PROMSHARD_*".to_string(), "HOSTNAME".to_string()];
+        assert!(env_allowed(&list, "PROMSHARD_CMDB"));
+        assert!(env_allowed(&list, "HOSTNAME"));
+        assert!(!env_allowed(&list, "HOSTNAMES"));
+        assert!(!env_allowed(&list, "HOME"));
+        assert!(!env_allowed(&[], "PROMSHARD_X"));
+    }
+
+    #[test]
+    fn json_is_bounded_while_parsing() {
+        let limits = Limits {
+            max_array_size: 10,
+            max_map_size: 3,
+            max_string_size: 20,
+            ..Limits::default()
+        };
+        assert!(parse_json_limited("[1,2,3]", &limits).is_ok());
+        let e = parse_json_limited(&format!("[{}0]", "0,".repeat(10)), &limits).unwrap_err();
+        assert!(e.contains("max_array_size 10"), "{e}");
+        // Nested arrays count towards the same total, as in Rhai.
+        assert!(parse_json_limited("[[1,2,3,4,5],[1,2,3,4,5]]", &limits).is_err());
+        let e = parse_json_limited(r#"{"a":1,"b":2,"c":3,"d":4}"#, &limits).unwrap_err();
+        assert!(e.contains("max_map_size 3"), "{e}");
+        let e = parse_json_limited(r#"["0123456789","0123456789x"]"#, &limits).unwrap_err();
+        assert!(e.contains("max_string_size 20"), "{e}");
+        assert!(parse_json_limited("[1,", &limits).is_err());
+        assert!(parse_json_limited("[1] x", &limits).is_err());
+        let v = parse_json_limited(r#"{"a":[1,"x",true,null,1.5]}"#, &Limits::default()).unwrap();
+        assert_eq!(v.to_string(), r#"#{"a": [1, "x", true, (), 1.5]}"#);
+    }
+
+    #[test]
+    fn http_options_are_checked() {
+        let mut m = Map::new();
+        m.insert("timeout".into(), "250ms".into());
+        assert_eq!(
+            http_options("u", &m).unwrap().timeout,
+            Some(Duration::from_millis(250))
+        );
+        m.insert("timeout".into(), Dynamic::from(2_i64));
+        assert_eq!(http_options("u", &m).unwrap().timeout, Some(Duration::from_secs(2)));
+        m.insert("timeout".into(), Dynamic::from(0_i64));
+        assert!(http_options("u", &m).is_err());
+        let mut m = Map::new();
+        m.insert("retries".into(), Dynamic::from(2_i64));
+        assert!(http_options("u", &m).unwrap_err().contains("unknown option"));
     }
 }

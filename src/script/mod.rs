@@ -7,9 +7,23 @@
 //! `on_progress`) and calls functions with a fresh `Scope`. Nothing a script
 //! can call writes files, spawns processes or reads outside its allowed
 //! directories. Calls are blocking: run them off the async runtime.
+//!
+//! Around that core: [`cache`] keeps the last good compiled version of every
+//! script, [`watch`] recompiles on file changes and publishes
+//! [`ScriptEvent`]s, and [`dropin`] turns `scripts_dir/<name>.rhai` files
+//! into services.
+//!
+//! The script contract: `fn targets(ctx)` (required) returns the targets;
+//! `fn file_name(f)` (optional) names the files; `fn nodes(ctx)` (optional)
+//! returns the Prometheus nodes; `fn service()` (optional, drop-ins) returns
+//! the service's settings.
 
+pub mod cache;
 mod convert;
+pub mod fast;
+pub mod dropin;
 mod host;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,8 +31,12 @@ use std::time::{Duration, Instant};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
+pub use cache::ScriptCache;
 pub use convert::groups_from_dynamic;
+pub use host::{DEFAULT_HTTP_TIMEOUT, env_allowed};
+pub use watch::{ScriptEvent, watch};
 
+use crate::ring::NodeSpec;
 use crate::target::{Invalid, RawGroup};
 
 // Nesting limits of the parser; Rhai's debug-build defaults reject ordinary
@@ -36,36 +54,67 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall-clock deadline of one call.
     pub timeout: Duration,
+    /// How much the process may grow (resident memory) during one call.
+    /// A backstop for growth the size limits cannot see (a map filled key
+    /// by key is only measured when a function is called on it).
+    pub max_memory: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        // Sizes are totals over a whole value, nested arrays and maps
+        // included (that is how Rhai counts): a CMDB answer of 100k hosts
+        // with ten fields each is a million map entries.
         Self {
             max_operations: 1_000_000_000,
             max_call_levels: 64,
             max_string_size: 64 << 20,
             max_array_size: 2_000_000,
-            max_map_size: 100_000,
+            max_map_size: 2_000_000,
             timeout: Duration::from_secs(30),
+            max_memory: 512 << 20,
         }
     }
 }
 
 /// What a script may touch besides pure computation.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
     pub limits: Limits,
     /// Directories `read_file` may read, besides the script's own directory.
     pub allowed_dirs: Vec<PathBuf>,
+    /// Environment variable names `env()` may read (`PREFIX_*` or exact).
+    pub env_allowlist: Vec<String>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            allowed_dirs: Vec::new(),
+            env_allowlist: vec!["PROMSHARD_*".to_string()],
+        }
+    }
+}
+
+impl Sandbox {
+    /// The sandbox of every script of `config`.
+    pub fn for_config(config: &crate::config::Config) -> Sandbox {
+        Sandbox {
+            limits: config.script_limits.clone(),
+            allowed_dirs: config.allowed_dirs.clone(),
+            env_allowlist: config.env_allowlist.clone(),
+        }
+    }
 }
 
 /// A script failure, with the file and (when known) line and column.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScriptError {
     #[error("{path}: cannot read script: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("{path}:{line}:{column}: syntax error: {message}")]
     Compile {
@@ -82,6 +131,14 @@ pub enum ScriptError {
         column: usize,
         message: String,
     },
+    #[error(
+        "{path}: {function}() made the process grow by more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
+    )]
+    Memory {
+        path: PathBuf,
+        function: String,
+        limit_mb: u64,
+    },
     #[error("{path}: {function}() did not finish within {timeout:?} and was stopped")]
     Timeout {
         path: PathBuf,
@@ -90,6 +147,10 @@ pub enum ScriptError {
     },
     #[error("{path}: {function}() is not defined")]
     Missing { path: PathBuf, function: String },
+    #[error(
+        "{path}: service {service} has no nodes: set nodes: or node_script: in the config, or define fn nodes(ctx) in the script"
+    )]
+    NoNodes { path: PathBuf, service: String },
     #[error("{path}: {function}() returned {message}")]
     BadResult {
         path: PathBuf,
@@ -107,6 +168,29 @@ fn at(line: &usize, column: &usize) -> String {
 }
 
 impl ScriptError {
+    /// The script the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ScriptError::Read { path, .. }
+            | ScriptError::Compile { path, .. }
+            | ScriptError::Runtime { path, .. }
+            | ScriptError::Timeout { path, .. }
+            | ScriptError::Memory { path, .. }
+            | ScriptError::Missing { path, .. }
+            | ScriptError::NoNodes { path, .. }
+            | ScriptError::BadResult { path, .. } => path,
+        }
+    }
+
+    /// Line and column, for compile and runtime errors (0 when unknown).
+    pub fn position(&self) -> Option<(usize, usize)> {
+        match self {
+            ScriptError::Compile { line, column, .. }
+            | ScriptError::Runtime { line, column, .. } => Some((*line, *column)),
+            _ => None,
+        }
+    }
+
     /// Short kind for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -114,7 +198,9 @@ impl ScriptError {
             ScriptError::Compile { .. } => "compile",
             ScriptError::Runtime { .. } => "runtime",
             ScriptError::Timeout { .. } => "timeout",
+            ScriptError::Memory { .. } => "memory",
             ScriptError::Missing { .. } => "missing",
+            ScriptError::NoNodes { .. } => "no_nodes",
             ScriptError::BadResult { .. } => "bad_result",
         }
     }
@@ -140,7 +226,7 @@ impl CompiledScript {
     pub fn compile(path: &Path) -> Result<Self, ScriptError> {
         let source = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
             path: path.to_path_buf(),
-            source,
+            source: Arc::new(source),
         })?;
         Self::compile_source(path, &source)
     }
@@ -149,6 +235,8 @@ impl CompiledScript {
     pub fn compile_source(path: &Path, source: &str) -> Result<Self, ScriptError> {
         let mut engine = Engine::new();
         engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH);
+        // `eval` would run text that was never compiled (or checked) here.
+        engine.disable_symbol("eval");
         let ast = engine.compile(source).map_err(|e| ScriptError::Compile {
             path: path.to_path_buf(),
             line: e.position().line().unwrap_or(0),
@@ -169,12 +257,35 @@ impl CompiledScript {
     }
 }
 
+/// The token of a stop from `on_progress` (`"deadline"` or `"memory"`), if
+/// `err` is or wraps one; a stop inside a closure called by `map`/`filter`
+/// arrives wrapped.
+fn terminated(err: &EvalAltResult) -> Option<String> {
+    match err {
+        EvalAltResult::ErrorTerminated(token, _) => Some(token.to_string()),
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _) => terminated(inner),
+        _ => None,
+    }
+}
+
+/// Resident memory of this process in bytes (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 /// A sandboxed engine bound to one script, for the calls of one pass.
 pub struct ScriptRun {
     engine: Engine,
     script: CompiledScript,
     deadline: Arc<Mutex<Instant>>,
+    /// Resident memory when the current call started (0: unknown).
+    rss_start: Arc<std::sync::atomic::AtomicU64>,
     timeout: Duration,
+    max_memory: u64,
 }
 
 impl ScriptRun {
@@ -189,12 +300,32 @@ impl ScriptRun {
             .set_max_array_size(limits.max_array_size)
             .set_max_map_size(limits.max_map_size)
             .set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH);
+        // No `import` (it would read any file) and no `eval` of strings.
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.disable_symbol("eval");
         let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
         let watched = Arc::clone(&deadline);
-        engine.on_progress(move |ops| {
+        let ticks = std::sync::atomic::AtomicU32::new(0);
+        let rss_start = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rss_watched = Arc::clone(&rss_start);
+        let max_memory = limits.max_memory;
+        engine.on_progress(move |_ops| {
             // Reading the clock on every operation would cost more than the
-            // operation; every 256th is precise enough for a deadline in seconds.
-            if ops % 256 == 0 {
+            // operation; every 256th is precise enough for a deadline in
+            // seconds. Count calls here rather than use `ops`: closures called
+            // from native functions (`map`, `filter`, …) restart Rhai's
+            // operation count, which would never reach a multiple of 256.
+            let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Reading /proc costs a few microseconds: every 8192nd call.
+            if n % 8192 == 8191
+                && let Some(now) = resident_bytes()
+            {
+                let start = rss_watched.load(std::sync::atomic::Ordering::Relaxed);
+                if start > 0 && now.saturating_sub(start) > max_memory {
+                    return Some(Dynamic::from("memory"));
+                }
+            }
+            if n % 256 == 0 {
                 let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
                 if Instant::now() >= deadline {
                     return Some(Dynamic::from("deadline"));
@@ -209,12 +340,23 @@ impl ScriptRun {
             .unwrap_or_else(|| PathBuf::from("."));
         let mut read_dirs = vec![script_dir];
         read_dirs.extend(sandbox.allowed_dirs.iter().cloned());
-        host::register(&mut engine, host::HostContext { read_dirs });
+        host::register(
+            &mut engine,
+            host::HostContext {
+                script: script.path.clone(),
+                read_dirs,
+                env_allowlist: sandbox.env_allowlist.clone(),
+                limits: limits.clone(),
+                deadline: Arc::clone(&deadline),
+            },
+        );
         Self {
             engine,
             script: script.clone(),
             deadline,
+            rss_start,
             timeout: limits.timeout,
+            max_memory: limits.max_memory,
         }
     }
 
@@ -227,15 +369,33 @@ impl ScriptRun {
             });
         }
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.timeout;
+        self.rss_start.store(
+            resident_bytes().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false);
-        self.engine
+        let value = self
+            .engine
             .call_fn_with_options::<Dynamic>(options, &mut scope, &self.script.ast, name, args)
-            .map_err(|e| self.runtime_error(name, *e))
+            .map_err(|e| self.runtime_error(name, *e))?;
+        // A value built without function calls on it (a map filled key by
+        // key, then returned) has not been measured yet.
+        self.engine
+            .ensure_data_size_within_limits(&value)
+            .map_err(|e| self.runtime_error(name, *e))?;
+        Ok(value)
     }
 
     fn runtime_error(&self, function: &str, err: EvalAltResult) -> ScriptError {
-        if let EvalAltResult::ErrorTerminated(..) = err {
+        if terminated(&err).as_deref() == Some("memory") {
+            return ScriptError::Memory {
+                path: self.script.path.clone(),
+                function: function.into(),
+                limit_mb: self.max_memory >> 20,
+            };
+        }
+        if terminated(&err).is_some() {
             return ScriptError::Timeout {
                 path: self.script.path.clone(),
                 function: function.into(),
@@ -261,6 +421,38 @@ impl ScriptRun {
             function: "targets".into(),
             message,
         })
+    }
+
+    /// Call `nodes(ctx)` and check its result like `nodes:` in the config.
+    pub fn nodes(&self, ctx: Map) -> Result<Vec<NodeSpec>, ScriptError> {
+        let value = self.call("nodes", (ctx,))?;
+        let bad = |message: String| ScriptError::BadResult {
+            path: self.script.path.clone(),
+            function: "nodes".into(),
+            message,
+        };
+        let json: serde_json::Value = rhai::serde::from_dynamic(&value)
+            .map_err(|e| bad(format!("a value that is not plain data: {e}")))?;
+        crate::config::nodes_from_json(json).map_err(bad)
+    }
+
+    /// Call `service()` if the script defines it; the settings map as JSON.
+    pub fn service_settings(&self) -> Option<Result<serde_json::Value, ScriptError>> {
+        if !self.script.has_fn("service", 0) {
+            return None;
+        }
+        Some(self.call("service", ()).and_then(|value| {
+            let bad = |message: String| ScriptError::BadResult {
+                path: self.script.path.clone(),
+                function: "service".into(),
+                message,
+            };
+            if !value.is_map() {
+                return Err(bad(format!("a {}, not a map of settings", value.type_name())));
+            }
+            rhai::serde::from_dynamic(&value)
+                .map_err(|e| bad(format!("a map that is not plain data: {e}")))
+        }))
     }
 
     /// Call `file_name(f)` if the script defines it.

@@ -1,0 +1,753 @@
+//! `push: ansible`: deliver a pass's files with one batched
+//! `ansible-playbook` run per service pass.
+//!
+//! The seed started one `ansible-playbook` per node per minute, unbounded
+//! and overlapping, and only logged errors. Here every node that needs its
+//! file (the pass decides which) becomes one host of a generated inventory,
+//! and a single `ansible-playbook -i <inventory> <playbook> --forks N`
+//! delivers them all. Per-host outcomes come from the `PLAY RECAP` of the
+//! built-in `default` stdout callback (ansible-core ships no JSON stdout
+//! callback), and hosts that failed or were unreachable are retried, alone,
+//! with backoff, up to `retries` times in the same pass.
+//!
+//! Safety:
+//! - No shell: the command is an argument vector. Every string value in the
+//!   inventory is marked `__ansible_unsafe`, so Ansible never evaluates
+//!   Jinja in it either: a var or file name like `{{ lookup('pipe', …) }}`
+//!   or `$(…)` reaches the playbook literally.
+//! - Node names carry the Prometheus port (`10.0.0.1:9090`), which must not
+//!   become the SSH port, so each host gets a plain alias
+//!   (`n0_10_0_0_1_9090`) and `ansible_host` set to the address part.
+//! - The inventory lives in a private temp dir removed after the pass.
+//! - `ansible-playbook` runs in its own process group with a timeout. Its
+//!   forked workers call `setsid()`, so killing the group alone would leave
+//!   them (and the modules they run) behind: on timeout or shutdown the
+//!   whole process tree is found through `/proc`, stopped, and killed group
+//!   by group; the child is always reaped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivery, DeliveryResult, NodeDelivery};
+use crate::config::{AnsiblePush, Service};
+
+/// Inventory vars promshard sets itself; `vars` may not use these names.
+pub const RESERVED_VARS: &[&str] = &[
+    "src_sd_file",
+    "dest_sd_file_name",
+    "service",
+    "service_port",
+    "node",
+];
+
+/// Backoff before retry `n` (1-based): 1s, 2s, 4s, … capped at 30s.
+fn backoff(retry: u32) -> Duration {
+    Duration::from_secs(1u64 << retry.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// How much of ansible-playbook's stdout/stderr is kept for parsing.
+const OUTPUT_CAP: usize = 16 << 20;
+
+/// One `ansible-playbook` invocation of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsibleRun {
+    /// 1 for the first run of the pass, 2 for the first retry, …
+    pub attempt: u32,
+    /// Hosts in the run's inventory.
+    pub hosts: usize,
+    pub duration: Duration,
+    /// `exit 0`, `exit 2`, `timeout`, `cancelled`, `spawn error`, …
+    pub outcome: String,
+}
+
+/// Everything a batched delivery did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchReport {
+    /// One report per delivery, in batch order.
+    pub nodes: Vec<NodeDelivery>,
+    pub runs: Vec<AnsibleRun>,
+}
+
+/// The inventory alias of the `index`-th node: letters, digits and `_` only.
+pub fn host_alias(index: usize, node: &str) -> String {
+    let clean: String = node
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("n{index}_{clean}")
+}
+
+/// The machine part of a node name: `10.0.0.1:9090` → `10.0.0.1`,
+/// `[fd00::1]:9090` → `fd00::1`.
+pub fn node_host(node: &str) -> &str {
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once("]:").map_or(rest, |(h, _)| h);
+    }
+    node.rsplit_once(':').map_or(node, |(h, _)| h)
+}
+
+/// Fill `{node}` and `{service}` into every string of `v`.
+fn expand(v: &Value, node: &str, service: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace("{node}", node).replace("{service}", service)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| expand(x, node, service)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), expand(x, node, service)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Mark every string as `__ansible_unsafe` so Ansible never templates it.
+fn unsafe_strings(v: Value) -> Value {
+    match v {
+        Value::String(s) => {
+            let mut m = Map::new();
+            m.insert("__ansible_unsafe".into(), Value::String(s));
+            Value::Object(m)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(unsafe_strings).collect()),
+        Value::Object(m) => {
+            Value::Object(m.into_iter().map(|(k, x)| (k, unsafe_strings(x))).collect())
+        }
+        other => other,
+    }
+}
+
+/// The host vars of one delivery (before unsafe-marking).
+pub fn host_vars(settings: &AnsiblePush, service: &Service, d: &Delivery) -> Map<String, Value> {
+    let mut vars = Map::new();
+    vars.insert("ansible_host".into(), node_host(&d.node).into());
+    for (k, v) in &settings.vars {
+        vars.insert(k.clone(), expand(v, &d.node, &service.name));
+    }
+    let src = std::path::absolute(&d.file).unwrap_or_else(|_| d.file.clone());
+    vars.insert(
+        "src_sd_file".into(),
+        src.to_string_lossy().into_owned().into(),
+    );
+    vars.insert(
+        "dest_sd_file_name".into(),
+        settings
+            .dest_sd_file_name
+            .replace("{node}", &d.node)
+            .replace("{service}", &service.name)
+            .into(),
+    );
+    vars.insert("service".into(), service.name.clone().into());
+    if let Some(port) = service.port {
+        vars.insert("service_port".into(), port.into());
+    }
+    vars.insert("node".into(), d.node.clone().into());
+    vars
+}
+
+/// The inventory (JSON, read by Ansible's YAML inventory plugin).
+fn inventory(hosts: &[(&str, Map<String, Value>)]) -> Value {
+    let hosts: Map<String, Value> = hosts
+        .iter()
+        .map(|(alias, vars)| {
+            (
+                alias.to_string(),
+                unsafe_strings(Value::Object(vars.clone())),
+            )
+        })
+        .collect();
+    serde_json::json!({ "all": { "hosts": hosts } })
+}
+
+/// Per-host counters from a `PLAY RECAP` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostStats {
+    pub ok: u32,
+    pub changed: u32,
+    pub unreachable: u32,
+    pub failed: u32,
+}
+
+impl HostStats {
+    fn result(self) -> DeliveryResult {
+        if self.unreachable > 0 {
+            DeliveryResult::Unreachable
+        } else if self.failed > 0 {
+            DeliveryResult::Failed
+        } else if self.changed > 0 {
+            DeliveryResult::Changed
+        } else {
+            DeliveryResult::Ok
+        }
+    }
+}
+
+/// Parse the last `PLAY RECAP` block of the `default` callback's output.
+pub fn parse_recap(stdout: &str) -> HashMap<String, HostStats> {
+    let mut out = HashMap::new();
+    let Some(start) = stdout.rfind("PLAY RECAP") else {
+        return out;
+    };
+    for line in stdout[start..].lines().skip(1) {
+        let mut words = line.split_whitespace();
+        let (Some(host), Some(":")) = (words.next(), words.next()) else {
+            continue;
+        };
+        let mut s = HostStats::default();
+        for kv in words {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let n = v.parse().unwrap_or(0);
+            match k {
+                "ok" => s.ok = n,
+                "changed" => s.changed = n,
+                "unreachable" => s.unreachable = n,
+                "failed" => s.failed = n,
+                _ => {}
+            }
+        }
+        out.insert(host.to_string(), s);
+    }
+    out
+}
+
+/// The last error message per host, from `fatal: [host]: FAILED! => {…}`
+/// (and `UNREACHABLE!`) lines.
+pub fn parse_errors(stdout: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in stdout.lines() {
+        let Some(rest) = line
+            .strip_prefix("fatal: [")
+            .or_else(|| line.strip_prefix("failed: ["))
+        else {
+            continue;
+        };
+        let Some((host, rest)) = rest.split_once(']') else {
+            continue;
+        };
+        let detail = rest.split_once("=> ").map_or(rest, |(_, d)| d).trim();
+        let msg = match serde_json::from_str::<Value>(detail) {
+            Ok(v) => {
+                let msg = v.get("msg").and_then(Value::as_str).unwrap_or(detail);
+                match v.get("stderr").and_then(Value::as_str).map(str::trim) {
+                    Some(e) if !e.is_empty() => format!("{msg}: {e}"),
+                    _ => msg.to_string(),
+                }
+            }
+            Err(_) => detail.to_string(),
+        };
+        out.insert(host.to_string(), truncate(&msg, 500));
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The last non-empty lines of `text`, for error messages.
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    truncate(&v[v.len().saturating_sub(lines)..].join(" | "), 800)
+}
+
+/// How one `ansible-playbook` process ended.
+enum Ended {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+    WaitFailed(std::io::Error),
+}
+
+/// What one run produced.
+struct RunOutput {
+    ended: Ended,
+    stdout: String,
+    stderr: String,
+}
+
+async fn read_capped(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                if kept.len() < OUTPUT_CAP {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// Run `ansible-playbook` once; `Err` if it could not be started.
+async fn run_playbook(
+    settings: &AnsiblePush,
+    inventory: &Path,
+    local_tmp: &Path,
+    forks: usize,
+    cancel: &CancellationToken,
+) -> Result<RunOutput, String> {
+    let mut cmd = Command::new(&settings.ansible_playbook);
+    cmd.arg("-i")
+        .arg(inventory)
+        .arg(&settings.playbook)
+        .arg("--forks")
+        .arg(forks.to_string())
+        // Our parser reads the default callback's PLAY RECAP, whatever an
+        // ansible.cfg chose.
+        .env("ANSIBLE_STDOUT_CALLBACK", "default")
+        .env("ANSIBLE_CALLBACK_RESULT_FORMAT", "json")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+        .env("ANSIBLE_LOCAL_TEMP", local_tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot run {}: {e}",
+            settings.ansible_playbook.to_string_lossy()
+        )
+    })?;
+    let pid = child.id().map(|p| p as i32);
+    let out = child.stdout.take().map(|s| tokio::spawn(read_capped(s)));
+    let err = child.stderr.take().map(|s| tokio::spawn(read_capped(s)));
+    let ended = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Ended::Exited(s),
+            Err(e) => Ended::WaitFailed(e),
+        },
+        _ = tokio::time::sleep(settings.timeout) => Ended::TimedOut,
+        _ = cancel.cancelled() => Ended::Cancelled,
+    };
+    if !matches!(ended, Ended::Exited(_)) {
+        if let Some(pid) = pid {
+            kill_tree(pid);
+        }
+        // Reap it; SIGKILL cannot be ignored, so this returns promptly.
+        let _ = child.kill().await;
+    }
+    // Pipes close when the last holder dies; do not wait forever for a
+    // grandchild that escaped with a copy of them.
+    let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+        match h {
+            Some(h) => match tokio::time::timeout(Duration::from_secs(5), h).await {
+                Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            },
+            None => String::new(),
+        }
+    };
+    Ok(RunOutput {
+        ended,
+        stdout: collect(out).await,
+        stderr: collect(err).await,
+    })
+}
+
+/// `(pid, ppid, pgid)` of every process, from `/proc/<pid>/stat`.
+fn process_table() -> Vec<(i32, i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid pgrp …`; comm may contain anything.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut f = rest.split_whitespace().skip(1);
+        let ppid = f.next()?.parse().ok()?;
+        let pgid = f.next()?.parse().ok()?;
+        Some((pid, ppid, pgid))
+    })
+    .collect()
+}
+
+/// `root` and all its descendants, with their process groups.
+fn tree(root: i32) -> Vec<(i32, i32)> {
+    let table = process_table();
+    let mut found: Vec<(i32, i32)> = table
+        .iter()
+        .filter(|(pid, ..)| *pid == root)
+        .map(|&(pid, _, pgid)| (pid, pgid))
+        .collect();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i].0;
+        for &(pid, ppid, pgid) in &table {
+            if ppid == parent && !found.iter().any(|(p, _)| *p == pid) {
+                found.push((pid, pgid));
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Kill `root` (a process-group leader we started), everything in its
+/// group, and every descendant that moved to a group or session of its own.
+/// The tree is frozen with SIGSTOP first so nothing forks away between
+/// looking and killing; our own group is never signalled.
+pub fn kill_tree(root: i32) {
+    // SAFETY: getpgrp and kill have no memory-safety preconditions.
+    let own = unsafe { libc::getpgrp() };
+    let mut groups = BTreeSet::from([root]);
+    let mut pids = BTreeSet::new();
+    unsafe { libc::kill(-root, libc::SIGSTOP) };
+    for _ in 0..20 {
+        let mut grew = false;
+        for (pid, pgid) in tree(root) {
+            grew |= pids.insert(pid);
+            if pgid > 1 && pgid != own && groups.insert(pgid) {
+                grew = true;
+                unsafe { libc::kill(-pgid, libc::SIGSTOP) };
+            }
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        if !grew {
+            break;
+        }
+    }
+    for g in &groups {
+        unsafe { libc::kill(-g, libc::SIGKILL) };
+    }
+    for p in &pids {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+}
+
+/// Deliver a batch; one report per delivery, in batch order.
+pub(super) async fn deliver(
+    settings: &AnsiblePush,
+    service: &Service,
+    batch: Vec<Delivery>,
+    cancel: &CancellationToken,
+) -> Vec<NodeDelivery> {
+    run_batch(settings, service, &batch, cancel).await.nodes
+}
+
+/// Deliver a batch with one `ansible-playbook` run, then retry the nodes
+/// that failed or were unreachable, up to `settings.retries` times.
+pub async fn run_batch(
+    settings: &AnsiblePush,
+    service: &Service,
+    batch: &[Delivery],
+    cancel: &CancellationToken,
+) -> BatchReport {
+    let mut report = BatchReport::default();
+    if batch.is_empty() {
+        return report;
+    }
+    let fail_all = |msg: String| BatchReport {
+        nodes: batch
+            .iter()
+            .map(|d| NodeDelivery {
+                node: d.node.clone(),
+                result: DeliveryResult::Failed,
+                attempts: 0,
+                error: Some(msg.clone()),
+            })
+            .collect(),
+        runs: Vec::new(),
+    };
+    let tmp = match tempfile::Builder::new()
+        .prefix("promshard-ansible-")
+        .tempdir()
+    {
+        Ok(t) => t,
+        Err(e) => return fail_all(format!("cannot create a temp dir for the inventory: {e}")),
+    };
+    let local_tmp = tmp.path().join("ansible-local");
+    if let Err(e) = std::fs::create_dir(&local_tmp) {
+        return fail_all(format!("{}: {e}", local_tmp.display()));
+    }
+    let aliases: Vec<String> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, d)| host_alias(i, &d.node))
+        .collect();
+    let vars: Vec<Map<String, Value>> = batch
+        .iter()
+        .map(|d| host_vars(settings, service, d))
+        .collect();
+    let mut results: Vec<NodeDelivery> = batch
+        .iter()
+        .map(|d| NodeDelivery {
+            node: d.node.clone(),
+            result: DeliveryResult::Failed,
+            attempts: 0,
+            error: Some("not attempted".into()),
+        })
+        .collect();
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
+    for attempt in 1..=settings.retries + 1 {
+        if attempt > 1 {
+            let wait = backoff(attempt - 1);
+            tracing::info!(service = %service.name, retry = attempt - 1, nodes = pending.len(), backoff_ms = wait.as_millis() as u64, "retrying failed ansible deliveries");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            for &i in &pending {
+                results[i].error = Some("cancelled by shutdown".into());
+            }
+            break;
+        }
+        let hosts: Vec<(&str, Map<String, Value>)> = pending
+            .iter()
+            .map(|&i| (aliases[i].as_str(), vars[i].clone()))
+            .collect();
+        let inv_path = tmp.path().join(format!("inventory-{attempt}.json"));
+        let written = serde_json::to_vec_pretty(&inventory(&hosts))
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&inv_path, b));
+        if let Err(e) = written {
+            for &i in &pending {
+                results[i].error = Some(format!("writing {}: {e}", inv_path.display()));
+            }
+            break;
+        }
+        let forks = settings.forks.min(pending.len()).max(1);
+        let started = Instant::now();
+        let run = run_playbook(settings, &inv_path, &local_tmp, forks, cancel).await;
+        let duration = started.elapsed();
+        for &i in &pending {
+            results[i].attempts = attempt;
+        }
+        let output = match run {
+            Ok(o) => o,
+            Err(e) => {
+                // Not transient: the program is missing or not executable.
+                tracing::error!(service = %service.name, error = %e, "ansible-playbook did not start");
+                for &i in &pending {
+                    results[i].error = Some(e.clone());
+                }
+                report.runs.push(AnsibleRun {
+                    attempt,
+                    hosts: pending.len(),
+                    duration,
+                    outcome: "spawn error".into(),
+                });
+                break;
+            }
+        };
+        let outcome = match &output.ended {
+            Ended::Exited(s) => match s.code() {
+                Some(c) => format!("exit {c}"),
+                None => format!("{s}"),
+            },
+            Ended::TimedOut => "timeout".into(),
+            Ended::Cancelled => "cancelled".into(),
+            Ended::WaitFailed(e) => format!("wait failed: {e}"),
+        };
+        let recap = parse_recap(&output.stdout);
+        let errors = parse_errors(&output.stdout);
+        let mut still = Vec::new();
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for &i in &pending {
+            let alias = &aliases[i];
+            let r = &mut results[i];
+            match (&output.ended, recap.get(alias)) {
+                (Ended::Exited(_), Some(stats)) => {
+                    r.result = stats.result();
+                    r.error = if r.result.is_success() {
+                        None
+                    } else {
+                        Some(errors.get(alias).cloned().unwrap_or_else(|| {
+                            format!("{} (see ansible-playbook output)", r.result.as_str())
+                        }))
+                    };
+                }
+                (Ended::Exited(_), None) => {
+                    r.result = DeliveryResult::Failed;
+                    r.error = Some(format!(
+                        "no PLAY RECAP entry for host {alias} ({outcome}); does the playbook target hosts: all? {}",
+                        tail(&format!("{}\n{}", output.stderr, output.stdout), 4)
+                    ));
+                }
+                (Ended::TimedOut, _) => {
+                    r.result = DeliveryResult::Failed;
+                    r.error = Some(format!(
+                        "ansible-playbook killed after the {}s timeout",
+                        settings.timeout.as_secs_f64()
+                    ));
+                }
+                (Ended::Cancelled, _) => {
+                    r.result = DeliveryResult::Failed;
+                    r.error = Some("ansible-playbook killed by shutdown".into());
+                }
+                (Ended::WaitFailed(e), _) => {
+                    r.result = DeliveryResult::Failed;
+                    r.error = Some(format!("waiting for ansible-playbook: {e}"));
+                }
+            }
+            *counts.entry(r.result.as_str()).or_default() += 1;
+            if !r.result.is_success() {
+                still.push(i);
+            }
+        }
+        tracing::info!(
+            service = %service.name,
+            attempt,
+            hosts = pending.len(),
+            forks,
+            outcome = %outcome,
+            duration_ms = duration.as_millis() as u64,
+            ok = counts.get("ok").copied().unwrap_or(0),
+            changed = counts.get("changed").copied().unwrap_or(0),
+            failed = counts.get("failed").copied().unwrap_or(0),
+            unreachable = counts.get("unreachable").copied().unwrap_or(0),
+            "ansible-playbook run"
+        );
+        tracing::debug!(service = %service.name, attempt, stdout = %output.stdout, stderr = %output.stderr, "ansible-playbook output");
+        report.runs.push(AnsibleRun {
+            attempt,
+            hosts: pending.len(),
+            duration,
+            outcome,
+        });
+        pending = still;
+        if pending.is_empty() || matches!(output.ended, Ended::Cancelled) {
+            break;
+        }
+    }
+    for &i in &pending {
+        let r = &results[i];
+        tracing::warn!(service = %service.name, node = %r.node, result = r.result.as_str(), attempts = r.attempts, error = r.error.as_deref().unwrap_or(""), "ansible delivery failed");
+    }
+    report.nodes = results;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = r#"
+PLAY [all] *********************************************************************
+
+TASK [copy] ********************************************************************
+fatal: [n0_a]: FAILED! => {"changed": false, "msg": "Not a directory"}
+fatal: [n2_c]: UNREACHABLE! => {"changed": false, "msg": "ssh: connect to host 10.0.0.3 port 22: Connection refused", "unreachable": true}
+changed: [n1_b]
+
+PLAY RECAP *********************************************************************
+n0_a                       : ok=0    changed=0    unreachable=0    failed=1    skipped=0    rescued=0    ignored=0
+n1_b                       : ok=2    changed=1    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0
+n2_c                       : ok=0    changed=0    unreachable=1    failed=0    skipped=0    rescued=0    ignored=0
+n3_d                       : ok=2    changed=0    unreachable=0    failed=0    skipped=1    rescued=0    ignored=0
+"#;
+
+    #[test]
+    fn recap_and_errors_are_parsed_per_host() {
+        let r = parse_recap(OUT);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r["n0_a"].result(), DeliveryResult::Failed);
+        assert_eq!(r["n1_b"].result(), DeliveryResult::Changed);
+        assert_eq!(r["n2_c"].result(), DeliveryResult::Unreachable);
+        assert_eq!(r["n3_d"].result(), DeliveryResult::Ok);
+        let e = parse_errors(OUT);
+        assert_eq!(e["n0_a"], "Not a directory");
+        assert!(e["n2_c"].contains("Connection refused"), "{e:?}");
+        assert!(!e.contains_key("n1_b"));
+        assert!(parse_recap("no recap here").is_empty());
+    }
+
+    #[test]
+    fn aliases_are_plain_and_hosts_drop_the_port() {
+        assert_eq!(host_alias(0, "10.0.0.1:9090"), "n0_10_0_0_1_9090");
+        assert_eq!(host_alias(3, "[fd00::1]:9090"), "n3__fd00__1__9090");
+        assert_eq!(node_host("10.0.0.1:9090"), "10.0.0.1");
+        assert_eq!(node_host("prom-a.example:9090"), "prom-a.example");
+        assert_eq!(node_host("[fd00::1]:9090"), "fd00::1");
+    }
+
+    #[test]
+    fn strings_are_expanded_then_marked_unsafe() {
+        let v = serde_json::json!({"d": "/srv/{service}/{node}", "n": 3, "l": ["{node}"]});
+        let e = unsafe_strings(expand(&v, "a:1", "svc"));
+        assert_eq!(
+            e,
+            serde_json::json!({
+                "d": {"__ansible_unsafe": "/srv/svc/a:1"},
+                "n": 3,
+                "l": [{"__ansible_unsafe": "a:1"}],
+            })
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(10), Duration::from_secs(30));
+    }
+
+    /// A child whose grandchild escaped into its own session is killed too.
+    #[tokio::test]
+    async fn kill_tree_reaches_children_in_other_sessions() {
+        let marker = format!("{}", 4000 + std::process::id() % 1000);
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("setsid sleep {marker}1 & sleep {marker}2 & wait"))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id().expect("pid") as i32;
+        let find = || {
+            process_table()
+                .into_iter()
+                .filter(|(p, ..)| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| {
+                            String::from_utf8_lossy(&c).contains(&format!("sleep\0{marker}"))
+                                && !String::from_utf8_lossy(&c).contains("-c")
+                        })
+                        .unwrap_or(false)
+                        && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                            .map(|s| !s.contains(") Z"))
+                            .unwrap_or(false)
+                })
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while find() < 2 {
+            assert!(Instant::now() < deadline, "sleeps never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill_tree(pid);
+        child.wait().await.expect("reap");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while find() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} sleep(s) survived kill_tree",
+                find()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

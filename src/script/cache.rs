@@ -1,0 +1,234 @@
+//! The compiled-script cache: every script is compiled once, and the last
+//! version that compiled keeps serving until a newer one compiles.
+//!
+//! Passes ask [`ScriptCache::get`] for a script. The first call compiles it;
+//! later calls return the cached AST without touching the disk. Changes come
+//! in through [`ScriptCache::reload`] (called by the watcher in
+//! [`super::watch`]): a new version that compiles replaces the old one; one
+//! that does not is remembered as the script's current error while the old
+//! version keeps running, so a typo saved in an editor never stops a
+//! service. A script that has never compiled is retried on every `get`, so a
+//! service waiting for its file starts as soon as a good file appears, even
+//! without a watcher.
+//!
+//! Keys are absolute, lexically normalized paths ([`normalize`]), so that
+//! `./scripts/a.rhai`, `scripts/a.rhai` and the path a file-system event
+//! reports all name the same entry.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{CompiledScript, ScriptError};
+
+/// The absolute, lexically normalized form of `path` (links not followed,
+/// the file need not exist): the key of the cache and of [`super::ScriptEvent`]s.
+pub fn normalize(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn source_hash(source: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The last version that compiled.
+    good: Option<CompiledScript>,
+    /// Hash of the file content last compiled (good or not).
+    hash: Option<u64>,
+    /// Why that content did not compile (`None`: it is `good`).
+    error: Option<ScriptError>,
+}
+
+/// What [`ScriptCache::reload`] found.
+#[derive(Debug, Clone)]
+pub enum Reload {
+    /// The content is new and compiled; it now serves.
+    Compiled(CompiledScript),
+    /// The content is new and did not compile; the previous version (if
+    /// any) keeps serving.
+    Failed(ScriptError),
+    /// Same content as last time: nothing was compiled. `Ok` if that
+    /// content is the serving version, `Err` if it failed to compile.
+    Unchanged(Result<CompiledScript, ScriptError>),
+    /// The file does not exist (any more); the entry was dropped.
+    Missing,
+}
+
+/// Compiled scripts by path; share it as `Arc<ScriptCache>`.
+#[derive(Default)]
+pub struct ScriptCache {
+    entries: Mutex<HashMap<PathBuf, Entry>>,
+}
+
+impl std::fmt::Debug for ScriptCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptCache")
+            .field("scripts", &self.paths())
+            .finish()
+    }
+}
+
+impl ScriptCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The script to run for `path`: the last version that compiled. Compiles
+    /// it on first use (and retries on every call while no version ever
+    /// compiled). Cheap when cached: no disk access.
+    pub fn get(&self, path: &Path) -> Result<CompiledScript, ScriptError> {
+        let key = normalize(path);
+        if let Some(good) = self.lock().get(&key).and_then(|e| e.good.clone()) {
+            return Ok(good);
+        }
+        match self.reload(path) {
+            Reload::Compiled(s) | Reload::Unchanged(Ok(s)) => Ok(s),
+            Reload::Failed(e) | Reload::Unchanged(Err(e)) => Err(e),
+            Reload::Missing => Err(ScriptError::Read {
+                path: path.to_path_buf(),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file",
+                )),
+            }),
+        }
+    }
+
+    /// Read `path` again and compile it if its content changed. A failed
+    /// compile keeps the previous version serving. A missing file drops the
+    /// entry ([`Reload::Missing`]); another read error is a `Failed` and
+    /// keeps the previous version.
+    pub fn reload(&self, path: &Path) -> Reload {
+        let key = normalize(path);
+        let source = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.lock().remove(&key);
+                return Reload::Missing;
+            }
+            Err(e) => {
+                return Reload::Failed(ScriptError::Read {
+                    path: path.to_path_buf(),
+                    source: Arc::new(e),
+                });
+            }
+        };
+        let hash = source_hash(&source);
+        {
+            let entries = self.lock();
+            if let Some(e) = entries.get(&key).filter(|e| e.hash == Some(hash)) {
+                return Reload::Unchanged(match (&e.error, &e.good) {
+                    (Some(err), _) => Err(err.clone()),
+                    (None, Some(good)) => Ok(good.clone()),
+                    (None, None) => Err(ScriptError::Missing {
+                        path: path.to_path_buf(),
+                        function: "targets".into(),
+                    }),
+                });
+            }
+        }
+        // Compile without holding the lock; scripts are small, but other
+        // services' passes should not wait on it.
+        let compiled = CompiledScript::compile_source(path, &source);
+        let mut entries = self.lock();
+        let entry = entries.entry(key).or_default();
+        entry.hash = Some(hash);
+        match compiled {
+            Ok(script) => {
+                entry.good = Some(script.clone());
+                entry.error = None;
+                Reload::Compiled(script)
+            }
+            Err(e) => {
+                entry.error = Some(e.clone());
+                Reload::Failed(e)
+            }
+        }
+    }
+
+    /// Drop `path` from the cache; whether it was there.
+    pub fn forget(&self, path: &Path) -> bool {
+        self.lock().remove(&normalize(path)).is_some()
+    }
+
+    /// Why the current content of `path` does not compile, if it does not
+    /// (the previous version may still be serving).
+    pub fn last_error(&self, path: &Path) -> Option<ScriptError> {
+        self.lock()
+            .get(&normalize(path))
+            .and_then(|e| e.error.clone())
+    }
+
+    /// Whether a compiled version of `path` is serving.
+    pub fn has_good(&self, path: &Path) -> bool {
+        self.lock()
+            .get(&normalize(path))
+            .is_some_and(|e| e.good.is_some())
+    }
+
+    /// Every cached path, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_normalized() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(normalize(Path::new("./a/../b.rhai")), cwd.join("b.rhai"));
+        assert_eq!(normalize(Path::new("/x/./y/../z")), Path::new("/x/z"));
+    }
+
+    #[test]
+    fn failed_compile_keeps_the_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.rhai");
+        let cache = ScriptCache::new();
+        assert!(cache.get(&path).is_err(), "missing file");
+        std::fs::write(&path, "fn targets(ctx) { [\"a:1\"] }").unwrap();
+        let first = cache.get(&path).unwrap();
+        assert!(first.has_fn("targets", 1));
+        std::fs::write(&path, "fn targets(ctx) { [\"a:1\" }").unwrap();
+        match cache.reload(&path) {
+            Reload::Failed(ScriptError::Compile { line: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(cache.get(&path).is_ok(), "old version keeps serving");
+        assert!(cache.last_error(&path).is_some());
+        assert!(matches!(cache.reload(&path), Reload::Unchanged(Err(_))));
+        std::fs::write(&path, "fn targets(ctx) { [] }\nfn nodes(ctx) { [] }").unwrap();
+        assert!(matches!(cache.reload(&path), Reload::Compiled(_)));
+        assert!(cache.get(&path).unwrap().has_fn("nodes", 1));
+        assert!(cache.last_error(&path).is_none());
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(cache.reload(&path), Reload::Missing));
+        assert!(!cache.has_good(&path));
+    }
+}

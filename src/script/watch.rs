@@ -1,0 +1,248 @@
+//! Hot reload: watch script directories, recompile changed scripts into the
+//! [`ScriptCache`], and publish what happened as [`ScriptEvent`]s.
+//!
+//! Editors save in several steps (write a temp file, rename it over the
+//! original, touch it again), so raw file-system events are collected until
+//! the directory has been quiet for [`DEBOUNCE`], then every touched
+//! `*.rhai` path is looked at once: a file that exists and whose content
+//! changed is recompiled; a file that disappeared is dropped. Events carry
+//! normalized paths (see [`super::cache::normalize`]); the daemon maps them
+//! to the services that use the script (see [`ScriptEvent::affects`]) and
+//! re-reads the drop-in service list on `Added`/`Removed`.
+//!
+//! Directories are watched non-recursively: `scripts/examples/` is not a
+//! drop-in directory. A directory that does not exist when the watcher
+//! starts is skipped with a warning.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::Watcher as _;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::ScriptError;
+use super::cache::{Reload, ScriptCache, normalize};
+use crate::config::{Config, Service};
+
+/// Quiet time after the last file-system event before scripts are reloaded.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// What happened to a script file.
+#[derive(Debug, Clone)]
+pub enum ScriptEvent {
+    /// A new script appeared and compiled.
+    Added { path: PathBuf },
+    /// A known script changed and the new version compiled; it now serves.
+    Reloaded { path: PathBuf },
+    /// A script changed (or appeared) and does not compile; the previous
+    /// version, if any, keeps serving. The error has file, line and column.
+    Failed { path: PathBuf, error: ScriptError },
+    /// A script file was removed; it is no longer cached.
+    Removed { path: PathBuf },
+}
+
+impl ScriptEvent {
+    /// The (normalized) script path.
+    pub fn path(&self) -> &Path {
+        match self {
+            ScriptEvent::Added { path }
+            | ScriptEvent::Reloaded { path }
+            | ScriptEvent::Failed { path, .. }
+            | ScriptEvent::Removed { path } => path,
+        }
+    }
+
+    /// Whether `service` runs this script (as its script or node script).
+    pub fn affects(&self, service: &Service) -> bool {
+        let path = self.path();
+        normalize(&service.script) == path
+            || service
+                .node_script
+                .as_deref()
+                .is_some_and(|n| normalize(n) == path)
+    }
+}
+
+/// The directories to watch for `config`: `scripts_dir` plus the directory
+/// of every configured script and node script; normalized and deduplicated.
+pub fn watch_dirs(config: &Config) -> Vec<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    dirs.insert(normalize(&config.scripts_dir));
+    for s in &config.services {
+        for p in std::iter::once(&s.script).chain(s.node_script.as_ref()) {
+            if let Some(parent) = normalize(p).parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    dirs.into_iter().collect()
+}
+
+fn is_script(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "rhai")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+}
+
+fn content_hash(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Start watching `dirs`. Changes are compiled into `cache` and reported on
+/// `tx` until `cancel` is cancelled (the returned task then ends). Must be
+/// called inside a tokio runtime. Fails only if no watcher can be created;
+/// a directory that cannot be watched is logged and skipped.
+pub fn watch(
+    dirs: Vec<PathBuf>,
+    cache: Arc<ScriptCache>,
+    tx: UnboundedSender<ScriptEvent>,
+    cancel: CancellationToken,
+) -> Result<JoinHandle<()>, notify::Error> {
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        match ev {
+            Ok(ev) => {
+                for p in ev.paths {
+                    let _ = raw_tx.send(p);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "script watcher error"),
+        }
+    })?;
+    let mut watched: Vec<PathBuf> = Vec::new();
+    for dir in dirs.iter().map(|d| normalize(d)) {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watched.push(dir),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch script directory; changes there need a restart")
+            }
+        }
+    }
+    // What the watcher last saw of each script, so that only real changes
+    // become events (an editor's extra touch or a no-op rename is not one).
+    let mut known: HashMap<PathBuf, u64> = HashMap::new();
+    for dir in &watched {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for entry in rd.flatten() {
+                let p = entry.path();
+                if is_script(&p)
+                    && let Some(h) = content_hash(&p)
+                {
+                    known.insert(p, h);
+                }
+            }
+        }
+    }
+    tracing::info!(dirs = ?watched, scripts = known.len(), "watching scripts");
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher; // dropped (unwatched) when the task ends
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = raw_rx.recv() => match p { Some(p) => p, None => break },
+            };
+            let mut pending = BTreeSet::from([first]);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    p = raw_rx.recv() => match p {
+                        Some(p) => { pending.insert(p); }
+                        None => break,
+                    },
+                }
+            }
+            let cache = Arc::clone(&cache);
+            let batch: Vec<PathBuf> = pending.into_iter().filter(|p| is_script(p)).collect();
+            let seen = std::mem::take(&mut known);
+            // Reading and compiling is blocking work.
+            let (events, seen) = match tokio::task::spawn_blocking(move || {
+                let mut seen = seen;
+                let events = process(&batch, &cache, &mut seen);
+                (events, seen)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "script reload task failed");
+                    continue;
+                }
+            };
+            known = seen;
+            for ev in events {
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// Look at each touched script once and say what changed.
+fn process(
+    batch: &[PathBuf],
+    cache: &ScriptCache,
+    known: &mut HashMap<PathBuf, u64>,
+) -> Vec<ScriptEvent> {
+    let mut events = Vec::new();
+    for raw in batch {
+        let path = normalize(raw);
+        let Some(hash) = content_hash(&path) else {
+            if known.remove(&path).is_some() || cache.forget(&path) {
+                cache.forget(&path);
+                tracing::warn!(script = %path.display(), "script removed");
+                events.push(ScriptEvent::Removed { path });
+            }
+            continue;
+        };
+        let previous = known.insert(path.clone(), hash);
+        if previous == Some(hash) {
+            continue;
+        }
+        let result = match cache.reload(&path) {
+            Reload::Compiled(_) | Reload::Unchanged(Ok(_)) => Ok(()),
+            Reload::Failed(e) | Reload::Unchanged(Err(e)) => Err(e),
+            Reload::Missing => {
+                known.remove(&path);
+                continue;
+            }
+        };
+        match result {
+            Ok(()) if previous.is_none() => {
+                tracing::info!(script = %path.display(), "script added");
+                events.push(ScriptEvent::Added { path });
+            }
+            Ok(()) => {
+                tracing::info!(script = %path.display(), "script reloaded");
+                events.push(ScriptEvent::Reloaded { path });
+            }
+            Err(error) => {
+                let (line, column) = error.position().unwrap_or((0, 0));
+                tracing::error!(
+                    script = %path.display(),
+                    line,
+                    column,
+                    error = %error,
+                    kept_previous = cache.has_good(&path),
+                    "script does not compile; the previous version keeps running"
+                );
+                events.push(ScriptEvent::Failed { path, error });
+            }
+        }
+    }
+    events
+}
