@@ -22,10 +22,16 @@ fn main() -> std::io::Result<()> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     writeln!(w, "[")?;
     for i in 0..count {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let role = roles[(state >> 33) as usize % roles.len()];
         let dc = dcs[(state >> 41) as usize % dcs.len()];
-        let env = if (state >> 50) % 5 == 0 { "staging" } else { "prod" };
+        let env = if (state >> 50).is_multiple_of(5) {
+            "staging"
+        } else {
+            "prod"
+        };
         let ip = format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
         let sep = if i + 1 < count { "," } else { "" };
         writeln!(

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::effective_services;
 use crate::config::{Config, Service};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
-use crate::config::effective_services;
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::sim::SimArgs;
 
@@ -154,14 +154,18 @@ fn select<'a>(
 ) -> anyhow::Result<Vec<&'a Arc<Service>>> {
     match only {
         None => Ok(services.iter().collect()),
-        Some(name) => services.iter().find(|s| s.name == name).map(|s| vec![s]).ok_or_else(|| {
-            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            anyhow::anyhow!(
-                "no service {name:?} in {} (known: {})",
-                config.path.display(),
-                known.join(", ")
-            )
-        }),
+        Some(name) => services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| vec![s])
+            .ok_or_else(|| {
+                let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "no service {name:?} in {} (known: {})",
+                    config.path.display(),
+                    known.join(", ")
+                )
+            }),
     }
 }
 
@@ -358,7 +362,10 @@ fn check_service_scripts(
     }
     if let Some(n) = &s.node_script {
         if !cache.get(n)?.has_fn("nodes", 1) {
-            anyhow::bail!("{}: fn nodes(ctx) is not defined (node_script)", n.display());
+            anyhow::bail!(
+                "{}: fn nodes(ctx) is not defined (node_script)",
+                n.display()
+            );
         }
     } else if s.nodes.is_empty() && !script.has_fn("nodes", 1) {
         anyhow::bail!(

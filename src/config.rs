@@ -599,10 +599,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         }
     };
     if rs.node_script.is_some() && rs.nodes.is_some() {
-        p.push((
-            "node_script",
-            "set nodes or node_script, not both".into(),
-        ));
+        p.push(("node_script", "set nodes or node_script, not both".into()));
     }
     let replicas = match rs.replicas.unwrap_or(1) {
         r if r >= 1 => r as usize,
@@ -966,13 +963,38 @@ fn check_limits(raw: &RawLimits) -> Result<Limits, KeyProblems> {
         }
     };
     let limits = Limits {
-        max_operations: positive(&mut p, "max_operations", raw.max_operations, d.max_operations),
-        max_call_levels: positive(&mut p, "max_call_levels", raw.max_call_levels, d.max_call_levels),
-        max_string_size: positive(&mut p, "max_string_size", raw.max_string_size, d.max_string_size),
-        max_array_size: positive(&mut p, "max_array_size", raw.max_array_size, d.max_array_size),
+        max_operations: positive(
+            &mut p,
+            "max_operations",
+            raw.max_operations,
+            d.max_operations,
+        ),
+        max_call_levels: positive(
+            &mut p,
+            "max_call_levels",
+            raw.max_call_levels,
+            d.max_call_levels,
+        ),
+        max_string_size: positive(
+            &mut p,
+            "max_string_size",
+            raw.max_string_size,
+            d.max_string_size,
+        ),
+        max_array_size: positive(
+            &mut p,
+            "max_array_size",
+            raw.max_array_size,
+            d.max_array_size,
+        ),
         max_map_size: positive(&mut p, "max_map_size", raw.max_map_size, d.max_map_size),
         timeout,
-        max_memory: positive(&mut p, "max_memory_mb", raw.max_memory_mb, d.max_memory >> 20) << 20,
+        max_memory: positive(
+            &mut p,
+            "max_memory_mb",
+            raw.max_memory_mb,
+            d.max_memory >> 20,
+        ) << 20,
     };
     if p.is_empty() { Ok(limits) } else { Err(p) }
 }

@@ -31,7 +31,7 @@ use crate::config::{Config, Schedule, Service};
 use crate::membership::{Membership, NodeStatus};
 use crate::metrics::Metrics;
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
-use crate::script::{CompiledScript, Sandbox};
+use crate::script::{Sandbox, ScriptCache, ScriptEvent};
 
 /// Result of the last pass of a service, for `/api/v1/services`.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +62,10 @@ pub struct ServiceStatus {
     /// Per-node health, when the service has `health:`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<Vec<NodeStatus>>,
+    /// Every node any plan of this service has had; `/sd` answers `[]`
+    /// (not 404) for those no longer in the plan.
+    #[serde(skip)]
+    pub nodes_seen: std::collections::BTreeSet<String>,
 }
 
 /// One running service.
@@ -83,6 +87,8 @@ pub struct Shared {
     runners: tokio::sync::Mutex<BTreeMap<String, Runner>>,
     status: RwLock<BTreeMap<String, ServiceStatus>>,
     pass_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compiled scripts; the last good version of each survives bad edits.
+    cache: Arc<ScriptCache>,
     scheduler: JobScheduler,
     shutdown: CancellationToken,
 }
@@ -215,7 +221,7 @@ impl Shared {
                 nodes: service.nodes.len(),
             })
         } else {
-            match CompiledScript::compile(&service.script) {
+            match self.cache.get(&service.script) {
                 Err(e) => Err(PassError::Script(e)),
                 Ok(script) => {
                     let input = PassInput {
@@ -272,6 +278,8 @@ impl Shared {
             if outcome == "ok" {
                 s.last_success = Some(unix_now());
             }
+            s.nodes_seen
+                .extend(report.nodes.iter().map(|n| n.node.clone()));
             s.current = Some(report);
         }
     }
@@ -319,6 +327,7 @@ impl Shared {
                     last_success: None,
                     current: None,
                     health: None,
+                    nodes_seen: Default::default(),
                 });
             entry.script = service.script.clone();
             entry.schedule = service.schedule.to_string();
@@ -387,8 +396,23 @@ impl Shared {
             tracing::warn!(old = %self.config().listen, new = %config.listen, "listen address changes take effect after a restart");
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
-        let wanted: BTreeMap<String, Arc<Service>> = config
-            .services
+        // Drop-ins run their `fn service()`: blocking work.
+        let services = {
+            let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
+            tokio::task::spawn_blocking(move || crate::config::effective_services(&config, &cache))
+                .await
+        };
+        let (services, problems) = match services {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "listing services failed; running services kept");
+                return;
+            }
+        };
+        for p in &problems {
+            tracing::error!(service = %p.name, path = %p.path.display(), "{p}");
+        }
+        let wanted: BTreeMap<String, Arc<Service>> = services
             .iter()
             .map(|s| (s.name.clone(), Arc::clone(s)))
             .collect();
@@ -433,6 +457,37 @@ impl Shared {
         drop(runners);
         for r in retired {
             self.stop(r).await;
+        }
+    }
+
+    /// A script was added, edited or removed: re-list services (drop-ins come
+    /// and go, `fn service()` may have changed) and pass those that use it.
+    async fn script_changed(self: &Arc<Self>, event: ScriptEvent) {
+        match &event {
+            ScriptEvent::Failed { path, error } => {
+                self.metrics.script_reload("failed");
+                tracing::error!(path = %path.display(), error = %error, "script does not compile; the last good version keeps running");
+                return;
+            }
+            ScriptEvent::Reloaded { path } | ScriptEvent::Added { path } => {
+                self.metrics.script_reload("ok");
+                tracing::info!(path = %path.display(), "script reloaded");
+            }
+            ScriptEvent::Removed { path } => {
+                tracing::warn!(path = %path.display(), "script removed");
+            }
+        }
+        self.reconcile(self.config()).await;
+        let affected: Vec<String> = self
+            .runners
+            .lock()
+            .await
+            .values()
+            .filter(|r| event.affects(&r.service))
+            .map(|r| r.service.name.clone())
+            .collect();
+        for name in affected {
+            self.trigger(&name, "script change").await;
         }
     }
 
@@ -502,6 +557,20 @@ fn watch_config(
     Ok(watcher)
 }
 
+/// Start the script watcher; its token stops it.
+fn start_script_watch(
+    shared: &Shared,
+    config: &Config,
+    tx: &tokio::sync::mpsc::UnboundedSender<ScriptEvent>,
+) -> (CancellationToken, Option<JoinHandle<()>>) {
+    let cancel = shared.shutdown.child_token();
+    let dirs = crate::script::watch::watch_dirs(config);
+    let handle = crate::script::watch(dirs, Arc::clone(&shared.cache), tx.clone(), cancel.clone())
+        .map_err(|e| tracing::error!(error = %e, "cannot watch scripts; edits need a restart"))
+        .ok();
+    (cancel, handle)
+}
+
 /// Run the daemon until `shutdown` is cancelled.
 pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before anything else: SIGHUP's default action kills the process, and
@@ -520,6 +589,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         runners: tokio::sync::Mutex::new(BTreeMap::new()),
         status: RwLock::new(BTreeMap::new()),
         pass_locks: Mutex::new(HashMap::new()),
+        cache: Arc::new(ScriptCache::new()),
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),
     });
@@ -557,12 +627,9 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         Arc::clone(&shared),
         shutdown.clone(),
     ));
-    {
-        let mut runners = shared.runners.lock().await;
-        for service in &config.services {
-            shared.start(&mut runners, Arc::clone(service)).await;
-        }
-    }
+    shared.reconcile(Arc::clone(&config)).await;
+    let (script_tx, mut script_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut script_watch = start_script_watch(&shared, &config, &script_tx);
     scheduler
         .start()
         .await
@@ -574,8 +641,9 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
             |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
         )
         .ok();
-    tracing::info!(listen = %config.listen, services = config.services.len(), "promshard running");
+    tracing::info!(listen = %config.listen, services = shared.runners.lock().await.len(), "promshard running");
     loop {
+        let watched = crate::script::watch::watch_dirs(&shared.config());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = hangup.recv() => shared.reload_config("SIGHUP").await,
@@ -585,8 +653,16 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
                 while config_rx.try_recv().is_ok() {}
                 shared.reload_config("file change").await;
             }
+            Some(event) = script_rx.recv() => shared.script_changed(event).await,
+        }
+        // A reload may have moved scripts_dir or added script directories.
+        let config = shared.config();
+        if crate::script::watch::watch_dirs(&config) != watched {
+            script_watch.0.cancel();
+            script_watch = start_script_watch(&shared, &config, &script_tx);
         }
     }
+    script_watch.0.cancel();
 
     tracing::info!("shutting down: finishing passes in progress");
     let mut sched = scheduler.clone();

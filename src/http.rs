@@ -165,13 +165,23 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
             format!("service {service:?} has no successful pass yet"),
         );
     };
+    let config = shared.config();
     let Some(entry) = current.nodes.iter().find(|n| n.node == node) else {
+        // A configured node that is out of the ring (down, or lost its
+        // targets) must get an empty list, not an error: Prometheus keeps
+        // its last targets when a refresh fails, and would scrape them twice.
+        let configured = config
+            .service(&service)
+            .is_some_and(|s| s.nodes.iter().any(|n| n.addr == node))
+            || status.nodes_seen.contains(&node);
+        if configured {
+            return ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!("service {service:?} has no node {node:?}"),
         );
     };
-    let config = shared.config();
     let path = config.out_dir.join(&service).join(&entry.file);
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,

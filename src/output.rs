@@ -8,7 +8,7 @@
 //! file or the new one, never a torn one. Only files inside the service's
 //! own directory are ever created or removed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,22 +25,27 @@ struct Group<'a> {
     labels: &'a Labels,
 }
 
+/// Group a node's targets by label set. Groups come in the order of their
+/// first (smallest) address and addresses stay sorted, so the output depends
+/// only on content, and grouping is one hash lookup per target instead of
+/// sorting label maps.
 fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
-    let mut by_labels: BTreeMap<&'a Labels, Vec<&'a str>> = BTreeMap::new();
-    for &i in indices {
+    let mut slot: HashMap<&'a Labels, usize> = HashMap::new();
+    let mut groups: Vec<Group<'a>> = Vec::new();
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable_by(|&a, &b| targets[a as usize].addr.cmp(&targets[b as usize].addr));
+    for i in sorted {
         let t = &targets[i as usize];
-        by_labels.entry(&t.labels).or_default().push(&t.addr);
+        let at = *slot.entry(&t.labels).or_insert_with(|| {
+            groups.push(Group {
+                targets: Vec::new(),
+                labels: &t.labels,
+            });
+            groups.len() - 1
+        });
+        groups[at].targets.push(&t.addr);
     }
-    by_labels
-        .into_iter()
-        .map(|(labels, mut addrs)| {
-            addrs.sort_unstable();
-            Group {
-                targets: addrs,
-                labels,
-            }
-        })
-        .collect()
+    groups
 }
 
 /// Render one node's file_sd content.
@@ -208,13 +213,13 @@ mod tests {
     }
 
     #[test]
-    fn json_groups_by_labels_sorted() {
+    fn json_groups_by_labels_in_address_order() {
         let t = sample();
         let all: Vec<u32> = (0..t.len() as u32).collect();
         let text = String::from_utf8(render(&t, &all, FileType::Json)).unwrap();
         assert_eq!(
             text,
-            "[\n  {\"targets\":[\"c:1\"],\"labels\":{\"env\":\"dev\"}},\n  {\"targets\":[\"a:1\",\"b:1\"],\"labels\":{\"env\":\"prod\"}}\n]\n"
+            "[\n  {\"targets\":[\"a:1\",\"b:1\"],\"labels\":{\"env\":\"prod\"}},\n  {\"targets\":[\"c:1\"],\"labels\":{\"env\":\"dev\"}}\n]\n"
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);

@@ -219,7 +219,9 @@ pub fn script_nodes(
 ) -> Option<Result<Vec<NodeSpec>, ScriptError>> {
     let ctx = script_ctx(service, &[]);
     if let Some(path) = &service.node_script {
-        return Some(CompiledScript::compile(path).and_then(|s| ScriptRun::new(&s, sandbox).nodes(ctx)));
+        return Some(
+            CompiledScript::compile(path).and_then(|s| ScriptRun::new(&s, sandbox).nodes(ctx)),
+        );
     }
     if script.has_fn("nodes", 1) {
         return Some(ScriptRun::new(script, sandbox).nodes(ctx));

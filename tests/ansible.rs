@@ -254,6 +254,61 @@ fn targets(ctx) {
         fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
+    /// Write `hang.yml`: each host runs a module that sleeps ten minutes
+    /// with a marker argument; returns the marker.
+    fn hang_playbook(&self) -> String {
+        let marker = format!("{}/hang-marker", self.root.display());
+        self.write(
+            "hang.yml",
+            format!(
+                r#"
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.command:
+        argv: ["{}", "-c", "import time; time.sleep(600)", "{marker}"]
+"#,
+                venv_python().display()
+            ),
+        );
+        marker
+    }
+
+    /// Wait until `count` hung modules run; panics if `child` exits first.
+    fn wait_for_hang(&self, marker: &str, count: usize, child: &mut std::process::Child) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sleeping modules never appeared; last seen: {seen:?}");
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("promshard exited ({status}) before the hang; last seen {seen:?}");
+            }
+            seen = processes_with(marker);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait until no process mentions this fixture's directory.
+    fn assert_no_leftovers(&self) {
+        let root = self.root.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_with(&root);
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind:\n{}",
+                left.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn delivered(&self, node: &str) -> Option<Vec<u8>> {
         fs::read(self.dest(node).join("web.json")).ok()
     }
@@ -471,21 +526,7 @@ fn hanging_playbook_is_killed_at_the_timeout_with_no_orphans() {
     let f = Fixture::new();
     f.targets(30, None);
     f.dest_dirs(&NODES);
-    let marker = format!("{}/hang-marker", f.root.display());
-    // Each host runs a module that sleeps for ten minutes.
-    f.write(
-        "hang.yml",
-        format!(
-            r#"
-- hosts: all
-  gather_facts: false
-  tasks:
-    - ansible.builtin.command:
-        argv: ["{}", "-c", "import time; time.sleep(600)", "{marker}"]
-"#,
-            venv_python().display()
-        ),
-    );
+    let marker = f.hang_playbook();
     let timeout = 8;
     f.config(
         &NODES,
@@ -500,23 +541,7 @@ fn hanging_playbook_is_killed_at_the_timeout_with_no_orphans() {
         .spawn()
         .expect("spawn promshard");
     // The hang is reached: the sleeping modules exist.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    while seen.len() < NODES.len() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sleeping modules never appeared; last seen: {seen:?}");
-        }
-        if child.try_wait().ok().flatten().is_some() {
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "promshard exited before the hang; last seen {seen:?}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        seen = processes_with(&marker);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    f.wait_for_hang(&marker, NODES.len(), &mut child);
     let out = child.wait_with_output().expect("wait promshard");
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -533,20 +558,50 @@ fn hanging_playbook_is_killed_at_the_timeout_with_no_orphans() {
     }
     // Nothing of the run is left: not ansible-playbook, not its workers
     // (which run in sessions of their own), not the sleeping modules.
-    let root = f.root.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = processes_with(&root);
-        if left.is_empty() {
-            break;
+    f.assert_no_leftovers();
+}
+
+#[test]
+#[ignore = "needs ansible-playbook"]
+fn shutdown_kills_a_running_playbook_with_no_orphans() {
+    let f = Fixture::new();
+    f.targets(30, None);
+    f.dest_dirs(&NODES);
+    let marker = f.hang_playbook();
+    f.config(
+        &NODES,
+        json!({"playbook": "hang.yml", "timeout": "300s"}),
+        "",
+    );
+    let cfg = f.path("promshard.yaml");
+    let text = fs::read_to_string(&cfg).expect("config");
+    fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{text}", free_port())).expect("config");
+    let mut child = f
+        .command(&["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promshard run");
+    f.wait_for_hang(&marker, NODES.len(), &mut child);
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "left behind:\n{}",
-            left.join("\n")
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("promshard run did not exit within 30s of SIGTERM");
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("killed by shutdown"), "{stderr}");
+    f.assert_no_leftovers();
 }
 
 #[test]

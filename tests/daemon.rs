@@ -803,7 +803,6 @@ fn first_pass_at_start_up_writes_the_files() {
 }
 
 #[test]
-#[ignore = "waiting for hot reload wiring"]
 fn editing_a_script_changes_the_files_within_one_second() {
     let (s, h) = web_setup("", 20);
     let d = s.start();

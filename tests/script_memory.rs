@@ -26,10 +26,19 @@ fn hundred_million_element_arrays_are_refused_within_memory_bound() {
     // nested arrays, concatenation, and a JSON document built as a string.
     let attempts = [
         ("pad", "let a = []; a.pad(100_000_000, 0); a.len()"),
-        ("push", "let a = []; for i in 0..100_000_000 { a.push(i); } a.len()"),
-        ("map", "let a = []; a.pad(1_000_000, 0); let b = a.map(|x| [x, x, x, x]); b.len()"),
+        (
+            "push",
+            "let a = []; for i in 0..100_000_000 { a.push(i); } a.len()",
+        ),
+        (
+            "map",
+            "let a = []; a.pad(1_000_000, 0); let b = a.map(|x| [x, x, x, x]); b.len()",
+        ),
         ("concat", "let a = [0]; while true { a += a; } a.len()"),
-        ("nested", "let a = []; for i in 0..100_000_000 { a.push([i, i, i, i]); } a.len()"),
+        (
+            "nested",
+            "let a = []; for i in 0..100_000_000 { a.push([i, i, i, i]); } a.len()",
+        ),
         (
             "json",
             r#"let s = "0,"; while s.len() < 30_000_000 { s += s; } parse_json("[" + s + "0]").len()"#,

@@ -110,8 +110,8 @@ fn text(o: &Output) -> String {
 
 /// `once --json` output of the first service.
 fn report(o: &Output) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)));
     v["services"][0].clone()
 }
 
@@ -148,12 +148,17 @@ fn n_targets(n: usize) -> String {
 #[test]
 fn endless_loop_is_stopped_within_deadline_plus_one_second() {
     let dir = tempfile::tempdir().unwrap();
-    let s = compile(dir.path(), "fn targets(ctx) { let i = 0; loop { i += 1; } }");
+    let s = compile(
+        dir.path(),
+        "fn targets(ctx) { let i = 0; loop { i += 1; } }",
+    );
     let mut sandbox = Sandbox::default();
     sandbox.limits.timeout = Duration::from_millis(500);
     sandbox.limits.max_operations = u64::MAX;
     let started = Instant::now();
-    let e = ScriptRun::new(&s, &sandbox).targets(Map::new()).unwrap_err();
+    let e = ScriptRun::new(&s, &sandbox)
+        .targets(Map::new())
+        .unwrap_err();
     let took = started.elapsed();
     assert!(matches!(e, ScriptError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains("did not finish within"), "{e}");
@@ -163,11 +168,20 @@ fn endless_loop_is_stopped_within_deadline_plus_one_second() {
     );
     // Also inside closures that native functions call (their operation
     // count starts afresh on every call).
-    let s = compile(dir.path(), "fn targets(ctx) { [1, 2].map(|x| { loop {} }) }");
+    let s = compile(
+        dir.path(),
+        "fn targets(ctx) { [1, 2].map(|x| { loop {} }) }",
+    );
     let started = Instant::now();
-    let e = ScriptRun::new(&s, &sandbox).targets(Map::new()).unwrap_err();
+    let e = ScriptRun::new(&s, &sandbox)
+        .targets(Map::new())
+        .unwrap_err();
     assert!(matches!(e, ScriptError::Timeout { .. }), "{e}");
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -182,7 +196,11 @@ fn endless_loop_in_the_binary_fails_the_pass_within_deadline() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(text(&o).contains("did not finish within 1s"), "{}", text(&o));
+    assert!(
+        text(&o).contains("did not finish within 1s"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -199,12 +217,18 @@ fn operation_call_depth_and_size_limits_come_from_config() {
     let s = compile(dir.path(), "fn f(n) { f(n + 1) }\nfn run() { f(0) }");
     let e = ScriptRun::new(&s, &sandbox).call("run", ()).unwrap_err();
     let lower = e.to_string().to_lowercase();
-    assert!(lower.contains("stack overflow") || lower.contains("function calls"), "{e}");
+    assert!(
+        lower.contains("stack overflow") || lower.contains("function calls"),
+        "{e}"
+    );
     assert!(call_err(r#"let s = "x"; s.pad(200, "y"); s"#, &sandbox).contains("string"));
     assert!(call_err("let a = []; a.pad(51, 0); a", &sandbox).contains("array"));
     assert!(
-        call_err("let m = #{}; for i in 0..10 { m[`k${i}`] = i; } m", &sandbox)
-            .contains("map")
+        call_err(
+            "let m = #{}; for i in 0..10 { m[`k${i}`] = i; } m",
+            &sandbox
+        )
+        .contains("map")
     );
     let bad = Config::parse(
         Path::new("/x/promshard.yaml"),
@@ -249,28 +273,51 @@ fn missing() { read_file("data/nope.json") }
         assert!(e.contains("outside the allowed directories"), "{f}: {e}");
         assert!(e.contains("line 2") || e.contains("line 3"), "{f}: {e}");
     }
-    assert_eq!(run.call("inside", ()).unwrap().to_string(), r#"[#{"ip": "10.0.0.1"}]"#);
+    assert_eq!(
+        run.call("inside", ()).unwrap().to_string(),
+        r#"[#{"ip": "10.0.0.1"}]"#
+    );
     let e = run.call("missing", ()).unwrap_err().to_string();
     assert!(e.contains("nope.json"), "{e}");
     // An allowed_dirs entry opens another directory, and only that one.
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("x.txt"), "hello").unwrap();
-    let s = compile(&scripts, &format!("fn run() {{ read_file({:?}) }}", other.path().join("x.txt")));
-    assert!(ScriptRun::new(&s, &Sandbox::default()).call("run", ()).is_err());
+    let s = compile(
+        &scripts,
+        &format!("fn run() {{ read_file({:?}) }}", other.path().join("x.txt")),
+    );
+    assert!(
+        ScriptRun::new(&s, &Sandbox::default())
+            .call("run", ())
+            .is_err()
+    );
     let sandbox = Sandbox {
         allowed_dirs: vec![other.path().to_path_buf()],
         ..Sandbox::default()
     };
-    assert_eq!(ScriptRun::new(&s, &sandbox).call("run", ()).unwrap().to_string(), "hello");
+    assert_eq!(
+        ScriptRun::new(&s, &sandbox)
+            .call("run", ())
+            .unwrap()
+            .to_string(),
+        "hello"
+    );
 }
 
 #[test]
 fn env_outside_allowlist_is_refused() {
     let default = Sandbox::default();
     let e = call_err(r#"env("HOME")"#, &default);
-    assert!(e.contains(r#"env("HOME"): not allowed"#) && e.contains("PROMSHARD_*"), "{e}");
+    assert!(
+        e.contains(r#"env("HOME"): not allowed"#) && e.contains("PROMSHARD_*"),
+        "{e}"
+    );
     // Allowed but unset is (), so scripts can use `??`.
-    let v = call(r#"env("PROMSHARD_SURELY_UNSET_42") ?? "fallback""#, &default).unwrap();
+    let v = call(
+        r#"env("PROMSHARD_SURELY_UNSET_42") ?? "fallback""#,
+        &default,
+    )
+    .unwrap();
     assert_eq!(v.to_string(), "fallback");
     let path_allowed = Sandbox {
         env_allowlist: vec!["PATH".into()],
@@ -285,7 +332,10 @@ fn env_outside_allowlist_is_refused() {
         "scripts/web.rhai",
         r#"fn targets(ctx) { [`${env("PROMSHARD_HOST")}:9100`] }"#,
     );
-    let o = site.run(&["plan", "--json"], &[("PROMSHARD_HOST", "10.7.7.7".into())]);
+    let o = site.run(
+        &["plan", "--json"],
+        &[("PROMSHARD_HOST", "10.7.7.7".into())],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(report(&o)["targets"], 1);
 }
@@ -317,7 +367,10 @@ fn http_get_returns_the_body_and_sends_headers() {
     assert_eq!(token, Some(("x-token".into(), "s3cret".into())));
     let e = call_err(r#"http_get("file:///etc/passwd")"#, &Sandbox::default());
     assert!(e.contains("only http:// and https://"), "{e}");
-    let e = call_err(&format!(r#"http_get("{url}/hosts", #{{retries: 3}})"#), &Sandbox::default());
+    let e = call_err(
+        &format!(r#"http_get("{url}/hosts", #{{retries: 3}})"#),
+        &Sandbox::default(),
+    );
     assert!(e.contains("unknown option \"retries\""), "{e}");
 }
 
@@ -331,14 +384,20 @@ fn http_get_non_2xx_is_an_error_with_the_status() {
     let e = call_err(&format!(r#"http_get("{url}/down")"#), &Sandbox::default());
     assert!(e.contains("HTTP 503") && e.contains("maintenance"), "{e}");
     assert!(e.contains("/down"), "{e}");
-    let e = call_err(&format!(r#"http_get_json("{url}/nothing")"#), &Sandbox::default());
+    let e = call_err(
+        &format!(r#"http_get_json("{url}/nothing")"#),
+        &Sandbox::default(),
+    );
     assert!(e.contains("HTTP 404"), "{e}");
     // Connection refused is an error too, not an empty body.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let e = call_err(&format!(r#"http_get("http://{closed}/")"#), &Sandbox::default());
+    let e = call_err(
+        &format!(r#"http_get("http://{closed}/")"#),
+        &Sandbox::default(),
+    );
     assert!(e.contains(&closed.to_string()), "{e}");
 }
 
@@ -347,9 +406,16 @@ fn http_get_timeout() {
     let server = Server::start(|_| Reply::ok("[]").delayed(Duration::from_secs(3)));
     let url = server.url();
     let started = Instant::now();
-    let e = call_err(&format!(r#"http_get("{url}/slow", #{{timeout: 0.3}})"#), &Sandbox::default());
+    let e = call_err(
+        &format!(r#"http_get("{url}/slow", #{{timeout: 0.3}})"#),
+        &Sandbox::default(),
+    );
     assert!(e.contains("timed out"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     // The call's own deadline caps the request timeout (default 10s).
     let sandbox = Sandbox {
         limits: Limits {
@@ -361,24 +427,38 @@ fn http_get_timeout() {
     let started = Instant::now();
     let e = call_err(&format!(r#"http_get("{url}/slow")"#), &sandbox);
     assert!(e.contains("timed out"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn json_helpers_and_logs() {
     let s = Sandbox::default();
     assert_eq!(
-        call(r#"parse_json(`{"a": [1, 2.5, "x", null, true]}`).a[1]"#, &s).unwrap().to_string(),
+        call(r#"parse_json(`{"a": [1, 2.5, "x", null, true]}`).a[1]"#, &s)
+            .unwrap()
+            .to_string(),
         "2.5"
     );
     let e = call_err(r#"parse_json("{nope")"#, &s);
     assert!(e.contains("parse_json") && e.contains("line 1"), "{e}");
     assert_eq!(
-        call(r#"to_json(#{b: [1, "x"], a: ()})"#, &s).unwrap().to_string(),
+        call(r#"to_json(#{b: [1, "x"], a: ()})"#, &s)
+            .unwrap()
+            .to_string(),
         r#"{"a":null,"b":[1,"x"]}"#
     );
     assert!(call_err(r#"to_json(|x| x)"#, &s).contains("to_json"));
-    assert!(call(r#"log_info("hello"); log_warn(42); print("not on stdout"); 1"#, &s).is_ok());
+    assert!(
+        call(
+            r#"log_info("hello"); log_warn(42); print("not on stdout"); 1"#,
+            &s
+        )
+        .is_ok()
+    );
     // JSON larger than the limits is refused while parsing.
     let small = Sandbox {
         limits: Limits {
@@ -415,7 +495,11 @@ fn syntax_error_reports_line_and_column_and_the_old_version_keeps_serving() {
     let (groups, _) = ScriptRun::new(&serving, &Sandbox::default())
         .targets(Map::new())
         .unwrap();
-    assert_eq!(groups[0].targets, ["10.0.0.1:9100"], "the old version serves");
+    assert_eq!(
+        groups[0].targets,
+        ["10.0.0.1:9100"],
+        "the old version serves"
+    );
     assert!(first.has_fn("targets", 1));
     assert!(cache.last_error(&path).is_some());
     // The CLI reports it the same way, with the service.
@@ -423,7 +507,11 @@ fn syntax_error_reports_line_and_column_and_the_old_version_keeps_serving() {
     site.write("scripts/web.rhai", "fn targets(ctx) {\n  [\"a:1\",\n}\n");
     let o = site.run(&["check"], &[]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("web.rhai:3:1: syntax error"), "{}", text(&o));
+    assert!(
+        text(&o).contains("web.rhai:3:1: syntax error"),
+        "{}",
+        text(&o)
+    );
     assert!(text(&o).contains("(service web)"), "{}", text(&o));
 }
 
@@ -479,7 +567,13 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
     cache.get(&path).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let task = watch(vec![dir.path().to_path_buf()], cache.clone(), tx, cancel.clone()).unwrap();
+    let task = watch(
+        vec![dir.path().to_path_buf()],
+        cache.clone(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
     let targets = |cache: &ScriptCache| {
         let s = cache.get(&path).unwrap();
         ScriptRun::new(&s, &Sandbox::default())
@@ -507,7 +601,12 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
     // 1. Write in place.
     tokio::task::block_in_place(|| {
         std::fs::write(&path, r#"fn targets(ctx) { ["b:2"] }"#).unwrap();
-        wait_for(&mut rx, second, "reload after a write in place", is("reloaded"));
+        wait_for(
+            &mut rx,
+            second,
+            "reload after a write in place",
+            is("reloaded"),
+        );
     });
     assert_eq!(targets(&cache), ["b:2"]);
 
@@ -516,7 +615,12 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
         let tmp = dir.path().join(".web.rhai.swp");
         std::fs::write(&tmp, r#"fn targets(ctx) { ["c:3"] }"#).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        wait_for(&mut rx, second, "reload after save-by-rename", is("reloaded"));
+        wait_for(
+            &mut rx,
+            second,
+            "reload after save-by-rename",
+            is("reloaded"),
+        );
     });
     assert_eq!(targets(&cache), ["c:3"]);
 
@@ -524,7 +628,9 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
     tokio::task::block_in_place(|| {
         std::fs::write(&path, "fn targets(ctx) {\n  [\"d:4\"\n").unwrap();
         let ev = wait_for(&mut rx, second, "failure after a broken save", is("failed"));
-        let ScriptEvent::Failed { error, .. } = ev else { unreachable!() };
+        let ScriptEvent::Failed { error, .. } = ev else {
+            unreachable!()
+        };
         assert!(error.position().is_some_and(|(l, _)| l >= 2), "{error}");
     });
     assert_eq!(targets(&cache), ["c:3"]);
@@ -534,13 +640,19 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
         let other = dir.path().join("db.rhai");
         std::fs::write(&other, "fn targets(ctx) { [] }").unwrap();
         let okey = normalize(&other);
-        wait_for(&mut rx, second, "a new script", |e| {
-            matches!(e, ScriptEvent::Added { path } if *path == okey)
-        });
+        wait_for(
+            &mut rx,
+            second,
+            "a new script",
+            |e| matches!(e, ScriptEvent::Added { path } if *path == okey),
+        );
         std::fs::remove_file(&other).unwrap();
-        wait_for(&mut rx, second, "a removed script", |e| {
-            matches!(e, ScriptEvent::Removed { path } if *path == okey)
-        });
+        wait_for(
+            &mut rx,
+            second,
+            "a removed script",
+            |e| matches!(e, ScriptEvent::Removed { path } if *path == okey),
+        );
         // Files that are not scripts are ignored.
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
         std::fs::write(&path, r#"fn targets(ctx) { ["e:5"] }"#).unwrap();
@@ -569,14 +681,22 @@ fn mass_drop_guard_refuses_empty_and_sixty_percent_drop_and_force_overrides() {
     site.write("scripts/web.rhai", &n_targets(0));
     let o = site.run(&["once"], &[]);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("refusing to drop from 10 to 0 targets"), "{}", text(&o));
+    assert!(
+        text(&o).contains("refusing to drop from 10 to 0 targets"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(site.files("web"), ten);
 
     // 60% gone.
     site.write("scripts/web.rhai", &n_targets(4));
     let o = site.run(&["once"], &[]);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("refusing to drop from 10 to 4 targets"), "{}", text(&o));
+    assert!(
+        text(&o).contains("refusing to drop from 10 to 4 targets"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(site.files("web"), ten);
 
     // 50% is within the default ratio... but first, --force.
@@ -633,10 +753,17 @@ fn targets(ctx) { ctx.nodes.map(|n| `${n.split(":")[0]}:9100`) + ["10.5.0.1:9100
         let o = site.run(&["once"], &[]);
         assert!(!o.status.success(), "{bad}: {}", text(&o));
         assert!(text(&o).contains("nodes() returned"), "{bad}: {}", text(&o));
-        assert!(text(&o).contains(why), "{bad} should say {why}: {}", text(&o));
+        assert!(
+            text(&o).contains(why),
+            "{bad} should say {why}: {}",
+            text(&o)
+        );
     }
 
-    site.write("scripts/web.rhai", r#"fn targets(ctx) { ["10.5.0.1:9100"] }"#);
+    site.write(
+        "scripts/web.rhai",
+        r#"fn targets(ctx) { ["10.5.0.1:9100"] }"#,
+    );
     let o = site.run(&["once"], &[]);
     assert!(!o.status.success());
     assert!(text(&o).contains("has no nodes"), "{}", text(&o));
@@ -659,7 +786,10 @@ services:
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("node_script: set nodes or node_script, not both"), "{e}");
+    assert!(
+        e.contains("node_script: set nodes or node_script, not both"),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------------ drop-ins
@@ -696,7 +826,8 @@ fn targets(ctx) { [`10.1.0.1:${ctx.port}`, `10.1.0.2:${ctx.port}`] }
     let out = text(&o);
     assert!(out.contains("ok: service web ("), "{out}");
     assert!(
-        out.contains("ok: service blackbox (drop-in ") && out.contains("replicas 2, schedule @every 300s"),
+        out.contains("ok: service blackbox (drop-in ")
+            && out.contains("replicas 2, schedule @every 300s"),
         "{out}"
     );
     assert!(out.contains("2 service(s) (1 drop-in)"), "{out}");
@@ -706,7 +837,11 @@ fn targets(ctx) { [`10.1.0.1:${ctx.port}`, `10.1.0.2:${ctx.port}`] }
     assert!(o.status.success(), "{}", text(&o));
     let files = site.files("blackbox");
     assert_eq!(files.len(), 3, "one file per default node: {files:?}");
-    assert_eq!(total_in_files(&site, "blackbox"), 4, "2 targets × 2 replicas");
+    assert_eq!(
+        total_in_files(&site, "blackbox"),
+        4,
+        "2 targets × 2 replicas"
+    );
     assert!(files.iter().any(|(_, b)| b.contains("10.1.0.1:9115")));
     assert_eq!(total_in_files(&site, "web"), 3);
 
@@ -723,9 +858,17 @@ fn targets(ctx) { [`10.1.0.1:${ctx.port}`, `10.1.0.2:${ctx.port}`] }
     let o = site.run(&["check", "--run"], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("targets(): 1 target(s), 2 invalid, 1 duplicate(s) merged"), "{out}");
+    assert!(
+        out.contains("targets(): 1 target(s), 2 invalid, 1 duplicate(s) merged"),
+        "{out}"
+    );
     assert!(out.contains("invalid: group 1: \"nope\""), "{out}");
-    assert!(site.files("blackbox").iter().any(|(_, b)| b.contains("10.1.0.2")), "check --run wrote nothing");
+    assert!(
+        site.files("blackbox")
+            .iter()
+            .any(|(_, b)| b.contains("10.1.0.2")),
+        "check --run wrote nothing"
+    );
 }
 
 #[test]
@@ -736,19 +879,28 @@ fn bad_drop_ins_are_reported_with_the_key_and_others_still_run() {
         "scripts/bad.rhai",
         "fn service() { #{ replicas: 0, colour: \"red\" } }\nfn targets(ctx) { [] }",
     );
-    site.write("scripts/zero.rhai", "fn service() { #{ replicas: 0 } }\nfn targets(ctx) { [] }");
+    site.write(
+        "scripts/zero.rhai",
+        "fn service() { #{ replicas: 0 } }\nfn targets(ctx) { [] }",
+    );
     site.write("scripts/broken.rhai", "fn targets(ctx) {\n  [\n");
     site.write("scripts/notargets.rhai", "fn other() { 1 }");
     let o = site.run(&["check"], &[]);
     assert!(!o.status.success(), "{}", text(&o));
     let out = text(&o);
-    assert!(out.contains("drop-in service \"bad\"") && out.contains("unknown field `colour`"), "{out}");
+    assert!(
+        out.contains("drop-in service \"bad\"") && out.contains("unknown field `colour`"),
+        "{out}"
+    );
     assert!(
         out.contains("drop-in service \"zero\": fn service(): replicas: replicas must be >= 1"),
         "{out}"
     );
     assert!(out.contains("broken.rhai:3:1: syntax error"), "{out}");
-    assert!(out.contains("drop-in service \"notargets\": fn targets(ctx) is not defined"), "{out}");
+    assert!(
+        out.contains("drop-in service \"notargets\": fn targets(ctx) is not defined"),
+        "{out}"
+    );
     assert!(out.contains("ok: service web"), "{out}");
     // `once` runs the good services and fails overall.
     let o = site.run(&["once"], &[]);
@@ -776,11 +928,20 @@ fn effective_services_api() {
     assert_eq!(names, ["web", "api"]);
     let api = &services[1];
     assert!(api.drop_in && !services[0].drop_in);
-    assert!(api.nodes.is_empty(), "fn nodes(ctx) wins over defaults.nodes");
-    assert_eq!(services[0].nodes.len(), 3, "explicit services inherit defaults");
+    assert!(
+        api.nodes.is_empty(),
+        "fn nodes(ctx) wins over defaults.nodes"
+    );
+    assert_eq!(
+        services[0].nodes.len(),
+        3,
+        "explicit services inherit defaults"
+    );
     assert_eq!(api.script, config.scripts_dir.join("api.rhai"));
     // The event API maps paths to services.
-    let ev = ScriptEvent::Reloaded { path: normalize(&api.script) };
+    let ev = ScriptEvent::Reloaded {
+        path: normalize(&api.script),
+    };
     assert!(ev.affects(api) && !ev.affects(&services[0]));
     // No services at all is a problem to report.
     let empty = dir.path().join("empty.yaml");
@@ -793,7 +954,9 @@ fn effective_services_api() {
 // ------------------------------------------------------------------ examples
 
 fn example(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/examples")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -810,12 +973,24 @@ fn example_json_file() {
     let o = site.run(&["once", "--json"], &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(report(&o)["targets"], 2, "{}", text(&o));
-    assert!(text(&o).contains("has no ip"), "the host without ip is logged");
+    assert!(
+        text(&o).contains("has no ip"),
+        "the host without ip is logged"
+    );
     let all: String = site.files("web").into_iter().map(|(_, b)| b).collect();
-    assert!(all.contains("10.0.0.11:9100") && all.contains(r#""hostname":"b""#), "{all}");
+    assert!(
+        all.contains("10.0.0.11:9100") && all.contains(r#""hostname":"b""#),
+        "{all}"
+    );
     // The file can be named by PROMSHARD_HOSTS_FILE.
-    site.write("scripts/other.json", r#"[{"hostname": "z", "ip": "10.0.0.99", "env": "x", "dc": "y", "role": "r"}]"#);
-    let o = site.run(&["plan", "--json"], &[("PROMSHARD_HOSTS_FILE", "other.json".into())]);
+    site.write(
+        "scripts/other.json",
+        r#"[{"hostname": "z", "ip": "10.0.0.99", "env": "x", "dc": "y", "role": "r"}]"#,
+    );
+    let o = site.run(
+        &["plan", "--json"],
+        &[("PROMSHARD_HOSTS_FILE", "other.json".into())],
+    );
     assert_eq!(report(&o)["targets"], 1, "{}", text(&o));
 }
 
@@ -840,7 +1015,10 @@ fn example_http_cmdb() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(report(&o)["targets"], 2);
     let all: String = site.files("web").into_iter().map(|(_, b)| b).collect();
-    assert!(all.contains("10.2.0.3:9100") && !all.contains("10.2.0.2"), "{all}");
+    assert!(
+        all.contains("10.2.0.3:9100") && !all.contains("10.2.0.2"),
+        "{all}"
+    );
     assert!(all.contains(r#""instance_name":"w1""#), "{all}");
     let auth = server.requests()[0]
         .headers
@@ -857,9 +1035,12 @@ fn example_http_cmdb() {
     assert_eq!(site.files("web"), before);
 }
 
-/// Consul's `/v1/health/service/<name>?passing` answer for `instances`
-/// (node, node address, service address, port, tags, meta).
-fn consul_answer(instances: &[(&str, &str, &str, u16, &[&str], &str)]) -> String {
+/// One Consul instance: node, node address, service address, port, tags,
+/// service meta (JSON).
+type ConsulInstance<'a> = (&'a str, &'a str, &'a str, u16, &'a [&'a str], &'a str);
+
+/// Consul's `/v1/health/service/<name>?passing` answer for `instances`.
+fn consul_answer(instances: &[ConsulInstance]) -> String {
     let entries: Vec<serde_json::Value> = instances
         .iter()
         .map(|(node, node_addr, svc_addr, port, tags, meta)| {
@@ -879,7 +1060,14 @@ fn consul_answer(instances: &[(&str, &str, &str, u16, &[&str], &str)]) -> String
 #[test]
 fn example_consul_targets() {
     let body = consul_answer(&[
-        ("n1", "10.0.0.1", "10.0.1.1", 9100, &["prod", "web"], r#"{"team": "shop"}"#),
+        (
+            "n1",
+            "10.0.0.1",
+            "10.0.1.1",
+            9100,
+            &["prod", "web"],
+            r#"{"team": "shop"}"#,
+        ),
         ("n2", "10.0.0.2", "", 9101, &[], "{}"),
     ]);
     let server = Server::start(move |path| {
@@ -891,12 +1079,18 @@ fn example_consul_targets() {
     });
     let site = Site::new(ONE_SERVICE);
     site.write("scripts/web.rhai", &example("consul_targets.rhai"));
-    let o = site.run(&["once", "--json"], &[("PROMSHARD_CONSUL_URL", server.url())]);
+    let o = site.run(
+        &["once", "--json"],
+        &[("PROMSHARD_CONSUL_URL", server.url())],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(report(&o)["targets"], 2);
     let all: String = site.files("web").into_iter().map(|(_, b)| b).collect();
     assert!(all.contains("10.0.1.1:9100"), "service address: {all}");
-    assert!(all.contains("10.0.0.2:9101"), "node address fallback: {all}");
+    assert!(
+        all.contains("10.0.0.2:9101"),
+        "node address fallback: {all}"
+    );
     assert!(all.contains(r#""consul_tags":",prod,web,""#), "{all}");
     assert!(all.contains(r#""consul_meta_team":"shop""#), "{all}");
     assert!(all.contains(r#""consul_node":"n2""#), "{all}");
@@ -924,23 +1118,41 @@ services:
 "#;
     let site = Site::new(config);
     site.write("scripts/web.rhai", &n_targets(40));
-    site.write("scripts/nodes/consul_nodes.rhai", &example("consul_nodes.rhai"));
-    let o = site.run(&["once", "--json"], &[("PROMSHARD_CONSUL_URL", server.url())]);
+    site.write(
+        "scripts/nodes/consul_nodes.rhai",
+        &example("consul_nodes.rhai"),
+    );
+    let o = site.run(
+        &["once", "--json"],
+        &[("PROMSHARD_CONSUL_URL", server.url())],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let r = report(&o);
     let nodes: Vec<(String, u64)> = r["nodes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["node"].as_str().unwrap().to_string(), n["count"].as_u64().unwrap()))
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["count"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert_eq!(nodes[0].0, "10.8.0.1:9090");
     assert_eq!(nodes[1].0, "10.8.1.2:9090", "service address wins");
     assert!(nodes[0].1 > nodes[1].1, "weight 3 takes more: {nodes:?}");
-    let o = site.run(&["check", "--run"], &[("PROMSHARD_CONSUL_URL", server.url())]);
+    let o = site.run(
+        &["check", "--run"],
+        &[("PROMSHARD_CONSUL_URL", server.url())],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("nodes(): 2 node(s): 10.8.0.1:9090, 10.8.1.2:9090"), "{}", text(&o));
+    assert!(
+        text(&o).contains("nodes(): 2 node(s): 10.8.0.1:9090, 10.8.1.2:9090"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -954,7 +1166,10 @@ fn example_static_list_as_a_drop_in() {
     assert_eq!(r["targets"], 5);
     assert_eq!(r["replicas"], 2);
     let all: String = site.files("blackbox").into_iter().map(|(_, b)| b).collect();
-    assert!(all.contains("10.1.0.3:9115") && all.contains(r#""site":"edge""#), "{all}");
+    assert!(
+        all.contains("10.1.0.3:9115") && all.contains(r#""site":"edge""#),
+        "{all}"
+    );
 }
 
 #[test]
@@ -965,7 +1180,11 @@ fn every_shipped_example_compiles() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "rhai") {
             let s = CompiledScript::compile(&p).unwrap_or_else(|e| panic!("{e}"));
-            assert!(s.has_fn("targets", 1) || s.has_fn("nodes", 1), "{}", p.display());
+            assert!(
+                s.has_fn("targets", 1) || s.has_fn("nodes", 1),
+                "{}",
+                p.display()
+            );
             n += 1;
         }
     }

@@ -119,6 +119,7 @@ fn labels(value: Dynamic) -> Result<Labels, String> {
 /// Unwrap a native list (no copy when the script kept no other handle).
 fn native_list(list: TargetList) -> (Vec<RawGroup>, Vec<Invalid>) {
     let groups = std::sync::Arc::try_unwrap(list.groups).unwrap_or_else(|shared| (*shared).clone());
-    let invalid = std::sync::Arc::try_unwrap(list.invalid).unwrap_or_else(|shared| (*shared).clone());
+    let invalid =
+        std::sync::Arc::try_unwrap(list.invalid).unwrap_or_else(|shared| (*shared).clone());
     (groups, invalid)
 }

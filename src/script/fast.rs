@@ -73,8 +73,14 @@ impl Template {
                     loop {
                         match chars.next() {
                             Some('}') => break,
-                            Some(c) if c.is_alphanumeric() || c == '_' || c == '.' || c == '-' => name.push(c),
-                            _ => return Err(format!("template {text:?}: unclosed or invalid {{field}}")),
+                            Some(c) if c.is_alphanumeric() || c == '_' || c == '.' || c == '-' => {
+                                name.push(c)
+                            }
+                            _ => {
+                                return Err(format!(
+                                    "template {text:?}: unclosed or invalid {{field}}"
+                                ));
+                            }
                         }
                     }
                     if name.is_empty() {
@@ -96,7 +102,10 @@ impl Template {
     }
 
     /// Fill in from a JSON record; `Err(field)` names a missing field.
-    fn render(&self, record: &serde_json::Map<String, serde_json::Value>) -> Result<String, String> {
+    fn render(
+        &self,
+        record: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for piece in &self.0 {
             match piece {
@@ -144,12 +153,19 @@ impl Spec {
                 "address" => address = Some(Template::parse(&text("address", value)?)?),
                 "weight" => weight = Some(Template::parse(&text("weight", value)?)?),
                 "labels" => {
-                    let m = value.clone().try_cast::<Map>().ok_or("spec.labels must be a map")?;
+                    let m = value
+                        .clone()
+                        .try_cast::<Map>()
+                        .ok_or("spec.labels must be a map")?;
                     for (name, t) in m {
                         labels.push((name.to_string(), Template::parse(&text("labels", &t)?)?));
                     }
                 }
-                other => return Err(format!("unknown spec key {other:?} (expected address, labels, weight)")),
+                other => {
+                    return Err(format!(
+                        "unknown spec key {other:?} (expected address, labels, weight)"
+                    ));
+                }
             }
         }
         labels.sort_by(|a, b| a.0.cmp(&b.0));
@@ -167,7 +183,8 @@ pub fn targets_from_json(
     spec: Option<&Spec>,
     max_items: usize,
 ) -> Result<TargetList, String> {
-    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
     let mut out = Collect {
         spec,
         max_items,
@@ -230,17 +247,19 @@ impl<'de> Visitor<'de> for &mut Collect<'_> {
                         weight: None,
                     }),
                 },
-                Some(spec) => match seq.next_element::<serde_json::Map<String, serde_json::Value>>()? {
-                    None => break,
-                    Some(record) => match record_group(index, &record, spec) {
-                        Ok(g) => self.groups.push(g),
-                        Err(reason) => self.invalid.push(Invalid {
-                            group: index,
-                            value: serde_json::Value::Object(record).to_string(),
-                            reason,
-                        }),
-                    },
-                },
+                Some(spec) => {
+                    match seq.next_element::<serde_json::Map<String, serde_json::Value>>()? {
+                        None => break,
+                        Some(record) => match record_group(index, &record, spec) {
+                            Ok(g) => self.groups.push(g),
+                            Err(reason) => self.invalid.push(Invalid {
+                                group: index,
+                                value: serde_json::Value::Object(record).to_string(),
+                                reason,
+                            }),
+                        },
+                    }
+                }
             }
             index += 1;
         }
@@ -248,7 +267,11 @@ impl<'de> Visitor<'de> for &mut Collect<'_> {
     }
 }
 
-fn record_group(index: usize, record: &serde_json::Map<String, serde_json::Value>, spec: &Spec) -> Result<RawGroup, String> {
+fn record_group(
+    index: usize,
+    record: &serde_json::Map<String, serde_json::Value>,
+    spec: &Spec,
+) -> Result<RawGroup, String> {
     let address = spec
         .address
         .render(record)
@@ -276,6 +299,65 @@ fn record_group(index: usize, record: &serde_json::Map<String, serde_json::Value
     })
 }
 
+type HostResult<T> = Result<T, Box<rhai::EvalAltResult>>;
+
+/// Register `targets_from_json` and `targets_from_json_file` (1 or 2 args).
+pub(super) fn register(engine: &mut rhai::Engine, ctx: &Arc<super::host::HostContext>) {
+    engine.register_type_with_name::<TargetList>("TargetList");
+    engine.register_fn("len", |l: &mut TargetList| l.len() as i64);
+    let max = ctx.limits.max_array_size;
+    engine.register_fn(
+        "targets_from_json",
+        move |text: &str| -> HostResult<TargetList> {
+            targets_from_json(text.as_bytes(), None, max)
+                .map_err(|e| format!("targets_from_json: {e}").into())
+        },
+    );
+    engine.register_fn(
+        "targets_from_json",
+        move |text: &str, spec: Map| -> HostResult<TargetList> {
+            let spec = Spec::from_map(&spec).map_err(|e| format!("targets_from_json: {e}"))?;
+            targets_from_json(text.as_bytes(), Some(&spec), max)
+                .map_err(|e| format!("targets_from_json: {e}").into())
+        },
+    );
+    let c = Arc::clone(ctx);
+    engine.register_fn(
+        "targets_from_json_file",
+        move |path: &str| -> HostResult<TargetList> { from_file(&c, path, None) },
+    );
+    let c = Arc::clone(ctx);
+    engine.register_fn(
+        "targets_from_json_file",
+        move |path: &str, spec: Map| -> HostResult<TargetList> {
+            let spec = Spec::from_map(&spec)
+                .map_err(|e| format!("targets_from_json_file({path:?}): {e}"))?;
+            from_file(&c, path, Some(&spec))
+        },
+    );
+}
+
+fn from_file(
+    ctx: &super::host::HostContext,
+    path: &str,
+    spec: Option<&Spec>,
+) -> HostResult<TargetList> {
+    let resolved = super::host::resolve_readable(&ctx.read_dirs, path)?;
+    let file = std::fs::File::open(&resolved).map_err(|e| {
+        format!(
+            "targets_from_json_file({path:?}): {}: {e}",
+            resolved.display()
+        )
+    })?;
+    targets_from_json(file, spec, ctx.limits.max_array_size).map_err(|e| {
+        format!(
+            "targets_from_json_file({path:?}): {}: {e}",
+            resolved.display()
+        )
+        .into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +365,10 @@ mod tests {
     fn spec(address: &str, labels: &[(&str, &str)]) -> Spec {
         Spec {
             address: Template::parse(address).unwrap(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), Template::parse(v).unwrap())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), Template::parse(v).unwrap()))
+                .collect(),
             weight: None,
         }
     }
@@ -316,40 +401,11 @@ mod tests {
         let text = r#"[{"targets":["a:1","b:2"],"labels":{"env":"x"}}]"#;
         let list = targets_from_json(text.as_bytes(), None, 10).unwrap();
         assert_eq!(list.groups[0].targets.len(), 2);
-        assert!(targets_from_json(text.as_bytes(), None, 0).unwrap_err().contains("max_array_size"));
+        assert!(
+            targets_from_json(text.as_bytes(), None, 0)
+                .unwrap_err()
+                .contains("max_array_size")
+        );
         assert!(targets_from_json(&b"{}"[..], None, 10).is_err());
     }
-}
-
-type HostResult<T> = Result<T, Box<rhai::EvalAltResult>>;
-
-/// Register `targets_from_json` and `targets_from_json_file` (1 or 2 args).
-pub(super) fn register(engine: &mut rhai::Engine, ctx: &Arc<super::host::HostContext>) {
-    engine.register_type_with_name::<TargetList>("TargetList");
-    engine.register_fn("len", |l: &mut TargetList| l.len() as i64);
-    let max = ctx.limits.max_array_size;
-    engine.register_fn("targets_from_json", move |text: &str| -> HostResult<TargetList> {
-        targets_from_json(text.as_bytes(), None, max).map_err(|e| format!("targets_from_json: {e}").into())
-    });
-    engine.register_fn("targets_from_json", move |text: &str, spec: Map| -> HostResult<TargetList> {
-        let spec = Spec::from_map(&spec).map_err(|e| format!("targets_from_json: {e}"))?;
-        targets_from_json(text.as_bytes(), Some(&spec), max).map_err(|e| format!("targets_from_json: {e}").into())
-    });
-    let c = Arc::clone(ctx);
-    engine.register_fn("targets_from_json_file", move |path: &str| -> HostResult<TargetList> {
-        from_file(&c, path, None)
-    });
-    let c = Arc::clone(ctx);
-    engine.register_fn("targets_from_json_file", move |path: &str, spec: Map| -> HostResult<TargetList> {
-        let spec = Spec::from_map(&spec).map_err(|e| format!("targets_from_json_file({path:?}): {e}"))?;
-        from_file(&c, path, Some(&spec))
-    });
-}
-
-fn from_file(ctx: &super::host::HostContext, path: &str, spec: Option<&Spec>) -> HostResult<TargetList> {
-    let resolved = super::host::resolve_readable(&ctx.read_dirs, path)?;
-    let file = std::fs::File::open(&resolved)
-        .map_err(|e| format!("targets_from_json_file({path:?}): {}: {e}", resolved.display()))?;
-    targets_from_json(file, spec, ctx.limits.max_array_size)
-        .map_err(|e| format!("targets_from_json_file({path:?}): {}: {e}", resolved.display()).into())
 }

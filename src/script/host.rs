@@ -71,8 +71,7 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
     let c = Arc::clone(&ctx);
     engine.register_fn("read_json", move |path: &str| -> HostResult<Dynamic> {
         let text = read_file(&c, path)?;
-        parse_json_limited(&text, &c.limits)
-            .or_else(|e| fail(format!("read_json({path:?}): {e}")))
+        parse_json_limited(&text, &c.limits).or_else(|e| fail(format!("read_json({path:?}): {e}")))
     });
     let c = Arc::clone(&ctx);
     engine.register_fn("parse_json", move |text: &str| -> HostResult<Dynamic> {
@@ -80,8 +79,12 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
     });
     let c = Arc::clone(&ctx);
     engine.register_fn("to_json", move |value: Dynamic| -> HostResult<String> {
-        let json: serde_json::Value = rhai::serde::from_dynamic(&value)
-            .or_else(|e| fail(format!("to_json: cannot convert a {}: {e}", value.type_name())))?;
+        let json: serde_json::Value = rhai::serde::from_dynamic(&value).or_else(|e| {
+            fail(format!(
+                "to_json: cannot convert a {}: {e}",
+                value.type_name()
+            ))
+        })?;
         let text = json.to_string();
         if text.len() > c.limits.max_string_size {
             return fail(format!(
@@ -98,7 +101,9 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
     let c = Arc::clone(&ctx);
     engine.register_fn("http_get", move |url: &str| http_get(&c, url, &Map::new()));
     let c = Arc::clone(&ctx);
-    engine.register_fn("http_get", move |url: &str, opts: Map| http_get(&c, url, &opts));
+    engine.register_fn("http_get", move |url: &str, opts: Map| {
+        http_get(&c, url, &opts)
+    });
     let c = Arc::clone(&ctx);
     engine.register_fn("http_get_json", move |url: &str| -> HostResult<Dynamic> {
         let body = http_get(&c, url, &Map::new())?;
@@ -152,10 +157,12 @@ fn read_file(ctx: &HostContext, path: &str) -> HostResult<String> {
 
 /// Whether `name` matches one of the allowlist patterns.
 pub fn env_allowed(allowlist: &[String], name: &str) -> bool {
-    allowlist.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => name == pattern,
-    })
+    allowlist
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        })
 }
 
 fn env(ctx: &HostContext, name: &str) -> HostResult<Dynamic> {
@@ -250,12 +257,12 @@ fn http_get(ctx: &HostContext, url: &str, opts: &Map) -> HostResult<String> {
         .limit(limit)
         .read_to_string()
         .map_err(|e| match e {
-            ureq::Error::Timeout(_) => format!(
-                "http_get({url}): timed out after {timeout:?} reading the body"
-            ),
-            ureq::Error::BodyExceedsLimit(_) => format!(
-                "http_get({url}): body larger than max_string_size {limit}"
-            ),
+            ureq::Error::Timeout(_) => {
+                format!("http_get({url}): timed out after {timeout:?} reading the body")
+            }
+            ureq::Error::BodyExceedsLimit(_) => {
+                format!("http_get({url}): body larger than max_string_size {limit}")
+            }
             other => format!("http_get({url}): reading the body: {other}"),
         })?;
     tracing::debug!(target: "promshard::script", script = %ctx.script.display(), url, status = status.as_u16(), bytes = body.len(), ms = started.elapsed().as_millis() as u64, "http_get");
@@ -290,7 +297,12 @@ struct Limited<'a> {
 }
 
 impl Limited<'_> {
-    fn charge<E: serde::de::Error>(&self, arrays: usize, maps: usize, strings: usize) -> Result<(), E> {
+    fn charge<E: serde::de::Error>(
+        &self,
+        arrays: usize,
+        maps: usize,
+        strings: usize,
+    ) -> Result<(), E> {
         let mut b = self.used.borrow_mut();
         b.arrays += arrays;
         b.maps += maps;
@@ -493,11 +505,18 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         m.insert("timeout".into(), Dynamic::from(2_i64));
-        assert_eq!(http_options("u", &m).unwrap().timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            http_options("u", &m).unwrap().timeout,
+            Some(Duration::from_secs(2))
+        );
         m.insert("timeout".into(), Dynamic::from(0_i64));
         assert!(http_options("u", &m).is_err());
         let mut m = Map::new();
         m.insert("retries".into(), Dynamic::from(2_i64));
-        assert!(http_options("u", &m).unwrap_err().contains("unknown option"));
+        assert!(
+            http_options("u", &m)
+                .unwrap_err()
+                .contains("unknown option")
+        );
     }
 }

@@ -20,8 +20,8 @@
 
 pub mod cache;
 mod convert;
-pub mod fast;
 pub mod dropin;
+pub mod fast;
 mod host;
 pub mod watch;
 
@@ -325,7 +325,7 @@ impl ScriptRun {
                     return Some(Dynamic::from("memory"));
                 }
             }
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
                 if Instant::now() >= deadline {
                     return Some(Dynamic::from("deadline"));
@@ -448,7 +448,10 @@ impl ScriptRun {
                 message,
             };
             if !value.is_map() {
-                return Err(bad(format!("a {}, not a map of settings", value.type_name())));
+                return Err(bad(format!(
+                    "a {}, not a map of settings",
+                    value.type_name()
+                )));
             }
             rhai::serde::from_dynamic(&value)
                 .map_err(|e| bad(format!("a map that is not plain data: {e}")))

@@ -109,16 +109,15 @@ pub fn watch(
     cancel: CancellationToken,
 ) -> Result<JoinHandle<()>, notify::Error> {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        match ev {
+    let mut watcher =
+        notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
             Ok(ev) => {
                 for p in ev.paths {
                     let _ = raw_tx.send(p);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "script watcher error"),
-        }
-    })?;
+        })?;
     let mut watched: Vec<PathBuf> = Vec::new();
     for dir in dirs.iter().map(|d| normalize(d)) {
         if watched.contains(&dir) {

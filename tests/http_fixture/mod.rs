@@ -22,10 +22,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: impl Into<String>) -> Reply {
-        Reply { status: 200, body: body.into(), delay: Duration::ZERO }
+        Reply {
+            status: 200,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn status(status: u16, body: impl Into<String>) -> Reply {
-        Reply { status, body: body.into(), delay: Duration::ZERO }
+        Reply {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn delayed(mut self, d: Duration) -> Reply {
         self.delay = d;
@@ -73,7 +81,12 @@ impl Server {
                 }
             });
         }
-        Server { addr, seen, route, stop }
+        Server {
+            addr,
+            seen,
+            route,
+            stop,
+        }
     }
 
     /// `http://127.0.0.1:port`
@@ -123,7 +136,10 @@ fn serve(conn: TcpStream, route: &Route, seen: &Mutex<Vec<Seen>>) {
             }
         }
     }
-    seen.lock().unwrap().push(Seen { target: target.clone(), headers });
+    seen.lock().unwrap().push(Seen {
+        target: target.clone(),
+        headers,
+    });
     let reply = route(&target);
     std::thread::sleep(reply.delay);
     let mut conn = conn;
