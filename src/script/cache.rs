@@ -25,9 +25,13 @@ use super::{CompiledScript, ScriptError};
 /// The absolute, lexically normalized form of `path` (links not followed,
 /// the file need not exist): the key of the cache and of [`super::ScriptEvent`]s.
 pub fn normalize(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    lexical_normalize(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// Resolve `.` and `..` without touching the file system.
+pub fn lexical_normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in absolute.components() {
+    for c in path.components() {
         match c {
             Component::ParentDir => {
                 out.pop();

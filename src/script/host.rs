@@ -21,7 +21,7 @@
 //! the call's wall-clock deadline.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::Limits;
+use super::cache::lexical_normalize;
 
 /// Default timeout of `http_get` when the script gives none.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -428,20 +429,6 @@ pub fn resolve_readable(dirs: &[PathBuf], path: &str) -> Result<PathBuf, String>
                 .join(", ")
         ))
     }
-}
-
-fn lexical_normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
