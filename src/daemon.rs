@@ -412,11 +412,24 @@ impl Shared {
         for p in &problems {
             tracing::error!(service = %p.name, path = %p.path.display(), "{p}");
         }
-        let wanted: BTreeMap<String, Arc<Service>> = services
+        let mut wanted: BTreeMap<String, Arc<Service>> = services
             .iter()
             .map(|s| (s.name.clone(), Arc::clone(s)))
             .collect();
         let mut runners = self.runners.lock().await;
+        // A running drop-in whose file is still there but whose edit broke
+        // it (e.g. `fn service()` returns `replicas: 0`) keeps its last good
+        // settings, as a running service does when a config edit is
+        // rejected. Removing the file is what stops it.
+        for p in &problems {
+            if let Some(r) = runners.get(&p.name)
+                && r.service.drop_in
+                && !wanted.contains_key(&p.name)
+            {
+                tracing::warn!(service = %p.name, path = %p.path.display(), "drop-in service keeps running with its last good settings");
+                wanted.insert(p.name.clone(), Arc::clone(&r.service));
+            }
+        }
         let names: Vec<String> = runners.keys().cloned().collect();
         // Old runners are stopped after the lock is released: stopping waits
         // for the pass in progress, and the API and triggers of every other
@@ -477,13 +490,27 @@ impl Shared {
                 tracing::warn!(path = %path.display(), "script removed");
             }
         }
+        let before: HashMap<String, Arc<Service>> = self
+            .runners
+            .lock()
+            .await
+            .iter()
+            .map(|(name, r)| (name.clone(), Arc::clone(&r.service)))
+            .collect();
         self.reconcile(self.config()).await;
+        // Runners that reconcile just started or replaced run their first
+        // pass anyway; waking them again would run the script twice.
         let affected: Vec<String> = self
             .runners
             .lock()
             .await
             .values()
             .filter(|r| event.affects(&r.service))
+            .filter(|r| {
+                before
+                    .get(&r.service.name)
+                    .is_some_and(|old| Arc::ptr_eq(old, &r.service))
+            })
             .map(|r| r.service.name.clone())
             .collect();
         for name in affected {
