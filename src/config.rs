@@ -20,6 +20,10 @@ use crate::script::Limits;
 pub use crate::script::dropin::{DropInProblem, effective_services};
 use crate::target::check_address;
 
+/// More copies of a target than this is a config mistake (and the ring
+/// counts replicas in a byte).
+const MAX_REPLICAS: i64 = 100;
+
 /// Default cron schedule: every minute, at second 0.
 pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
@@ -602,9 +606,13 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         p.push(("node_script", "set nodes or node_script, not both".into()));
     }
     let replicas = match rs.replicas.unwrap_or(1) {
-        r if r >= 1 => r as usize,
-        r => {
+        r if (1..=MAX_REPLICAS).contains(&r) => r as usize,
+        r if r < 1 => {
             p.push(("replicas", format!("replicas must be >= 1 (got {r})")));
+            1
+        }
+        r => {
+            p.push(("replicas", format!("replicas must be <= {MAX_REPLICAS} (got {r})")));
             1
         }
     };

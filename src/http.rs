@@ -166,33 +166,59 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
         );
     };
     let config = shared.config();
-    let Some(entry) = current.nodes.iter().find(|n| n.node == node) else {
-        // A configured node that is out of the ring (down, or lost its
-        // targets) must get an empty list, not an error: Prometheus keeps
-        // its last targets when a refresh fails, and would scrape them twice.
-        let configured = config
+    let out_dir = config.out_dir.clone();
+    let dir = out_dir.join(&service);
+    let planned = current
+        .nodes
+        .iter()
+        .find(|n| n.node == node)
+        .map(|n| n.file.clone());
+    let (service_name, node_name) = (service.clone(), node.clone());
+    let seen = status.nodes_seen.contains(&node)
+        || config
             .service(&service)
-            .is_some_and(|s| s.nodes.iter().any(|n| n.addr == node))
-            || status.nodes_seen.contains(&node);
-        if configured {
+            .is_some_and(|s| s.nodes.iter().any(|n| n.addr == node));
+    // File reads and the state lookup are blocking I/O.
+    let read = tokio::task::spawn_blocking(move || {
+        let state = crate::state::ServiceState::load(&out_dir, &service_name);
+        let known = seen || state.nodes.contains_key(&node_name);
+        let Some(file) = planned else {
+            return Ok((None, known));
+        };
+        match std::fs::read(dir.join(&file)) {
+            Ok(b) => Ok((Some(b), true)),
+            // A pass renamed the file (its count changed) and has not
+            // finished yet: the state already names the new file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => state
+                .nodes
+                .get(&node_name)
+                .map(|n| dir.join(&n.file))
+                .and_then(|p| std::fs::read(&p).ok())
+                .map(|b| (Some(b), true))
+                .ok_or_else(|| format!("{}: {e}", dir.join(&file).display())),
+            Err(e) => Err(format!("{}: {e}", dir.join(&file).display())),
+        }
+    })
+    .await;
+    let bytes = match read {
+        Ok(Ok((Some(b), _))) => b,
+        // A node that is out of the ring (down, or lost its targets) gets
+        // an empty list, not an error: Prometheus keeps its last targets
+        // when a refresh fails, and would scrape them twice.
+        Ok(Ok((None, true))) => {
             return ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
         }
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("service {service:?} has no node {node:?}"),
-        );
-    };
-    let path = config.out_dir.join(&service).join(&entry.file);
-    let bytes = match tokio::fs::read(&path).await {
-        Ok(b) => b,
-        Err(e) => {
+        Ok(Ok((None, false))) => {
             return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{}: {e}", path.display()),
+                StatusCode::NOT_FOUND,
+                format!("service {service:?} has no node {node:?}"),
             );
         }
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let body = if entry.file.ends_with(".json") {
+    // file_name() may pick any extension: decide by content.
+    let body = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
         bytes
     } else {
         match output::yaml_to_json(&bytes) {
@@ -200,7 +226,7 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
             Err(e) => {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{}: {e}", path.display()),
+                    format!("{service}/{node}: {e}"),
                 );
             }
         }

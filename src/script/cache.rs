@@ -29,7 +29,7 @@ pub fn normalize(path: &Path) -> PathBuf {
 }
 
 /// Resolve `.` and `..` without touching the file system.
-pub fn lexical_normalize(path: &Path) -> PathBuf {
+fn lexical_normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

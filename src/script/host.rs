@@ -29,7 +29,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::Limits;
-use super::cache::lexical_normalize;
+use super::cache::normalize;
 
 /// Default timeout of `http_get` when the script gives none.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -411,10 +411,10 @@ pub fn parse_json_limited(text: &str, limits: &Limits) -> Result<Dynamic, String
 /// leaves every allowed directory, lexically and after following links.
 pub fn resolve_readable(dirs: &[PathBuf], path: &str) -> Result<PathBuf, String> {
     let base = dirs.first().ok_or("read_file: no readable directory")?;
-    let joined = lexical_normalize(&base.join(path));
+    let joined = normalize(&base.join(path));
     let real = joined.canonicalize().unwrap_or_else(|_| joined.clone());
     let allowed = dirs.iter().any(|d| {
-        let d_lex = lexical_normalize(d);
+        let d_lex = normalize(d);
         let d_real = d.canonicalize().unwrap_or_else(|_| d_lex.clone());
         joined.starts_with(&d_lex) && real.starts_with(&d_real)
     });
