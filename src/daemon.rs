@@ -246,16 +246,7 @@ impl Shared {
             return;
         };
         s.passes += 1;
-        let (outcome, error) = match &result {
-            Ok(r) if r.failed_deliveries() == 0 => ("ok", None),
-            Ok(r) => (
-                "failed",
-                Some(format!("{} deliveries failed", r.failed_deliveries())),
-            ),
-            Err(e @ PassError::MassDrop { .. }) => ("refused", Some(e.to_string())),
-            Err(e @ PassError::AllNodesDown { .. }) => ("all_nodes_down", Some(e.to_string())),
-            Err(e) => ("failed", Some(e.to_string())),
-        };
+        let (outcome, error) = crate::metrics::pass_outcome(&result);
         if let Some(e) = &error {
             tracing::error!(service = %service.name, error = %e, "pass {outcome}; last good files kept");
         }

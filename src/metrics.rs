@@ -26,6 +26,22 @@ fn pass_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// The `result` of a pass (`ok`, `failed`, `refused` by the mass-drop
+/// guard, `all_nodes_down`) and its error message, for metrics, logs and
+/// the API alike.
+pub fn pass_outcome(result: &Result<PassReport, PassError>) -> (&'static str, Option<String>) {
+    match result {
+        Ok(r) if r.failed_deliveries() == 0 => ("ok", None),
+        Ok(r) => (
+            "failed",
+            Some(format!("{} deliveries failed", r.failed_deliveries())),
+        ),
+        Err(e @ PassError::MassDrop { .. }) => ("refused", Some(e.to_string())),
+        Err(e @ PassError::AllNodesDown { .. }) => ("all_nodes_down", Some(e.to_string())),
+        Err(e) => ("failed", Some(e.to_string())),
+    }
+}
+
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -164,12 +180,7 @@ impl Metrics {
         self.pass_duration
             .get_or_create(&service(name))
             .observe(seconds);
-        let outcome = match result {
-            Ok(r) if r.failed_deliveries() == 0 => "ok",
-            Ok(_) => "failed",
-            Err(PassError::MassDrop { .. }) => "refused",
-            Err(_) => "failed",
-        };
+        let (outcome, _) = pass_outcome(result);
         self.passes
             .get_or_create(&vec![
                 ("service", name.to_string()),
