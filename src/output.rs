@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -25,12 +26,31 @@ struct Group<'a> {
     labels: &'a Labels,
 }
 
+/// Hasher for keys that hash themselves to one `u64` already ([`Labels`]
+/// carries its content hash): passes it through instead of re-hashing.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
 /// Group a node's targets by label set. Groups come in the order of their
 /// first (smallest) address and addresses stay sorted, so the output depends
 /// only on content, and grouping is one hash lookup per target instead of
 /// sorting label maps.
 fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
-    let mut slot: HashMap<&'a Labels, usize> = HashMap::new();
+    let mut slot: HashMap<&'a Labels, usize, BuildHasherDefault<PassThrough>> = HashMap::default();
     let mut groups: Vec<Group<'a>> = Vec::new();
     let mut sorted = indices.to_vec();
     sorted.sort_unstable_by(|&a, &b| targets[a as usize].addr.cmp(&targets[b as usize].addr));
@@ -50,36 +70,43 @@ fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
 
 /// Render one node's file_sd content.
 pub fn render(targets: &[Target], indices: &[u32], file_type: FileType) -> Vec<u8> {
+    let mut out = Vec::new();
+    render_into(&mut out, targets, indices, file_type);
+    out
+}
+
+/// [`render`] into `out` (cleared first), so one buffer serves every node.
+pub fn render_into(out: &mut Vec<u8>, targets: &[Target], indices: &[u32], file_type: FileType) {
+    out.clear();
     let groups = groups(targets, indices);
+    if groups.is_empty() {
+        out.extend_from_slice(b"[]\n");
+        return;
+    }
     match file_type {
-        FileType::Json => render_json(&groups),
+        FileType::Json => render_json(out, &groups),
         FileType::Yaml => {
-            if groups.is_empty() {
-                return b"[]\n".to_vec();
-            }
             // Serializing plain strings and maps cannot fail.
-            serde_yaml_ng::to_string(&groups)
-                .unwrap_or_default()
-                .into_bytes()
+            out.extend_from_slice(
+                serde_yaml_ng::to_string(&groups)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )
         }
     }
 }
 
 /// One group per line: readable, diffable and fast to write.
-fn render_json(groups: &[Group<'_>]) -> Vec<u8> {
-    if groups.is_empty() {
-        return b"[]\n".to_vec();
-    }
-    let mut out = Vec::with_capacity(64 * groups.iter().map(|g| g.targets.len()).sum::<usize>());
+fn render_json(out: &mut Vec<u8>, groups: &[Group<'_>]) {
+    out.reserve(64 * groups.iter().map(|g| g.targets.len()).sum::<usize>());
     out.extend_from_slice(b"[\n");
     for (i, g) in groups.iter().enumerate() {
         out.extend_from_slice(b"  ");
         // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, g);
+        let _ = serde_json::to_writer(&mut *out, g);
         out.extend_from_slice(if i + 1 < groups.len() { b",\n" } else { b"\n" });
     }
     out.extend_from_slice(b"]\n");
-    out
 }
 
 /// Parse file_sd content back into addresses (for `plan`'s movement view).
@@ -170,6 +197,18 @@ pub fn sync_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<SyncResult, O
         result.written.push(name.clone());
     }
     let keep: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    result.removed = remove_stale(dir, &keep)?;
+    Ok(result)
+}
+
+/// Remove every regular file of `dir` not named in `keep` (stale names,
+/// leftover temp files); returns the removed names, sorted.
+pub fn remove_stale(dir: &Path, keep: &BTreeSet<&str>) -> Result<Vec<String>, OutputError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OutputError { path, source }
+    };
+    let mut removed = Vec::new();
     let mut stale = Vec::new();
     for entry in fs::read_dir(dir).map_err(err(dir))? {
         let entry = entry.map_err(err(dir))?;
@@ -183,9 +222,9 @@ pub fn sync_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<SyncResult, O
     for name in stale {
         let path = dir.join(&name);
         fs::remove_file(&path).map_err(err(&path))?;
-        result.removed.push(name);
+        removed.push(name);
     }
-    Ok(result)
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! before the write step leaves every file as it was. One summary line is
 //! logged per pass.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,10 +16,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileType, Service};
-use crate::output::{self, OutputError, content_hash, render, sync_dir};
-use crate::plan::{
-    FileNameArgs, Plan, PlanError, PlanInput, default_file_name, make_plan, movement,
-};
+use crate::output::{self, OutputError, content_hash, render};
+use crate::plan::{FileNameArgs, Plan, PlanError, PlanInput, default_file_name, make_plan};
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::ring::NodeSpec;
 use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
@@ -168,13 +166,13 @@ pub struct PassInput<'a> {
 /// Given the nodes a script returned, the ones in the ring.
 pub type NodeFilter = Arc<dyn Fn(&[NodeSpec]) -> Vec<NodeSpec> + Send + Sync>;
 
-/// The pure part of a pass: targets, plan and rendered files.
+/// The pure part of a pass: targets and plan. Files are rendered later, one
+/// node at a time ([`emit`]), so that a pass never holds every file at once.
 struct Computed {
     targets: Vec<Target>,
     invalid: Vec<Invalid>,
     duplicates: usize,
     plan: Plan,
-    files: Vec<(String, Vec<u8>)>,
     phases: Phases,
 }
 
@@ -297,24 +295,11 @@ fn compute(
         (p, _) => p?,
     };
     phases.plan = ms_since(t);
-    let t = Instant::now();
-    let files = plan
-        .nodes
-        .iter()
-        .map(|n| {
-            (
-                n.file.clone(),
-                render(&targets, &n.targets, service.file_type),
-            )
-        })
-        .collect();
-    phases.render = ms_since(t);
     Ok(Computed {
         targets,
         invalid,
         duplicates: normalized.duplicates,
         plan,
-        files,
         phases,
     })
 }
@@ -344,23 +329,125 @@ fn needs_delivery(prev: Option<&NodeState>, hash: &str, resync: Duration, now: u
             .is_none_or(|t| now.saturating_sub(t) >= resync.as_secs())
 }
 
-/// Current per-node address sets, read from the files the state names.
-fn current_assignment(
+/// What [`emit`] produced for one node.
+struct NodeFile {
+    hash: String,
+    moved_in: usize,
+    moved_out: usize,
+    /// The file was (re)written.
+    written: bool,
+}
+
+/// What [`emit`] did.
+struct Emitted {
+    files: Vec<NodeFile>,
+    removed: Vec<String>,
+    render_ms: f64,
+    write_ms: f64,
+}
+
+/// How a node's address set changes from `old` (the content of the file it
+/// had, if readable) to `next` (the addresses of its new file).
+fn node_movement(next: &HashSet<&str>, old: Option<&[u8]>, file_type: FileType) -> (usize, usize) {
+    let now = old
+        .and_then(|b| output::parse_addresses(b, file_type).ok())
+        .unwrap_or_default();
+    (
+        next.iter().filter(|a| !now.contains(**a)).count(),
+        now.iter().filter(|a| !next.contains(a.as_str())).count(),
+    )
+}
+
+/// Render every node's file, one at a time, hash it, count how its
+/// addresses moved against the file the node had (from `old`: node → file
+/// name, per the state) and, when `write`, write it if its content changed
+/// and remove stale files. Movement needs no parsing when a node's file is
+/// unchanged (the usual case). Only one file's content is in memory at once.
+fn emit(
     dir: &Path,
-    state: &ServiceState,
-    file_type: FileType,
-) -> BTreeMap<String, BTreeSet<String>> {
-    state
+    targets: &[Target],
+    plan: &Plan,
+    old: &BTreeMap<String, String>,
+    write: bool,
+) -> Result<Emitted, OutputError> {
+    let started = Instant::now();
+    let file_type = plan.file_type;
+    let err = |path: PathBuf| move |source| OutputError { path, source };
+    if write {
+        std::fs::create_dir_all(dir).map_err(err(dir.to_path_buf()))?;
+    }
+    let next_set = |n: &crate::plan::NodePlan| -> HashSet<&str> {
+        n.targets
+            .iter()
+            .map(|&i| &*targets[i as usize].addr)
+            .collect()
+    };
+    let read_old = |node: &str| old.get(node).and_then(|f| std::fs::read(dir.join(f)).ok());
+    // A node's new file may carry the name another node's old file had
+    // (custom file names): then read every old file before writing any.
+    let shared_name = plan
         .nodes
         .iter()
-        .filter_map(|(node, ns)| {
-            let bytes = std::fs::read(dir.join(&ns.file)).ok()?;
-            Some((
-                node.clone(),
-                output::parse_addresses(&bytes, file_type).ok()?,
-            ))
-        })
-        .collect()
+        .any(|n| old.iter().any(|(node, f)| *f == n.file && *node != n.node));
+    let early: Option<Vec<(usize, usize)>> = (write && shared_name).then(|| {
+        plan.nodes
+            .iter()
+            .map(|n| node_movement(&next_set(n), read_old(&n.node).as_deref(), file_type))
+            .collect()
+    });
+    let mut render_time = Duration::ZERO;
+    let mut bytes = Vec::new();
+    let mut files = Vec::with_capacity(plan.nodes.len());
+    for (i, n) in plan.nodes.iter().enumerate() {
+        let t = Instant::now();
+        output::render_into(&mut bytes, targets, &n.targets, file_type);
+        render_time += t.elapsed();
+        let hash = content_hash(&bytes);
+        let mut on_disk = None;
+        let (moved_in, moved_out) = match &early {
+            Some(moves) => moves[i],
+            None => {
+                let prev = read_old(&n.node);
+                let moves = if prev.as_deref() == Some(bytes.as_slice()) {
+                    (0, 0)
+                } else {
+                    node_movement(&next_set(n), prev.as_deref(), file_type)
+                };
+                if old.get(&n.node) == Some(&n.file) {
+                    on_disk = Some(prev);
+                }
+                moves
+            }
+        };
+        let mut written = false;
+        if write {
+            let path = dir.join(&n.file);
+            let current = on_disk.unwrap_or_else(|| std::fs::read(&path).ok());
+            if current.as_deref() != Some(bytes.as_slice()) {
+                output::write_atomic(dir, &n.file, &bytes).map_err(err(path))?;
+                written = true;
+            }
+        }
+        files.push(NodeFile {
+            hash,
+            moved_in,
+            moved_out,
+            written,
+        });
+    }
+    let removed = if write {
+        let keep: BTreeSet<&str> = plan.nodes.iter().map(|n| n.file.as_str()).collect();
+        output::remove_stale(dir, &keep)?
+    } else {
+        Vec::new()
+    };
+    let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
+    Ok(Emitted {
+        files,
+        removed,
+        render_ms: ms(render_time),
+        write_ms: ms(started.elapsed().saturating_sub(render_time)),
+    })
 }
 
 /// Path of the shared empty file sent to nodes that left.
@@ -405,29 +492,47 @@ pub async fn run_pass(
             max_drop_ratio: service.max_drop_ratio,
         });
     }
-    let current = current_assignment(&dir, &state, service.file_type);
-    let moves = movement(&computed.plan, &computed.targets, &current);
-    let hashes: Vec<String> = computed
-        .files
+    for bad in &computed.invalid {
+        tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
+    }
+    // Render, compare with the current files, and (unless a dry run) write
+    // changed files and remove stale ones: effects from here on.
+    let old: BTreeMap<String, String> = state
+        .nodes
         .iter()
-        .map(|(_, b)| content_hash(b))
+        .map(|(node, ns)| (node.clone(), ns.file.clone()))
         .collect();
+    let write = !options.dry_run;
+    let (computed, emitted) = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let e = emit(&dir, &computed.targets, &computed.plan, &old, write);
+            (computed, e)
+        })
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))?
+    };
+    let emitted = emitted?;
+    let hashes: Vec<String> = emitted.files.iter().map(|f| f.hash.clone()).collect();
     let mut nodes: Vec<NodeReport> = computed
         .plan
         .nodes
         .iter()
-        .zip(&moves)
-        .zip(&hashes)
-        .map(|((n, m), hash)| NodeReport {
+        .zip(&emitted.files)
+        .map(|(n, f)| NodeReport {
             node: n.node.clone(),
             file: n.file.clone(),
             count: n.count,
-            changed: state
-                .nodes
-                .get(&n.node)
-                .is_none_or(|s| &s.hash != hash || s.file != n.file),
-            moved_in: m.moved_in,
-            moved_out: m.moved_out,
+            changed: if write {
+                f.written
+            } else {
+                state
+                    .nodes
+                    .get(&n.node)
+                    .is_none_or(|s| s.hash != f.hash || s.file != n.file)
+            },
+            moved_in: f.moved_in,
+            moved_out: f.moved_out,
             delivered: false,
             result: None,
             attempts: 0,
@@ -453,28 +558,16 @@ pub async fn run_pass(
         duration_ms: 0,
         phases_ms: computed.phases.clone(),
     };
-    for bad in &computed.invalid {
-        tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
-    }
+    report.phases_ms.render = emitted.render_ms;
     if options.dry_run {
         report.nodes = nodes;
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
 
-    // Effects from here on.
-    let files = computed.files;
-    let write_dir = dir.clone();
+    report.removed = emitted.removed;
+    report.phases_ms.write = emitted.write_ms;
     let t = Instant::now();
-    let synced = tokio::task::spawn_blocking(move || sync_dir(&write_dir, &files))
-        .await
-        .map_err(|e| PassError::Join(e.to_string()))??;
-    report.removed = synced.removed;
-    report.phases_ms.write = ms_since(t);
-    let t = Instant::now();
-    for n in &mut nodes {
-        n.changed = synced.written.contains(&n.file);
-    }
 
     let pusher = Pusher::for_service(service);
     let now = unix_now();

@@ -11,8 +11,279 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-/// Label set of a target; shared between the targets of one group.
-pub type Labels = BTreeMap<String, String>;
+use twox_hash::XxHash3_64;
+
+/// Label set of a target: sorted by name, names unique, shared between the
+/// targets of one group (cloning is a reference-count increment).
+///
+/// Stored packed in one allocation (`[hash][count]` then length-prefixed
+/// name/value pairs) instead of a `BTreeMap<String, String>`: a B-tree leaf
+/// plus one allocation per string cost ~600 bytes per target, which at a
+/// million targets was most of the memory of a pass. The content hash is
+/// computed once, so grouping targets by label set when rendering is one
+/// table probe. It reads like a sorted map: iteration in name order, `keys()`,
+/// `get()`, `labels["name"]`, `collect()` from pairs (a later duplicate name
+/// wins), and serde as a map.
+#[derive(Clone)]
+pub struct Labels(Arc<[u8]>);
+
+/// Bytes before the first pair: content hash (u64) and pair count (u32).
+const HEADER: usize = 12;
+
+impl Labels {
+    /// The empty label set.
+    pub fn new() -> Self {
+        Self::encode(std::iter::empty())
+    }
+
+    /// Encode pairs that are already sorted by name with unique names.
+    fn encode<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0; HEADER]);
+        let mut count: u32 = 0;
+        for (k, v) in pairs {
+            push_str(&mut buf, k);
+            push_str(&mut buf, v);
+            count += 1;
+        }
+        Self::seal(buf, count)
+    }
+
+    fn seal(mut buf: Vec<u8>, count: u32) -> Self {
+        let hash = XxHash3_64::oneshot(&buf[HEADER..]);
+        buf[..8].copy_from_slice(&hash.to_le_bytes());
+        buf[8..HEADER].copy_from_slice(&count.to_le_bytes());
+        Labels(Arc::from(buf))
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        let mut n = [0; 4];
+        n.copy_from_slice(&self.0[8..HEADER]);
+        u32::from_le_bytes(n) as usize
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == HEADER
+    }
+
+    /// Content hash (stable for equal label sets).
+    pub fn content_hash(&self) -> u64 {
+        let mut h = [0; 8];
+        h.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(h)
+    }
+
+    /// `(name, value)` pairs in name order.
+    pub fn iter(&self) -> LabelsIter<'_> {
+        LabelsIter {
+            rest: &self.0[HEADER..],
+        }
+    }
+
+    /// Label names in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// Label values in name order.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// The value of label `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Whether label `name` is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+fn push_str(buf: &mut Vec<u8>, s: &str) {
+    // Label names and values are far below 4 GiB (script limits).
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Builds a [`Labels`] from pairs pushed in strictly increasing name order,
+/// reusing one buffer (the native JSON path builds one set per record).
+#[derive(Debug, Default)]
+pub struct LabelsBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl LabelsBuilder {
+    /// Start a new set (forgets what was pushed).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER]);
+        self.count = 0;
+    }
+
+    /// Append a label; names must come sorted and unique.
+    pub fn push(&mut self, name: &str, value: &str) {
+        if self.buf.len() < HEADER {
+            self.clear();
+        }
+        push_str(&mut self.buf, name);
+        push_str(&mut self.buf, value);
+        self.count += 1;
+    }
+
+    /// The set built so far; the builder can be reused after [`clear`].
+    ///
+    /// [`clear`]: LabelsBuilder::clear
+    pub fn build(&mut self) -> Labels {
+        if self.buf.len() < HEADER {
+            self.clear();
+        }
+        let hash = XxHash3_64::oneshot(&self.buf[HEADER..]);
+        self.buf[..8].copy_from_slice(&hash.to_le_bytes());
+        self.buf[8..HEADER].copy_from_slice(&self.count.to_le_bytes());
+        Labels(Arc::from(self.buf.as_slice()))
+    }
+
+    /// Whether `labels` holds exactly the set built so far.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.buf.len() >= HEADER && labels.0[HEADER..] == self.buf[HEADER..]
+    }
+
+    /// Content hash of the set built so far (as [`Labels::content_hash`]).
+    pub fn content_hash(&self) -> u64 {
+        XxHash3_64::oneshot(self.buf.get(HEADER..).unwrap_or_default())
+    }
+}
+
+/// Iterator over the pairs of a [`Labels`].
+#[derive(Clone)]
+pub struct LabelsIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> LabelsIter<'a> {
+    fn next_str(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (s, rest) = rest.split_at_checked(len)?;
+        self.rest = rest;
+        // Only ever encoded from `&str`, so always valid.
+        std::str::from_utf8(s).ok()
+    }
+}
+
+impl<'a> Iterator for LabelsIter<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        let k = self.next_str()?;
+        let v = self.next_str()?;
+        Some((k, v))
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a str, &'a str);
+    type IntoIter = LabelsIter<'a>;
+    fn into_iter(self) -> LabelsIter<'a> {
+        self.iter()
+    }
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
+    /// Like collecting into a `BTreeMap`: sorted, and a later duplicate
+    /// name replaces an earlier one.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut pairs: Vec<(K, V)> = iter.into_iter().collect();
+        // Stable: equal names keep their input order; the last one wins.
+        pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let n = pairs.len();
+        let unique = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| *i + 1 == n || pairs[*i + 1].0.as_ref() != k.as_ref())
+            .map(|(_, (k, v))| (k.as_ref(), v.as_ref()));
+        Self::encode(unique)
+    }
+}
+
+impl std::ops::Index<&str> for Labels {
+    type Output = str;
+    /// Panics when the label is missing, like `BTreeMap`'s index.
+    fn index(&self, name: &str) -> &str {
+        match self.get(name) {
+            Some(v) => v,
+            None => panic!("no label {name:?}"),
+        }
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Labels {}
+
+impl Ord for Labels {
+    /// Same order as `BTreeMap<String, String>`: pairs compared in turn.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.content_hash());
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl serde::Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a map so that errors and duplicate handling match the
+        // `BTreeMap` this type replaces.
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        Ok(Self::encode(
+            map.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
+    }
+}
 
 /// One file_sd group as a script returned it, before validation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,7 +300,7 @@ pub struct RawGroup {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     pub addr: Box<str>,
-    pub labels: Arc<Labels>,
+    pub labels: Labels,
     pub weight: u32,
 }
 
@@ -61,12 +332,14 @@ pub struct Normalized {
 /// Validate, split multi-address groups, merge exact duplicates and sort.
 pub fn normalize(groups: Vec<RawGroup>) -> Normalized {
     let mut out = Normalized::default();
+    out.targets
+        .reserve(groups.iter().map(|g| g.targets.len()).sum::<usize>());
     for group in groups {
         let gi = group.index;
         if let Some((name, reason)) = group
             .labels
             .keys()
-            .find_map(|k| check_label_name(k).err().map(|e| (k.clone(), e)))
+            .find_map(|k| check_label_name(k).err().map(|e| (k.to_string(), e)))
         {
             out.invalid.push(Invalid {
                 group: gi,
@@ -75,13 +348,13 @@ pub fn normalize(groups: Vec<RawGroup>) -> Normalized {
             });
             continue;
         }
-        let labels = Arc::new(group.labels);
+        let labels = group.labels;
         let weight = group.weight.unwrap_or(1);
         for addr in group.targets {
             match check_address(&addr) {
                 Ok(()) => out.targets.push(Target {
                     addr: addr.into_boxed_str(),
-                    labels: Arc::clone(&labels),
+                    labels: labels.clone(),
                     weight,
                 }),
                 Err(reason) => out.invalid.push(Invalid {
@@ -250,6 +523,60 @@ mod tests {
         assert_eq!(n.invalid[0].value, "bad");
         assert_eq!(n.invalid[1].group, 3);
         assert!(n.invalid[1].value.contains("bad-label"));
+    }
+
+    #[test]
+    fn labels_behave_like_a_sorted_map() {
+        let pairs = [("role", "db"), ("env", "prod"), ("dc", "x"), ("env", "dev")];
+        let labels: Labels = pairs.iter().copied().collect();
+        let map: BTreeMap<&str, &str> = pairs.iter().copied().collect();
+        assert_eq!(
+            labels.iter().collect::<Vec<_>>(),
+            map.clone().into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(labels.len(), 3);
+        assert_eq!(&labels["env"], "dev", "a later duplicate wins");
+        assert_eq!(labels.get("nope"), None);
+        assert_eq!(labels.keys().collect::<Vec<_>>(), ["dc", "env", "role"]);
+        let json = serde_json::to_string(&labels).unwrap();
+        assert_eq!(json, serde_json::to_string(&map).unwrap());
+        let back: Labels = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, labels);
+        assert_eq!(back.content_hash(), labels.content_hash());
+        assert!(Labels::new().is_empty());
+        assert_eq!(
+            Labels::default(),
+            [("a", "b")][..0].iter().copied().collect()
+        );
+        // Same order as BTreeMap<String, String> (what Target sorting used).
+        let sets: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("a", "b")],
+            vec![("a", "b"), ("c", "d")],
+            vec![("a", "c")],
+            vec![("ab", "")],
+            vec![("b", "")],
+        ];
+        for x in &sets {
+            for y in &sets {
+                let (lx, ly): (Labels, Labels) =
+                    (x.iter().copied().collect(), y.iter().copied().collect());
+                let (mx, my): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                    (x.iter().copied().collect(), y.iter().copied().collect());
+                assert_eq!(lx.cmp(&ly), mx.cmp(&my), "{x:?} vs {y:?}");
+                assert_eq!(lx == ly, mx == my);
+            }
+        }
+        let mut b = LabelsBuilder::default();
+        b.push("dc", "x");
+        b.push("env", "dev");
+        b.push("role", "db");
+        let built = b.build();
+        assert_eq!(built, labels);
+        assert!(b.matches(&labels));
+        assert_eq!(b.content_hash(), labels.content_hash());
+        b.clear();
+        assert_eq!(b.build(), Labels::new());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use rhai::Map;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 
-use crate::target::{Invalid, Labels, RawGroup};
+use std::collections::HashMap;
+
+use crate::target::{Invalid, Labels, LabelsBuilder, RawGroup};
 
 /// Groups built natively; returned by `targets_from_json`.
 #[derive(Clone, Debug, Default)]
@@ -102,16 +104,37 @@ impl Template {
     }
 
     /// Fill in from a JSON record; `Err(field)` names a missing field.
+    #[cfg(test)]
     fn render(
         &self,
         record: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String, String> {
         let mut out = String::new();
+        self.render_into(|name| record.get(name), &mut out)?;
+        Ok(out)
+    }
+
+    /// Top-level record fields the template reads.
+    fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|p| match p {
+            Piece::Field(path) => Some(path[0].as_str()),
+            Piece::Text(_) => None,
+        })
+    }
+
+    /// Fill in into `out` (cleared first), reading top-level fields through
+    /// `get`; `Err(field)` names a missing field.
+    fn render_into<'v>(
+        &self,
+        get: impl Fn(&str) -> Option<&'v serde_json::Value>,
+        out: &mut String,
+    ) -> Result<(), String> {
+        out.clear();
         for piece in &self.0 {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Field(path) => {
-                    let mut value = record.get(&path[0]);
+                    let mut value = get(&path[0]);
                     for key in &path[1..] {
                         value = value.and_then(|v| v.get(key));
                     }
@@ -125,7 +148,7 @@ impl Template {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -187,23 +210,62 @@ pub fn targets_from_json(
         serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
     let mut out = Collect {
         spec,
+        fields: spec.map(Spec::fields).unwrap_or_default(),
         max_items,
         groups: Vec::new(),
         invalid: Vec::new(),
+        scratch: Scratch::default(),
     };
     (&mut out).deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
+    out.groups.shrink_to_fit();
     Ok(TargetList {
         groups: Arc::new(out.groups),
         invalid: Arc::new(out.invalid),
     })
 }
 
+impl Spec {
+    /// The distinct top-level record fields the templates read.
+    fn fields(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let templates = std::iter::once(&self.address)
+            .chain(self.labels.iter().map(|(_, t)| t))
+            .chain(self.weight.as_ref());
+        for name in templates.flat_map(Template::fields) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+}
+
+/// Label sets remembered for sharing between records (bounded, so that an
+/// inventory of unique label sets does not grow a second copy).
+const SHARED_LABEL_SETS: usize = 1 << 16;
+
+/// Buffers reused from one record to the next.
+#[derive(Default)]
+struct Scratch {
+    /// The current record's fields, in input order.
+    record: Vec<(Key, serde_json::Value)>,
+    text: String,
+    labels: LabelsBuilder,
+    /// Label sets seen so far, by content hash: records with equal labels
+    /// share one allocation.
+    shared: HashMap<u64, Labels>,
+}
+
 struct Collect<'a> {
     spec: Option<&'a Spec>,
+    /// Top-level fields the spec reads; other fields are kept only to
+    /// quote an invalid record whole.
+    fields: Vec<String>,
     max_items: usize,
     groups: Vec<RawGroup>,
     invalid: Vec<Invalid>,
+    scratch: Scratch,
 }
 
 #[derive(serde::Deserialize)]
@@ -248,16 +310,20 @@ impl<'de> Visitor<'de> for &mut Collect<'_> {
                     }),
                 },
                 Some(spec) => {
-                    match seq.next_element::<serde_json::Map<String, serde_json::Value>>()? {
-                        None => break,
-                        Some(record) => match record_group(index, &record, spec) {
-                            Ok(g) => self.groups.push(g),
-                            Err(reason) => self.invalid.push(Invalid {
-                                group: index,
-                                value: serde_json::Value::Object(record).to_string(),
-                                reason,
-                            }),
-                        },
+                    let seed = RecordSeed {
+                        fields: &self.fields,
+                        record: &mut self.scratch.record,
+                    };
+                    if seq.next_element_seed(seed)?.is_none() {
+                        break;
+                    }
+                    match record_group(index, &self.fields, spec, &mut self.scratch) {
+                        Ok(g) => self.groups.push(g),
+                        Err(reason) => self.invalid.push(Invalid {
+                            group: index,
+                            value: record_text(&self.fields, &mut self.scratch.record),
+                            reason,
+                        }),
                     }
                 }
             }
@@ -267,29 +333,143 @@ impl<'de> Visitor<'de> for &mut Collect<'_> {
     }
 }
 
+/// A record field name: one the spec reads (by position in the field
+/// list, no allocation), or another one.
+enum Key {
+    Known(usize),
+    Other(String),
+}
+
+struct KeySeed<'a>(&'a [String]);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Key;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+        Ok(match self.0.iter().position(|n| n == v) {
+            Some(i) => Key::Known(i),
+            None => Key::Other(v.to_string()),
+        })
+    }
+}
+
+/// Reads one inventory record into a reused buffer instead of a fresh
+/// `serde_json::Map` (a B-tree and a key string per field, per record).
+struct RecordSeed<'a> {
+    fields: &'a [String],
+    record: &'a mut Vec<(Key, serde_json::Value)>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = ();
+
+    // Same wording as `serde_json::Map`, which records used to be read as.
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.record.clear();
+        Ok(())
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        self.record.clear();
+        while let Some(key) = map.next_key_seed(KeySeed(self.fields))? {
+            let value = map.next_value::<serde_json::Value>()?;
+            self.record.push((key, value));
+        }
+        Ok(())
+    }
+}
+
+/// The value of top-level field `fields[i]` (the last one, if repeated, as
+/// in a JSON object map).
+fn field(record: &[(Key, serde_json::Value)], i: usize) -> Option<&serde_json::Value> {
+    record
+        .iter()
+        .rev()
+        .find(|(k, _)| matches!(k, Key::Known(j) if *j == i))
+        .map(|(_, v)| v)
+}
+
+/// The whole record as JSON text (for reports), as `serde_json` prints an
+/// object: keys sorted, a repeated key keeping its last value.
+fn record_text(fields: &[String], record: &mut Vec<(Key, serde_json::Value)>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = record
+        .drain(..)
+        .map(|(k, v)| match k {
+            Key::Known(i) => (fields[i].clone(), v),
+            Key::Other(name) => (name, v),
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
 fn record_group(
     index: usize,
-    record: &serde_json::Map<String, serde_json::Value>,
+    fields: &[String],
     spec: &Spec,
+    scratch: &mut Scratch,
 ) -> Result<RawGroup, String> {
-    let address = spec
-        .address
-        .render(record)
+    let Scratch {
+        record,
+        text,
+        labels: builder,
+        shared,
+    } = scratch;
+    let get = |name: &str| {
+        let i = fields.iter().position(|n| n == name)?;
+        field(record, i)
+    };
+    spec.address
+        .render_into(get, text)
         .map_err(|field| format!("field {field:?} of the address template is missing"))?;
-    let labels = spec
-        .labels
-        .iter()
-        .filter_map(|(name, t)| t.render(record).ok().map(|v| (name.clone(), v)))
-        .collect();
+    let address = text.as_str().to_owned();
     let weight = match &spec.weight {
         None => None,
         Some(t) => Some(
-            t.render(record)
+            t.render_into(get, text)
                 .ok()
-                .and_then(|w| w.parse::<u32>().ok())
+                .and_then(|()| text.parse::<u32>().ok())
                 .filter(|w| *w >= 1)
                 .ok_or("weight is not a positive integer")?,
         ),
+    };
+    builder.clear();
+    for (name, t) in &spec.labels {
+        if t.render_into(get, text).is_ok() {
+            builder.push(name, text);
+        }
+    }
+    let hash = builder.content_hash();
+    let labels = match shared.get(&hash) {
+        Some(l) if builder.matches(l) => l.clone(),
+        _ => {
+            let l = builder.build();
+            if shared.len() < SHARED_LABEL_SETS {
+                shared.entry(hash).or_insert_with(|| l.clone());
+            }
+            l
+        }
     };
     Ok(RawGroup {
         index,
@@ -390,10 +570,31 @@ mod tests {
         let list = targets_from_json(text.as_bytes(), Some(&s), 10).unwrap();
         assert_eq!(list.groups.len(), 2);
         assert_eq!(list.groups[0].targets, ["10.0.0.1:9100"]);
-        assert_eq!(list.groups[0].labels["env"], "prod");
+        assert_eq!(&list.groups[0].labels["env"], "prod");
         assert!(list.groups[1].labels.is_empty());
         assert_eq!(list.invalid.len(), 1);
         assert_eq!(list.invalid[0].group, 1);
+    }
+
+    #[test]
+    fn invalid_records_are_quoted_whole_and_labels_shared() {
+        let text = r#"[{"z":1,"ip":"a","env":"x","ip":"10.0.0.9"},{"env":"x","b":[1,{"c":null}]},
+            {"ip":"10.0.0.1","env":"prod"},{"ip":"10.0.0.2","env":"prod"},null,"x"]"#;
+        let s = spec("{ip}:9100", &[("env", "{env}")]);
+        let err = targets_from_json(text.as_bytes(), Some(&s), 10).unwrap_err();
+        assert!(err.contains("expected a map"), "{err}");
+        let text = &text[..text.rfind(",null").unwrap()];
+        let list = targets_from_json(format!("{text}]").as_bytes(), Some(&s), 10).unwrap();
+        assert_eq!(
+            list.groups[0].targets,
+            ["10.0.0.9:9100"],
+            "last duplicate wins"
+        );
+        assert_eq!(list.invalid.len(), 1);
+        assert_eq!(list.invalid[0].value, r#"{"b":[1,{"c":null}],"env":"x"}"#);
+        let (p, q) = (&list.groups[1].labels, &list.groups[2].labels);
+        assert_eq!(p, q);
+        assert_eq!(&p["env"], "prod");
     }
 
     #[test]

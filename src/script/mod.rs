@@ -522,7 +522,7 @@ mod tests {
             .unwrap();
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].targets, ["b:2", "c:3"]);
-        assert_eq!(groups[1].labels["n"], "3");
+        assert_eq!(&groups[1].labels["n"], "3");
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].group, 2);
     }
