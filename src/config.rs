@@ -612,7 +612,10 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             1
         }
         r => {
-            p.push(("replicas", format!("replicas must be <= {MAX_REPLICAS} (got {r})")));
+            p.push((
+                "replicas",
+                format!("replicas must be <= {MAX_REPLICAS} (got {r})"),
+            ));
             1
         }
     };
