@@ -206,6 +206,7 @@ async fn pass_command(
                     nodes: &service.nodes,
                     sandbox: &sandbox,
                     node_filter: None,
+                    node_script: None,
                 };
                 run_pass(
                     input,
@@ -386,7 +387,7 @@ const CHECK_SAMPLES: usize = 5;
 /// they returned and the first problems. Writes nothing.
 fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sandbox) -> bool {
     let started = std::time::Instant::now();
-    let nodes = match crate::pass::script_nodes(s, script, sandbox) {
+    let nodes = match crate::pass::script_nodes(s, script, None, sandbox) {
         None => s.nodes.clone(),
         Some(Ok(n)) => {
             let list: Vec<&str> = n.iter().map(|n| n.addr.as_str()).collect();

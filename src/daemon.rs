@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -93,12 +93,7 @@ pub struct Shared {
     shutdown: CancellationToken,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::state::unix_now;
 
 impl Shared {
     /// The config in effect.
@@ -221,9 +216,18 @@ impl Shared {
                 nodes: service.nodes.len(),
             })
         } else {
-            match self.cache.get(&service.script) {
+            let node_script = service
+                .node_script
+                .as_ref()
+                .map(|p| self.cache.get(p))
+                .transpose();
+            match self
+                .cache
+                .get(&service.script)
+                .and_then(|s| Ok((s, node_script?)))
+            {
                 Err(e) => Err(PassError::Script(e)),
-                Ok(script) => {
+                Ok((script, node_script)) => {
                     let input = PassInput {
                         config: &config,
                         service,
@@ -231,6 +235,7 @@ impl Shared {
                         nodes: &nodes,
                         sandbox: &sandbox,
                         node_filter: self.script_node_filter(service),
+                        node_script,
                     };
                     run_pass(input, PassOptions::default(), &self.shutdown).await
                 }

@@ -123,6 +123,31 @@ pub fn parse_addresses(bytes: &[u8], file_type: FileType) -> Result<BTreeSet<Str
     Ok(groups.into_iter().flat_map(|g| g.targets).collect())
 }
 
+/// Distinct target addresses in the sd files already in `dir` (regular,
+/// non-hidden files that parse as file_sd JSON or YAML; others are
+/// ignored). The mass-drop baseline when no state remembers the last pass.
+pub fn count_existing_targets(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut all = BTreeSet::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(bytes) = fs::read(entry.path()) else {
+            continue;
+        };
+        let parsed = parse_addresses(&bytes, FileType::Json)
+            .or_else(|_| parse_addresses(&bytes, FileType::Yaml));
+        if let Ok(addrs) = parsed {
+            all.extend(addrs);
+        }
+    }
+    all.len()
+}
+
 /// Convert file_sd YAML content to the equivalent JSON (for http_sd).
 pub fn yaml_to_json(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rhai::Map;
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::plan::{FileNameArgs, Plan, PlanError, PlanInput, default_file_name, m
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::ring::NodeSpec;
 use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
-use crate::state::{NodeState, ServiceState};
+use crate::state::{NodeState, ServiceState, unix_now};
 use crate::target::{Invalid, Target, normalize};
 
 /// How many invalid targets a report lists in full.
@@ -161,6 +161,9 @@ pub struct PassInput<'a> {
     /// Keeps the live ones of the nodes a script supplies (health checks;
     /// see `membership`). Static `nodes` arrive already filtered.
     pub node_filter: Option<NodeFilter>,
+    /// The service's compiled `node_script` (the daemon's last good
+    /// version); `None` compiles it afresh.
+    pub node_script: Option<CompiledScript>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -213,13 +216,16 @@ fn file_name_map(a: &FileNameArgs) -> Map {
 pub fn script_nodes(
     service: &Service,
     script: &CompiledScript,
+    node_script: Option<&CompiledScript>,
     sandbox: &Sandbox,
 ) -> Option<Result<Vec<NodeSpec>, ScriptError>> {
     let ctx = script_ctx(service, &[]);
     if let Some(path) = &service.node_script {
-        return Some(
-            CompiledScript::compile(path).and_then(|s| ScriptRun::new(&s, sandbox).nodes(ctx)),
-        );
+        let compiled = match node_script {
+            Some(s) => Ok(s.clone()),
+            None => CompiledScript::compile(path),
+        };
+        return Some(compiled.and_then(|s| ScriptRun::new(&s, sandbox).nodes(ctx)));
     }
     if script.has_fn("nodes", 1) {
         return Some(ScriptRun::new(script, sandbox).nodes(ctx));
@@ -236,11 +242,12 @@ pub fn script_nodes(
 fn compute(
     service: &Service,
     script: &CompiledScript,
+    node_script: Option<&CompiledScript>,
     nodes: &[NodeSpec],
     sandbox: &Sandbox,
     node_filter: Option<&NodeFilter>,
 ) -> Result<Computed, PassError> {
-    let from_script = match script_nodes(service, script, sandbox) {
+    let from_script = match script_nodes(service, script, node_script, sandbox) {
         Some(r) => Some(r?),
         None => None,
     };
@@ -310,13 +317,6 @@ pub fn is_mass_drop(previous: usize, now: usize, max_drop_ratio: f64) -> bool {
         return false;
     }
     now == 0 || (now as f64) < (1.0 - max_drop_ratio) * previous as f64
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Whether a node's file must be (re)delivered.
@@ -470,24 +470,68 @@ pub async fn run_pass(
     let out_dir = input.config.out_dir.clone();
     let dir = out_dir.join(&service.name);
     let computed = {
-        let (svc, script, nodes, sandbox, filter) = (
+        let (svc, script, node_script, nodes, sandbox, filter) = (
             Arc::new(service.clone()),
             input.script.clone(),
+            input.node_script.clone(),
             input.nodes.to_vec(),
             input.sandbox.clone(),
             input.node_filter.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            compute(&svc, &script, &nodes, &sandbox, filter.as_ref())
+            compute(
+                &svc,
+                &script,
+                node_script.as_ref(),
+                &nodes,
+                &sandbox,
+                filter.as_ref(),
+            )
         })
         .await
         .map_err(|e| PassError::Join(e.to_string()))??
     };
-    let mut state = ServiceState::load(&out_dir, &service.name);
+    // One pass per service across processes too; state and counts are
+    // read under the lock. Blocking I/O: off the runtime.
+    let (lock, mut state, previous) = {
+        let (out_dir, dir, name, write) = (
+            out_dir.clone(),
+            dir.clone(),
+            service.name.clone(),
+            !options.dry_run,
+        );
+        tokio::task::spawn_blocking(move || -> Result<_, PassError> {
+            let lock = if write {
+                Some(
+                    ServiceState::lock(&out_dir, &name).map_err(|source| PassError::State {
+                        path: out_dir.join(".promshard").join(format!("{name}.lock")),
+                        source,
+                    })?,
+                )
+            } else {
+                None
+            };
+            Ok(match ServiceState::load_existing(&out_dir, &name) {
+                Some(state) => {
+                    let previous = state.targets;
+                    (lock, state, previous)
+                }
+                // No memory of the last pass: the files in place (an earlier
+                // run, or the tool promshard replaces) are the baseline.
+                None => (
+                    lock,
+                    ServiceState::default(),
+                    output::count_existing_targets(&dir),
+                ),
+            })
+        })
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))??
+    };
     let now_count = computed.targets.len();
-    if !options.force && is_mass_drop(state.targets, now_count, service.max_drop_ratio) {
+    if !options.force && is_mass_drop(previous, now_count, service.max_drop_ratio) {
         return Err(PassError::MassDrop {
-            previous: state.targets,
+            previous,
             now: now_count,
             max_drop_ratio: service.max_drop_ratio,
         });
@@ -677,12 +721,19 @@ pub async fn run_pass(
             ns.last_result = Some("departed".into());
         }
     }
-    state
-        .save(&out_dir, &service.name)
-        .map_err(|source| PassError::State {
-            path: crate::state::state_path(&out_dir, &service.name),
-            source,
-        })?;
+    {
+        let (out_dir, name) = (out_dir.clone(), service.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let saved = state.save(&out_dir, &name);
+            drop(lock);
+            saved.map_err(|source| PassError::State {
+                path: crate::state::state_path(&out_dir, &name),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))??;
+    }
 
     report.nodes = nodes;
     report.duration_ms = started.elapsed().as_millis() as u64;

@@ -45,14 +45,40 @@ impl ServiceState {
     /// Load the state, or an empty one if there is none yet. A corrupt file
     /// is reported and treated as empty (it only costs a re-delivery).
     pub fn load(out_dir: &Path, service: &str) -> Self {
+        Self::load_existing(out_dir, service).unwrap_or_default()
+    }
+
+    /// The state, or `None` when there is no usable state file (first run,
+    /// lost or corrupt file: reported). Callers that guard against mass
+    /// drops must then not assume "zero targets before".
+    pub fn load_existing(out_dir: &Path, service: &str) -> Option<Self> {
         let path = state_path(out_dir, service);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        let bytes = std::fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "state file unreadable, starting fresh");
-                Self::default()
-            }),
-            Err(_) => Self::default(),
+            })
+            .ok()
+    }
+
+    /// Take the service's lock, waiting for another promshard process (e.g.
+    /// `once` while `run` is up) to finish its pass. Released on drop.
+    pub fn lock(out_dir: &Path, service: &str) -> std::io::Result<std::fs::File> {
+        let path = out_dir.join(".promshard").join(format!("{service}.lock"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(file)
     }
 
     /// Save atomically.
@@ -64,6 +90,14 @@ impl ServiceState {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
         write_atomic(dir, name, &bytes)
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

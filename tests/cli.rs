@@ -763,3 +763,46 @@ fn help_is_available_everywhere() {
     let bad = run_in(&cwd, &["frobnicate"]);
     assert_eq!(bad.code, Some(2), "usage errors exit 2: {}", bad.stderr);
 }
+
+/// With no state file (first run of promshard over files an earlier run or
+/// another tool left, or a lost `.promshard/`), the files in place are the
+/// mass-drop baseline: an empty CMDB answer must not empty the shards.
+#[test]
+fn mass_drop_guard_uses_existing_files_when_the_state_is_missing() {
+    let targets: Vec<serde_json::Value> = (1..=20)
+        .map(|i| json!(format!("10.0.0.{i}:9100")))
+        .collect();
+    let dir = one_service(3, "", &targets);
+    dir.run(&["once"]).success();
+    let before = dir.files("out/svc");
+    std::fs::remove_dir_all(dir.join("out/.promshard")).unwrap();
+    dir.write("scripts/data.json", "[]");
+    let run = dir.run(&["once"]).failure();
+    run.stderr_has(&["refusing to drop from 20 to 0 targets"]);
+    assert_eq!(dir.files("out/svc"), before, "files must be kept");
+    // --force applies it, and writes empty files.
+    dir.run(&["once", "--force"]).success();
+    let after = dir.files("out/svc");
+    assert_eq!(after.len(), 3);
+    assert!(after.values().all(|b| b.as_slice() == b"[]\n"), "{after:?}");
+}
+
+/// A pass holds a per-service lock across processes: a second `once` while
+/// the lock is taken waits instead of writing the same files at once.
+#[test]
+fn a_pass_waits_for_the_service_lock() {
+    let dir = one_service(2, "", &[json!("10.0.0.1:9100")]);
+    dir.run(&["once"]).success();
+    let lock = promshard::state::ServiceState::lock(&dir.join("out"), "svc").unwrap();
+    let cwd = dir.path().to_path_buf();
+    let started = std::time::Instant::now();
+    let child = std::thread::spawn(move || run_in(&cwd, &["once"]));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !child.is_finished(),
+        "once must wait while the lock is held"
+    );
+    drop(lock);
+    child.join().unwrap().success();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+}
