@@ -195,6 +195,11 @@ impl Metrics {
                 self.invalid_targets
                     .get_or_create(&service(name))
                     .set(r.invalid as i64);
+                for seconds in &r.delivery_runs_s {
+                    self.delivery_run_duration
+                        .get_or_create(&service(name))
+                        .observe(*seconds);
+                }
                 self.files_written
                     .get_or_create(&service(name))
                     .inc_by(r.changed_files() as u64);
@@ -308,6 +313,36 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE promshard_pass_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn delivery_runs_are_observed() {
+        let m = Metrics::new();
+        let report = PassReport {
+            name: "s".into(),
+            targets: 0,
+            invalid: 0,
+            invalid_samples: Vec::new(),
+            duplicates: 0,
+            replicas: 1,
+            nodes: Vec::new(),
+            departed: Vec::new(),
+            removed: Vec::new(),
+            dry_run: false,
+            duration_ms: 0,
+            phases_ms: Default::default(),
+            delivery_runs_s: vec![1.5, 0.5],
+        };
+        m.record_pass("s", 2.0, &Ok(report));
+        let text = m.encode();
+        assert!(
+            text.contains("promshard_delivery_run_duration_seconds_count{service=\"s\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("promshard_passes_total{service=\"s\",result=\"ok\"} 1"),
             "{text}"
         );
     }

@@ -118,6 +118,8 @@ pub struct PassReport {
     pub duration_ms: u64,
     /// Where the time went, in milliseconds.
     pub phases_ms: Phases,
+    /// Seconds of each external delivery run (`ansible-playbook`).
+    pub delivery_runs_s: Vec<f64>,
 }
 
 /// Milliseconds spent in each phase of a pass (see `--json` and debug logs).
@@ -601,6 +603,7 @@ pub async fn run_pass(
         dry_run: options.dry_run,
         duration_ms: 0,
         phases_ms: computed.phases.clone(),
+        delivery_runs_s: Vec::new(),
     };
     report.phases_ms.render = emitted.render_ms;
     if options.dry_run {
@@ -635,7 +638,9 @@ pub async fn run_pass(
                 file_name: n.file.clone(),
             })
             .collect();
-        for r in pusher.deliver(service, batch, cancel).await {
+        let delivered = pusher.deliver(service, batch, cancel, true).await;
+        report.delivery_runs_s = delivered.run_seconds;
+        for r in delivered.nodes {
             if let Some(n) = nodes.iter_mut().find(|n| n.node == r.node) {
                 n.delivered = true;
                 n.result = Some(r.result);
@@ -672,7 +677,9 @@ pub async fn run_pass(
                         file_name: format!("empty.{}", service.file_type.ext()),
                     })
                     .collect();
-                report.departed = pusher.deliver(service, batch, cancel).await;
+                let delivered = pusher.deliver(service, batch, cancel, false).await;
+                report.delivery_runs_s.extend(delivered.run_seconds);
+                report.departed = delivered.nodes;
             }
         }
     }

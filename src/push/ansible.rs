@@ -441,8 +441,27 @@ pub(super) async fn deliver(
     service: &Service,
     batch: Vec<Delivery>,
     cancel: &CancellationToken,
-) -> Vec<NodeDelivery> {
-    run_batch(settings, service, &batch, cancel).await.nodes
+    retry: bool,
+) -> super::Delivered {
+    let once;
+    let settings = if retry {
+        settings
+    } else {
+        once = AnsiblePush {
+            retries: 0,
+            ..settings.clone()
+        };
+        &once
+    };
+    let report = run_batch(settings, service, &batch, cancel).await;
+    super::Delivered {
+        nodes: report.nodes,
+        run_seconds: report
+            .runs
+            .iter()
+            .map(|r| r.duration.as_secs_f64())
+            .collect(),
+    }
 }
 
 /// Deliver a batch with one `ansible-playbook` run, then retry the nodes

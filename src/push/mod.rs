@@ -75,6 +75,15 @@ pub struct NodeDelivery {
     pub error: Option<String>,
 }
 
+/// What a batch delivery did.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// One report per delivery, in batch order.
+    pub nodes: Vec<NodeDelivery>,
+    /// Duration of each external run (e.g. `ansible-playbook`), in seconds.
+    pub run_seconds: Vec<f64>,
+}
+
 /// The configured delivery mechanism of a service.
 #[derive(Debug, Clone)]
 pub enum Pusher {
@@ -99,16 +108,22 @@ impl Pusher {
     }
 
     /// Deliver a batch; one report per delivery, in batch order.
+    /// `retry: false` makes one attempt only (nodes that left the ring may
+    /// well be down; retrying them would hold up every pass).
     pub async fn deliver(
         &self,
         service: &Service,
         batch: Vec<Delivery>,
         cancel: &CancellationToken,
-    ) -> Vec<NodeDelivery> {
+        retry: bool,
+    ) -> Delivered {
         match self {
-            Pusher::None => Vec::new(),
-            Pusher::Local { dest } => local::deliver(dest, service, batch, cancel).await,
-            Pusher::Ansible(a) => ansible::deliver(a, service, batch, cancel).await,
+            Pusher::None => Delivered::default(),
+            Pusher::Local { dest } => Delivered {
+                nodes: local::deliver(dest, service, batch, cancel).await,
+                run_seconds: Vec::new(),
+            },
+            Pusher::Ansible(a) => ansible::deliver(a, service, batch, cancel, retry).await,
         }
     }
 }
