@@ -115,6 +115,16 @@ async fn plan(State(shared): App, Path(name): Path<String>) -> Response {
     }
 }
 
+/// Compare secrets in time independent of where they differ.
+fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let config = shared.config();
     match &config.api_token {
@@ -122,8 +132,10 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>>
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given == Some(token.as_str()) {
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim());
+            if given.is_some_and(|g| same_secret(g, token)) {
                 Ok(())
             } else {
                 Err(Box::new(error(
