@@ -688,12 +688,14 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     script_watch.0.cancel();
 
     tracing::info!("shutting down: finishing passes in progress");
-    let mut sched = scheduler.clone();
-    let _ = sched.shutdown().await;
+    // Runners first (each removes its job), then the scheduler: removing a
+    // job from a scheduler already shut down logs errors.
     let runners = std::mem::take(&mut *shared.runners.lock().await);
     for (_, r) in runners {
         shared.stop(r).await;
     }
+    let mut sched = scheduler.clone();
+    let _ = sched.shutdown().await;
     let _ = http.await;
     let _ = membership_task.await;
     tracing::info!("stopped");
