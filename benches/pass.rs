@@ -12,44 +12,25 @@ use promshard::config::FileType;
 use promshard::output::render_into;
 use promshard::plan::{PlanInput, default_file_name, make_plan};
 use promshard::ring::{NodeSpec, RingSettings};
-use promshard::sim::synthetic_nodes;
+use promshard::sim::{synthetic_inventory, synthetic_nodes};
 use promshard::target::{RawGroup, Target, normalize};
 
-/// 100k inventory records shaped like `examples/gen_targets.rs` output.
+/// Inventory records as `examples/gen_targets.rs` writes them.
 fn groups(n: usize) -> Vec<RawGroup> {
-    let roles = ["web", "api", "db", "cache", "queue", "batch"];
-    let dcs = ["fra1", "ams1", "lon1", "par1"];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let role = roles[(state >> 33) as usize % roles.len()];
-            let dc = dcs[(state >> 41) as usize % dcs.len()];
-            let env = if (state >> 50).is_multiple_of(5) {
-                "staging"
-            } else {
-                "prod"
-            };
-            RawGroup {
-                index: i,
-                targets: vec![format!(
-                    "10.{}.{}.{}:9100",
-                    (i >> 16) & 0xff,
-                    (i >> 8) & 0xff,
-                    i & 0xff
-                )],
-                labels: [
-                    ("dc", dc.to_string()),
-                    ("env", env.to_string()),
-                    ("hostname", format!("{role}-{dc}-{i:07}")),
-                    ("role", role.to_string()),
-                ]
-                .into_iter()
-                .collect(),
-                weight: None,
-            }
+    synthetic_inventory(n)
+        .enumerate()
+        .map(|(index, h)| RawGroup {
+            index,
+            targets: vec![format!("{}:9100", h.ip)],
+            labels: [
+                ("dc", h.dc.to_string()),
+                ("env", h.env.to_string()),
+                ("hostname", h.hostname),
+                ("role", h.role.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            weight: None,
         })
         .collect()
 }

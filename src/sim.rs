@@ -575,3 +575,39 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// One host of a synthetic CMDB export (see `examples/gen_targets.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticHost {
+    pub hostname: String,
+    pub ip: String,
+    pub env: &'static str,
+    pub dc: &'static str,
+    pub role: &'static str,
+}
+
+/// `n` synthetic hosts, the same on every run: a fixed LCG makes the fleet
+/// look irregular (roles, data centres, 20% staging) but reproducible.
+pub fn synthetic_inventory(n: usize) -> impl Iterator<Item = SyntheticHost> {
+    const ROLES: [&str; 6] = ["web", "api", "db", "cache", "queue", "batch"];
+    const DCS: [&str; 4] = ["fra1", "ams1", "lon1", "par1"];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n).map(move |i| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let role = ROLES[(state >> 33) as usize % ROLES.len()];
+        let dc = DCS[(state >> 41) as usize % DCS.len()];
+        SyntheticHost {
+            hostname: format!("{role}-{dc}-{i:07}"),
+            ip: format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff),
+            env: if (state >> 50).is_multiple_of(5) {
+                "staging"
+            } else {
+                "prod"
+            },
+            dc,
+            role,
+        }
+    })
+}
