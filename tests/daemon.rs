@@ -1811,3 +1811,40 @@ fn a_running_drop_in_edited_into_a_broken_service_fn_keeps_running() {
     );
     wait_sharded(&d, &s.service_dir("extra"), 2, &he, Duration::from_secs(1));
 }
+
+/// A node taken out of a service (config edit) must get `[]` from
+/// `/sd/{service}/{node}`, not 404: Prometheus keeps its last targets when an
+/// http_sd refresh fails, and would go on scraping targets it lost.
+#[test]
+fn http_sd_answers_empty_for_a_node_that_left() {
+    let s = Setup::new();
+    let h = hosts(12);
+    s.write_script("web", &static_script(&h, "v1"));
+    s.write_config("", &[service_yaml("web", &NODES, "")]);
+    let d = s.start();
+    wait_sharded(&d, &s.service_dir("web"), 3, &h, Duration::from_secs(20));
+    let gone = NODES[2];
+    let before = d
+        .get(&format!("/sd/web/{gone}"))
+        .unwrap_or_else(|e| d.fail(&e));
+    assert_eq!(before.status, 200, "{}", before.body);
+
+    s.write_config("", &[service_yaml("web", &NODES[..2], "")]);
+    wait_sharded(&d, &s.service_dir("web"), 2, &h, Duration::from_secs(20));
+    d.wait(
+        "the departed node to get []",
+        Duration::from_secs(10),
+        || {
+            let r = d.get(&format!("/sd/web/{gone}"))?;
+            match (r.status, serde_json::from_str::<Value>(&r.body)) {
+                (200, Ok(Value::Array(a))) if a.is_empty() => Ok(()),
+                _ => Err(format!("{} {}", r.status, r.body)),
+            }
+        },
+    );
+    // A node the service never had is still unknown.
+    let r = d
+        .get("/sd/web/10.9.9.9:9090")
+        .unwrap_or_else(|e| d.fail(&e));
+    assert_eq!(r.status, 404, "{}", r.body);
+}
