@@ -169,18 +169,13 @@ fn select<'a>(
     }
 }
 
-/// The sandbox every script of `config` runs in.
-pub fn sandbox_for(config: &Config) -> Sandbox {
-    Sandbox::for_config(config)
-}
-
 async fn pass_command(
     path: &std::path::Path,
     args: &PassArgs,
     dry_run: bool,
 ) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
-    let sandbox = sandbox_for(&config);
+    let sandbox = Sandbox::for_config(&config);
     let cancel = CancellationToken::new();
     let cache = Arc::new(ScriptCache::new());
     let (services, problems) = {
@@ -307,7 +302,7 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
         }
     };
     let cache = ScriptCache::new();
-    let sandbox = sandbox_for(&config);
+    let sandbox = Sandbox::for_config(&config);
     let (services, problems) = effective_services(&config, &cache);
     let mut ok = problems.is_empty();
     for p in &problems {

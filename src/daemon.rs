@@ -198,7 +198,7 @@ impl Shared {
     }
 
     fn sandbox(&self) -> Sandbox {
-        crate::cli::sandbox_for(&self.config())
+        Sandbox::for_config(&self.config())
     }
 
     /// Run one pass of `service` and record its outcome.
