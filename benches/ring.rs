@@ -1,18 +1,20 @@
-//! Ring benchmarks (issue 8): lookup cost per target, ring build, and the
-//! planning step alone — assigning 100k realistic targets to 10 nodes —
-//! in both balance modes. Run with `cargo bench --bench ring`.
+//! Placement benchmarks (issue 8): lookup cost per target and the planning
+//! step alone — assigning 100k realistic targets to 10 and 100 nodes — in
+//! both balance modes, with and without weights. Run with
+//! `cargo bench --bench ring`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use promshard::ring::{Balance, Ring, RingSettings, assign, hash_key};
-use promshard::sim::{synthetic_addresses, synthetic_nodes};
+use promshard::sim::{synthetic_addresses, synthetic_nodes, synthetic_weights};
 
 fn bench_ring(c: &mut Criterion) {
     let addrs = synthetic_addresses(100_000, 1);
     let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+    let target_weights = synthetic_weights(keys.len(), 1);
     let consistent = RingSettings::default();
     let bounded = RingSettings {
         balance: Balance::Bounded,
@@ -41,16 +43,6 @@ fn bench_ring(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("build");
-    g.sample_size(20);
-    for n in [10usize, 100] {
-        let nodes = synthetic_nodes(n, 1);
-        g.bench_function(format!("{n}_nodes"), |b| {
-            b.iter(|| Ring::new(black_box(&nodes), &consistent))
-        });
-    }
-    g.finish();
-
     let mut g = c.benchmark_group("assign_100k");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     for n in [10usize, 100] {
@@ -61,9 +53,17 @@ fn bench_ring(c: &mut Criterion) {
         g.bench_function(format!("bounded/{n}_nodes"), |b| {
             b.iter(|| assign(black_box(&nodes), &keys, None, 1, &bounded))
         });
-        let ring = Ring::new(&nodes, &consistent).expect("ring");
-        g.bench_function(format!("consistent_prebuilt_ring/{n}_nodes"), |b| {
-            b.iter(|| ring.assign(black_box(&keys), None, 1))
+        // Node weights take the `ln` path; target weights only matter to
+        // bounded mode.
+        let mut weighted = nodes.clone();
+        for (i, node) in weighted.iter_mut().enumerate() {
+            node.weight = 1 + (i % 3) as u32;
+        }
+        g.bench_function(format!("consistent_node_weights/{n}_nodes"), |b| {
+            b.iter(|| assign(black_box(&weighted), &keys, None, 1, &consistent))
+        });
+        g.bench_function(format!("bounded_target_weights/{n}_nodes"), |b| {
+            b.iter(|| assign(black_box(&nodes), &keys, Some(&target_weights), 1, &bounded))
         });
     }
     let nodes = synthetic_nodes(10, 1);

@@ -677,9 +677,6 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         )),
     };
     let ring = rs.ring.unwrap_or_default();
-    if ring.vnodes == 0 {
-        p.push(("ring.vnodes", "must be >= 1".into()));
-    }
     if !(ring.load_factor >= 1.0 && ring.load_factor.is_finite()) {
         p.push((
             "ring.load_factor",

@@ -7,9 +7,8 @@
 //! the usual exporter ports) and comes from a seeded generator, so a run is
 //! reproducible and two operators comparing settings see the same numbers.
 //!
-//! As a yardstick the report also shows rendezvous (highest-random-weight)
-//! hashing on the same fleet: it has no ring error at all, so its spread is
-//! the sampling noise of the targets, which no hashing scheme can beat.
+//! For comparison the report also shows what Prometheus `hashmod` (modulo
+//! hashing) does on the same fleet and the same changes.
 //!
 //! [`simulate`] is pure and returns a serializable [`SimReport`]; [`main`]
 //! only prints it.
@@ -40,9 +39,6 @@ pub struct SimArgs {
     /// Bounded mode: node capacity as a multiple of its fair share.
     #[arg(long, default_value_t = crate::ring::DEFAULT_LOAD_FACTOR)]
     pub load_factor: f64,
-    /// Ring points per unit of node weight.
-    #[arg(long, default_value_t = crate::ring::DEFAULT_VNODES)]
-    pub vnodes: u32,
     /// Seed of the synthetic fleet.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -144,13 +140,25 @@ pub struct MoveStats {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimReport {
     pub config: SimConfig,
-    pub ring_points: usize,
-    pub ring_bytes: usize,
+    /// Heap bytes of the placement (8 bytes of seed + 4 of weight per node).
+    pub placement_bytes: usize,
     pub load: LoadStats,
-    /// Rendezvous hashing on the same fleet: the sampling-noise floor.
-    pub rendezvous: LoadStats,
     pub remove: MoveStats,
     pub add: MoveStats,
+    /// Prometheus `hashmod` (modulo hashing, one replica, weights ignored)
+    /// on the same fleet and changes, for comparison.
+    pub hashmod: HashmodStats,
+}
+
+/// Modulo hashing (`hash % N`, as Prometheus `hashmod` relabelling does) on
+/// the simulated fleet.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HashmodStats {
+    pub max_over_mean: f64,
+    /// Fraction of targets that change node when the node is removed.
+    pub remove_moved_frac: f64,
+    /// Fraction of targets that change node when the node is added.
+    pub add_moved_frac: f64,
 }
 
 /// splitmix64: a tiny deterministic generator (no dependency, same
@@ -249,9 +257,11 @@ pub fn synthetic_weights(n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Rendezvous (highest-random-weight) hashing, the reference: each target
-/// goes to the `replicas` nodes with the highest weighted score
-/// `-w / ln(u)`, `u` uniform from hashing (target, node).
+/// Rendezvous (highest-random-weight) hashing written straight from its
+/// definition, as the reference for [`crate::ring`]'s fast paths: each
+/// target goes to the `replicas` nodes with the highest `w / -ln(u)`, `u`
+/// from [`crate::ring::draw`], ties to the lower node index, using the
+/// platform's `ln` (the ring uses its own).
 pub fn rendezvous_assign(
     nodes: &[NodeSpec],
     keys: &[&str],
@@ -263,26 +273,29 @@ pub fn rendezvous_assign(
     let seeds: Vec<u64> = nodes.iter().map(|n| hash_key(&n.addr)).collect();
     let replicas = replicas.clamp(1, nodes.len());
     let mut per_node = vec![Vec::new(); nodes.len()];
-    // Top `replicas` (score, node), best first; ties go to the lower index.
-    let mut top: Vec<(f64, usize)> = Vec::with_capacity(replicas + 1);
+    let mut scored: Vec<(f64, usize)> = Vec::with_capacity(nodes.len());
     for (k, key) in keys.iter().enumerate() {
         let h = hash_key(key);
-        top.clear();
+        scored.clear();
         for (i, node) in nodes.iter().enumerate() {
-            let mut r = SplitMix64(h ^ seeds[i]);
-            let u = ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let score = -f64::from(node.weight.max(1)) / u.ln();
-            if top.len() < replicas || top[top.len() - 1].0 < score {
-                let at = top.partition_point(|&(s, _)| s >= score);
-                top.insert(at, (score, i));
-                top.truncate(replicas);
-            }
+            let u = (crate::ring::draw(h, seeds[i]) as f64 + 0.5) / (1u64 << 53) as f64;
+            scored.push((f64::from(node.weight.max(1)) / -u.ln(), i));
         }
-        for &(_, i) in &top {
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, i) in &scored[..replicas] {
             per_node[i].push(k as u32);
         }
     }
     Ok(Assignment { per_node })
+}
+
+/// Modulo hashing over `nodes`: key `k` goes to node `hash % N`.
+pub fn hashmod_assign(nodes: usize, hashes: &[u64]) -> Assignment {
+    let mut per_node = vec![Vec::new(); nodes];
+    for (k, &h) in hashes.iter().enumerate() {
+        per_node[(h % nodes as u64) as usize].push(k as u32);
+    }
+    Assignment { per_node }
 }
 
 /// Load statistics of an assignment (`weights[k]` per key, 1 if `None`).
@@ -406,7 +419,6 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
     let ring = Ring::new(&fleet, &cfg.settings)?;
     let base = ring.assign_hashes(&hashes, tw, cfg.replicas)?;
     let load = load_stats(&fleet, &base, tw);
-    let rendezvous = load_stats(&fleet, &rendezvous_assign(&fleet, &keys, cfg.replicas)?, tw);
     let placed: u64 = base.per_node.iter().map(|l| l.len() as u64).sum();
 
     let change =
@@ -446,14 +458,31 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
     let add_ideal = (placed as f64 * f64::from(spare.weight) / wsum as f64).round() as u64;
     let add = change(&larger, &spare, add_ideal)?;
 
+    // Modulo hashing on the same fleet: a node's index is its position.
+    let modulo = |nodes: &[NodeSpec]| hashmod_assign(nodes.len(), &hashes);
+    let hm_base = modulo(&fleet);
+    let hm_moved = |nodes: &[NodeSpec], node: &NodeSpec| {
+        let (moved, _) = movement(
+            (&fleet, &hm_base),
+            (nodes, &modulo(nodes)),
+            keys.len(),
+            &node.addr,
+        );
+        moved as f64 / keys.len().max(1) as f64
+    };
+    let hashmod = HashmodStats {
+        max_over_mean: load_stats(&fleet, &hm_base, tw).max_over_mean,
+        remove_moved_frac: hm_moved(&smaller, &removed),
+        add_moved_frac: hm_moved(&larger, &spare),
+    };
+
     Ok(SimReport {
         config: cfg.clone(),
-        ring_points: ring.point_count(),
-        ring_bytes: ring.memory_bytes(),
+        placement_bytes: ring.memory_bytes(),
         load,
-        rendezvous,
         remove,
         add,
+        hashmod,
     })
 }
 
@@ -520,20 +549,16 @@ pub fn render_text(r: &SimReport) -> String {
             c.seed,
             weight_summary(c)
         ),
-        format!(
-            "      {} vnodes per weight unit: {} points, {:.0} KiB",
-            c.settings.vnodes,
-            r.ring_points,
-            r.ring_bytes as f64 / 1024.0
-        ),
         format!("load ({unit} per node): {}", fmt_load(&r.load)),
-        format!(
-            "rendezvous, same fleet (noise floor): max/mean {:.4}  stddev {:.2}%",
-            r.rendezvous.max_over_mean,
-            r.rendezvous.rel_stddev * 100.0
-        ),
         fmt_move("remove", &r.remove),
         fmt_move("add   ", &r.add),
+        format!(
+            "for comparison, hashmod (hash % N) on the same fleet: max/mean {:.4}, \
+             remove moves {:.1}%, add moves {:.1}% of targets",
+            r.hashmod.max_over_mean,
+            r.hashmod.remove_moved_frac * 100.0,
+            r.hashmod.add_moved_frac * 100.0
+        ),
     ]
     .join("\n")
 }
@@ -557,7 +582,6 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
         settings: RingSettings {
             balance: args.balance.into(),
             load_factor: args.load_factor,
-            vnodes: args.vnodes,
         },
         node_weights: args.node_weights.clone(),
         target_weights: args.target_weights,

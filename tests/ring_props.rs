@@ -1,6 +1,6 @@
-//! Properties of the hash ring (issue 8), asserted on seeded synthetic
-//! fleets: balance against rendezvous hashing, minimal movement, node
-//! weights, bounded loads, replicas and determinism.
+//! Properties of the placement (issue 8), asserted on seeded synthetic
+//! fleets: equality with reference rendezvous hashing, minimal movement,
+//! node weights, bounded loads, replicas and determinism.
 
 use promshard::ring::{Assignment, Balance, NodeSpec, Ring, RingSettings, assign, hash_key};
 use promshard::sim::{
@@ -17,7 +17,6 @@ fn bounded(load_factor: f64) -> RingSettings {
     RingSettings {
         balance: Balance::Bounded,
         load_factor,
-        ..RingSettings::default()
     }
 }
 
@@ -59,33 +58,41 @@ fn ten_nodes_100k_targets_max_over_mean_at_most_1_03() {
     }
 }
 
-/// From 3 to 100 nodes the ring stays within 0.015 of rendezvous hashing.
-/// At 100 nodes × 1000 targets the max of two *perfect* hashes differs by
-/// σ ≈ 0.019 from fleet to fleet, so the excess is averaged over fleets;
-/// each single fleet is held to a looser bound.
+/// The issue's balance bound is "at most 0.015 above rendezvous hashing on
+/// the same fleet, 3 to 100 nodes". The placement *is* rendezvous hashing,
+/// so the fast paths (integer ranks, own `ln`, top-R selection) must give
+/// exactly what the textbook definition gives: excess 0 on every fleet,
+/// also with node weights and replicas.
 #[test]
-fn ring_max_over_mean_close_to_rendezvous() {
+fn placement_equals_reference_rendezvous_on_every_fleet() {
     for (nodes, seeds) in [(3usize, 4u64), (10, 4), (30, 4), (100, 6)] {
-        let mut sum = 0.0;
         for seed in 1..=seeds {
             let addrs = synthetic_addresses(100_000, seed);
             let keys = refs(&addrs);
             let fleet = synthetic_nodes(nodes, seed);
-            let ring = assign(&fleet, &keys, None, 1, &RingSettings::default()).unwrap();
-            let rdv = rendezvous_assign(&fleet, &keys, 1).unwrap();
-            let excess = load_stats(&fleet, &ring, None).max_over_mean
-                - load_stats(&fleet, &rdv, None).max_over_mean;
+            let ours = assign(&fleet, &keys, None, 1, &RingSettings::default()).unwrap();
+            let reference = rendezvous_assign(&fleet, &keys, 1).unwrap();
+            assert!(ours == reference, "{nodes} nodes, seed {seed}");
+            // Sampling noise only (relative σ = √(nodes/targets)): no node
+            // 4.5σ above the mean.
+            let s = load_stats(&fleet, &ours, None);
+            let bound = 1.0 + 4.5 * (nodes as f64 / 100_000.0).sqrt();
             assert!(
-                excess <= 0.04,
-                "{nodes} nodes, seed {seed}: excess {excess:.4}"
+                s.max_over_mean <= bound,
+                "{nodes} nodes, seed {seed}: {s:?}"
             );
-            sum += excess;
         }
-        let mean = sum / seeds as f64;
-        assert!(
-            mean <= 0.015,
-            "{nodes} nodes: mean excess over rendezvous {mean:.4}"
-        );
+    }
+    let addrs = synthetic_addresses(30_000, 7);
+    let keys = refs(&addrs);
+    let mut fleet = synthetic_nodes(12, 7);
+    for (i, n) in fleet.iter_mut().enumerate() {
+        n.weight = [1, 2, 5, 1, 3, 1000][i % 6];
+    }
+    for replicas in [1, 2, 3] {
+        let ours = assign(&fleet, &keys, None, replicas, &RingSettings::default()).unwrap();
+        let reference = rendezvous_assign(&fleet, &keys, replicas).unwrap();
+        assert!(ours == reference, "weighted, R={replicas}");
     }
 }
 
@@ -179,25 +186,36 @@ fn bounded_keeps_every_node_within_load_factor() {
     }
 }
 
+/// Bounded loads at load factor 1.02: every node within the factor, and on
+/// removing or adding one node at most 1.15× the ideal movement and at most
+/// 2% of targets between nodes that stayed; up to 100 nodes, with and
+/// without target weights (series counts), 8 fleets each.
 #[test]
 fn bounded_movement_on_remove_and_add() {
-    for nodes in [3usize, 10, 30] {
-        for seed in 1..=3 {
+    for (nodes, target_weights) in [
+        (3usize, false),
+        (10, false),
+        (30, false),
+        (100, false),
+        (10, true),
+        (100, true),
+    ] {
+        for seed in 1..=8 {
             let r = simulate(&SimConfig {
                 seed,
                 settings: bounded(1.02),
+                target_weights,
                 ..SimConfig::new(nodes, 100_000)
             })
             .unwrap();
+            let unit = if target_weights { 20_000.0 } else { 1.0 };
             for m in [&r.remove, &r.add] {
-                assert!(m.ratio <= 1.15, "{nodes} nodes, seed {seed}: {m:?}");
+                let case = format!("{nodes} nodes, weights {target_weights}, seed {seed}: {m:?}");
+                assert!(m.ratio <= 1.15, "{case}");
+                assert!(m.between_others_frac <= 0.02, "{case}");
                 assert!(
-                    m.between_others_frac <= 0.02,
-                    "{nodes} nodes, seed {seed}: {m:?}"
-                );
-                assert!(
-                    m.load_after.max_over_mean <= 1.02 + 1.0 / m.load_after.mean,
-                    "{m:?}"
+                    m.load_after.max_over_mean <= 1.02 + unit / m.load_after.mean,
+                    "{case}"
                 );
             }
         }
@@ -206,21 +224,29 @@ fn bounded_movement_on_remove_and_add() {
 
 #[test]
 fn bounded_beats_sampling_noise_at_100_nodes() {
+    let plain = simulate(&SimConfig::new(100, 100_000)).unwrap();
     let r = simulate(&SimConfig {
         settings: bounded(1.02),
         ..SimConfig::new(100, 100_000)
     })
     .unwrap();
     assert!(
-        r.rendezvous.max_over_mean > 1.04,
+        plain.load.max_over_mean > 1.04,
         "noise floor {:?}",
-        r.rendezvous
+        plain.load
     );
     assert!(r.load.max_over_mean <= 1.02, "{:?}", r.load);
-    for m in [&r.remove, &r.add] {
-        assert!(m.between_others_frac <= 0.02, "{m:?}");
-        assert!(m.ratio <= 1.25, "{m:?}");
-    }
+}
+
+/// Bounded mode with room to spare is the plain assignment.
+#[test]
+fn bounded_without_overflow_is_the_plain_assignment() {
+    let addrs = synthetic_addresses(50_000, 8);
+    let keys = refs(&addrs);
+    let fleet = synthetic_nodes(5, 8);
+    let plain = assign(&fleet, &keys, None, 2, &RingSettings::default()).unwrap();
+    let roomy = assign(&fleet, &keys, None, 2, &bounded(1.5)).unwrap();
+    assert!(plain == roomy);
 }
 
 #[test]
@@ -264,10 +290,19 @@ fn hashes_and_assignment_are_stable_across_machines() {
     let ring = Ring::new(&fleet, &RingSettings::default()).unwrap();
     let got: Vec<u32> = addrs.iter().map(|a| ring.node_for(a)).collect();
     assert_eq!(got, GOLDEN_NODES);
+    // Weighted fleets go through promshard's own `ln`.
+    let mut weighted = fleet.clone();
+    for (i, n) in weighted.iter_mut().enumerate() {
+        n.weight = 1 + i as u32 * 2;
+    }
+    let ring = Ring::new(&weighted, &RingSettings::default()).unwrap();
+    let got: Vec<u32> = addrs.iter().map(|a| ring.node_for(a)).collect();
+    assert_eq!(got, GOLDEN_WEIGHTED);
 }
 
 const GOLDEN_HASH: u64 = 7_696_244_636_959_384_986;
-const GOLDEN_NODES: [u32; 8] = [3, 1, 0, 4, 2, 0, 1, 2];
+const GOLDEN_NODES: [u32; 8] = [1, 1, 4, 3, 0, 3, 1, 4];
+const GOLDEN_WEIGHTED: [u32; 8] = [3, 3, 4, 3, 3, 3, 1, 4];
 
 #[test]
 fn synthetic_fleet_is_deterministic_sorted_and_unique() {
@@ -295,11 +330,11 @@ fn simulator_report_serializes() {
     let v = serde_json::to_value(&r).unwrap();
     for key in [
         "load",
-        "rendezvous",
         "remove",
         "add",
         "config",
-        "ring_points",
+        "hashmod",
+        "placement_bytes",
     ] {
         assert!(v.get(key).is_some(), "{key}");
     }
@@ -339,7 +374,6 @@ proptest! {
     fn assignment_shape_and_determinism((nodes, keys, weights, replicas, bounded_mode) in arb_case()) {
         let s = RingSettings {
             balance: if bounded_mode { Balance::Bounded } else { Balance::Consistent },
-            vnodes: 64,
             ..RingSettings::default()
         };
         let k = refs(&keys);
@@ -359,7 +393,7 @@ proptest! {
     /// Bounded mode with unit weights never exceeds any node's capacity.
     #[test]
     fn bounded_never_exceeds_capacity((nodes, keys, _w, replicas, _b) in arb_case(), lf in 1.0f64..1.5) {
-        let ring = Ring::new(&nodes, &RingSettings { vnodes: 64, ..bounded(lf) }).unwrap();
+        let ring = Ring::new(&nodes, &bounded(lf)).unwrap();
         let a = ring.assign(&refs(&keys), None, replicas).unwrap();
         let caps = ring.capacities(keys.len() as u64, replicas);
         for (list, cap) in a.per_node.iter().zip(caps) {
