@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::config::FileType;
-use crate::ring::{self, NodeSpec, RingError, RingSettings};
+use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
 use crate::target::Target;
 
 /// What the file name of one node is made from.
@@ -115,16 +115,14 @@ pub fn make_plan(
     input: &PlanInput<'_>,
     mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
 ) -> Result<Plan, PlanError> {
-    let keys: Vec<&str> = input.targets.iter().map(|t| &*t.addr).collect();
+    let hashes: Vec<u64> = input.targets.iter().map(|t| t.hash).collect();
     let any_weight = input.targets.iter().any(|t| t.weight != 1);
     let weights: Option<Vec<u32>> =
         any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
-    let assignment = ring::assign(
-        input.nodes,
-        &keys,
+    let assignment = Ring::new(input.nodes, input.ring)?.assign_hashes(
+        &hashes,
         weights.as_deref(),
         input.replicas,
-        input.ring,
     )?;
     let total = input.nodes.len();
     let mut names: BTreeMap<String, String> = BTreeMap::new();

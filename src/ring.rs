@@ -195,10 +195,24 @@ fn rank(draw: u64, weight: u32, uniform: bool) -> u64 {
     if uniform {
         ((1u64 << 53) - 1) - draw
     } else {
-        let u = (draw as f64 + 0.5) / (1u64 << 53) as f64;
         // Positive floats order like their bit patterns.
-        (-ln(u) / f64::from(weight)).to_bits()
+        (-ln(unit(draw)) / f64::from(weight)).to_bits()
     }
+}
+
+/// The uniform number in (0, 1) of a draw.
+#[inline]
+fn unit(draw: u64) -> f64 {
+    (draw as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// Whether a weighted node's rank is certainly worse than `best` (a rank
+/// as `f64`) without computing the log: `-ln(u) > 1 - u`. The slack keeps
+/// rounding from ever skipping a node that could win or tie, so skipping
+/// changes nothing but speed.
+#[inline]
+fn certainly_worse(draw: u64, weight: u32, best: f64) -> bool {
+    (1.0 - unit(draw)) * (1.0 - 1e-9) > best * f64::from(weight)
 }
 
 /// An immutable placement over a fixed node list; cheap to build (one hash
@@ -270,9 +284,13 @@ impl Ring {
                 }
             }
         } else {
-            let mut top = u64::MAX;
+            let mut top = f64::INFINITY;
             for (i, (&seed, &w)) in self.seeds.iter().zip(&self.weights).enumerate() {
-                let r = rank(draw(h, seed), w, false);
+                let d = draw(h, seed);
+                if certainly_worse(d, w, top) {
+                    continue;
+                }
+                let r = f64::from_bits(rank(d, w, false));
                 if r < top {
                     top = r;
                     best = i;
@@ -312,7 +330,14 @@ impl Ring {
         // Keep the best `want` (rank, node) in order; `want` is small.
         let mut top: Vec<(u64, u32)> = Vec::with_capacity(want + 1);
         for (i, (&seed, &w)) in self.seeds.iter().zip(&self.weights).enumerate() {
-            let entry = (rank(draw(h, seed), w, self.uniform), i as u32);
+            let d = draw(h, seed);
+            if !self.uniform
+                && top.len() == want
+                && certainly_worse(d, w, f64::from_bits(top[want - 1].0))
+            {
+                continue;
+            }
+            let entry = (rank(d, w, self.uniform), i as u32);
             if top.len() < want || entry < top[want - 1] {
                 let at = top.partition_point(|e| *e < entry);
                 top.insert(at, entry);
@@ -778,15 +803,23 @@ mod tests {
 
     #[test]
     fn replicas_are_the_top_of_the_preference_list() {
-        let ring = Ring::new(&nodes(6), &RingSettings::default()).unwrap();
-        let (mut top, mut prefs) = (Vec::new(), Vec::new());
-        for i in 0..5_000u64 {
-            let h = mix64(i);
-            ring.nodes_for_hash(h, 4, &mut top);
-            ring.preferences(h, &mut prefs);
-            let want: Vec<u32> = prefs[..4].iter().map(|&(_, n)| n).collect();
-            assert_eq!(top, want);
-            assert_eq!(ring.node_for_hash(h), want[0]);
+        // Also checks that skipping the log for hopeless weighted nodes
+        // changes nothing: `preferences` ranks every node in full.
+        let mut weighted = nodes(6);
+        for (i, n) in weighted.iter_mut().enumerate() {
+            n.weight = [1, 7, 2, 100, 1, 3][i];
+        }
+        for fleet in [nodes(6), weighted] {
+            let ring = Ring::new(&fleet, &RingSettings::default()).unwrap();
+            let (mut top, mut prefs) = (Vec::new(), Vec::new());
+            for i in 0..20_000u64 {
+                let h = mix64(i);
+                ring.nodes_for_hash(h, 4, &mut top);
+                ring.preferences(h, &mut prefs);
+                let want: Vec<u32> = prefs[..4].iter().map(|&(_, n)| n).collect();
+                assert_eq!(top, want);
+                assert_eq!(ring.node_for_hash(h), want[0]);
+            }
         }
     }
 }
