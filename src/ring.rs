@@ -321,28 +321,36 @@ impl Ring {
     /// The `replicas` distinct nodes (fewer if there are fewer nodes) for
     /// the key of hash `h`, best first (consistent mode).
     pub fn nodes_for_hash(&self, h: u64, replicas: usize, out: &mut Vec<u32>) {
+        let mut top = Vec::with_capacity(replicas.min(self.node_count()) + 1);
+        self.top_nodes(h, replicas, &mut top, out);
+    }
+
+    /// [`Ring::nodes_for_hash`] with a caller-owned scratch list of the
+    /// best `(rank, node)` so far, so that a loop over keys allocates once.
+    fn top_nodes(&self, h: u64, replicas: usize, top: &mut Vec<(u64, u32)>, out: &mut Vec<u32>) {
         out.clear();
         let want = replicas.min(self.node_count());
         if want == 1 {
             out.push(self.node_for_hash(h));
             return;
         }
-        // Keep the best `want` (rank, node) in order; `want` is small.
-        let mut top: Vec<(u64, u32)> = Vec::with_capacity(want + 1);
+        top.clear();
+        // Keep the best `want` in order; `want` is small.
         for (i, (&seed, &w)) in self.seeds.iter().zip(&self.weights).enumerate() {
             let d = draw(h, seed);
-            if !self.uniform
-                && top.len() == want
-                && certainly_worse(d, w, f64::from_bits(top[want - 1].0))
-            {
+            let full = top.len() == want;
+            if full && !self.uniform && certainly_worse(d, w, f64::from_bits(top[want - 1].0)) {
                 continue;
             }
             let entry = (rank(d, w, self.uniform), i as u32);
-            if top.len() < want || entry < top[want - 1] {
-                let at = top.partition_point(|e| *e < entry);
-                top.insert(at, entry);
-                top.truncate(want);
+            if full && entry >= top[want - 1] {
+                continue;
             }
+            if full {
+                top.pop();
+            }
+            let at = top.partition_point(|e| *e < entry);
+            top.insert(at, entry);
         }
         out.extend(top.iter().map(|&(_, i)| i));
     }
@@ -397,10 +405,10 @@ impl Ring {
         if replicas == 1 {
             out.extend(hashes.iter().map(|&h| self.node_for_hash(h)));
         } else {
-            let mut top = Vec::with_capacity(replicas);
+            let (mut top, mut nodes) = (Vec::with_capacity(replicas + 1), Vec::new());
             for &h in hashes {
-                self.nodes_for_hash(h, replicas, &mut top);
-                out.extend_from_slice(&top);
+                self.top_nodes(h, replicas, &mut top, &mut nodes);
+                out.extend_from_slice(&nodes);
             }
         }
         out
