@@ -432,6 +432,7 @@ impl Shared {
         // service need the lock meanwhile. A replacement queues on the
         // service's pass lock, so passes still never overlap.
         let mut retired = Vec::new();
+        let mut removed = Vec::new();
         for name in names {
             let keep = wanted
                 .get(&name)
@@ -445,10 +446,12 @@ impl Shared {
             }
             if !wanted.contains_key(&name) {
                 self.membership.unwatch(&name);
-                self.status
+                let gone = self
+                    .status
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&name);
+                removed.push((name.clone(), gone.map(|s| s.nodes_seen).unwrap_or_default()));
                 tracing::warn!(
                     service = %name,
                     dir = %config.out_dir.join(&name).display(),
@@ -466,6 +469,9 @@ impl Shared {
         drop(runners);
         for r in retired {
             self.stop(r).await;
+        }
+        for (name, nodes) in &removed {
+            self.metrics.forget_service(name, nodes);
         }
     }
 

@@ -42,6 +42,9 @@ pub fn pass_outcome(result: &Result<PassReport, PassError>) -> (&'static str, Op
     }
 }
 
+/// Every `result` [`pass_outcome`] can give.
+const PASS_OUTCOMES: [&str; 4] = ["ok", "failed", "refused", "all_nodes_down"];
+
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -247,6 +250,38 @@ impl Metrics {
         self.node_targets.remove(&l);
     }
 
+    /// Forget a removed service: its gauges (a stale `last_success` would
+    /// page someone), per-node series and per-service counters. Call after
+    /// its runner has stopped, so no pass re-creates them.
+    pub fn forget_service<'a>(&self, name: &str, nodes: impl IntoIterator<Item = &'a String>) {
+        let svc = service(name);
+        self.targets.remove(&svc);
+        self.invalid_targets.remove(&svc);
+        self.last_success.remove(&svc);
+        self.live_nodes.remove(&svc);
+        self.pass_duration.remove(&svc);
+        self.delivery_run_duration.remove(&svc);
+        self.files_written.remove(&svc);
+        self.mass_drop_refusals.remove(&svc);
+        let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
+        for result in PASS_OUTCOMES {
+            self.passes.remove(&with("result", result));
+        }
+        for kind in crate::script::ScriptError::KINDS {
+            self.script_errors.remove(&with("kind", kind));
+        }
+        for node in nodes {
+            let l = with("node", node);
+            self.node_targets.remove(&l);
+            self.node_up.remove(&l);
+            for result in crate::push::DeliveryResult::ALL {
+                let mut l = l.clone();
+                l.push(("result", result.as_str().into()));
+                self.deliveries.remove(&l);
+            }
+        }
+    }
+
     /// Record a membership event: `node_up` of every node, the count of
     /// changes, the live-node gauge; series of unwatched nodes go.
     pub fn membership(&self, e: &crate::membership::Event) {
@@ -315,6 +350,39 @@ mod tests {
             text.contains("# TYPE promshard_pass_duration_seconds histogram"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_forgotten_service_leaves_no_series_and_others_stay() {
+        let m = Metrics::new();
+        let node = |svc: &str| vec![("service", svc.to_string()), ("node", "n:1".to_string())];
+        for svc in ["gone", "kept"] {
+            m.last_success.get_or_create(&service(svc)).set(1.0);
+            m.node_targets.get_or_create(&node(svc)).set(3);
+            let mut l = node(svc);
+            l.push(("result", "unreachable".into()));
+            m.deliveries.get_or_create(&l).inc();
+            let e = vec![("service", svc.to_string()), ("kind", "bad_result".into())];
+            m.script_errors.get_or_create(&e).inc();
+            let p = vec![("service", svc.to_string()), ("result", "refused".into())];
+            m.passes.get_or_create(&p).inc();
+        }
+        m.forget_service("gone", &["n:1".to_string()]);
+        let text = m.encode();
+        assert!(!text.contains("service=\"gone\""), "{text}");
+        for name in [
+            "last_success",
+            "node_targets",
+            "deliveries",
+            "script_errors",
+            "passes",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(name) && l.contains("service=\"kept\"")),
+                "{name}: {text}"
+            );
+        }
     }
 
     #[test]

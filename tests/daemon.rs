@@ -1550,9 +1550,32 @@ fn removing_a_dropped_in_script_stops_its_service_and_leaves_its_files() {
     let (s, d, he) = start_and_drop_in_extra();
     d.wait_passes("extra", 1, Duration::from_secs(5));
     let dir = s.service_dir("extra");
+    let about_extra = |d: &Daemon| -> Result<Vec<String>, String> {
+        Ok(d.metrics()?
+            .into_iter()
+            .filter(|m| m.labels.get("service").is_some_and(|v| v == "extra"))
+            .map(|m| m.name)
+            .collect())
+    };
+    let before = about_extra(&d).unwrap_or_else(|e| d.fail(&e));
+    assert!(
+        before
+            .iter()
+            .any(|n| n == "promshard_last_success_timestamp_seconds"),
+        "{before:?}"
+    );
 
     fs::remove_file(s.dropin_path("extra")).expect("removing the drop-in");
     d.wait_listed("extra", false, Duration::from_secs(5));
+    // Its series go (a stale last-success gauge would page someone).
+    d.wait(
+        "extra's metrics to go",
+        Duration::from_secs(5),
+        || match about_extra(&d)? {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still exported: {left:?}")),
+        },
+    );
     let warned = d.wait("the removal warning", Duration::from_secs(5), || {
         let lines = d.log_lines();
         lines

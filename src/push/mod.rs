@@ -48,6 +48,15 @@ pub enum DeliveryResult {
 }
 
 impl DeliveryResult {
+    /// Every result, e.g. to forget a node's series.
+    pub const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Changed,
+        Self::Failed,
+        Self::Unreachable,
+        Self::SkippedUnchanged,
+    ];
+
     /// Whether the node now has its file.
     pub fn is_success(self) -> bool {
         matches!(self, Self::Ok | Self::Changed | Self::SkippedUnchanged)

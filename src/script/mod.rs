@@ -191,6 +191,18 @@ impl ScriptError {
         }
     }
 
+    /// Every value [`ScriptError::kind`] gives.
+    pub const KINDS: [&'static str; 8] = [
+        "read",
+        "compile",
+        "runtime",
+        "timeout",
+        "memory",
+        "missing",
+        "no_nodes",
+        "bad_result",
+    ];
+
     /// Short kind for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
