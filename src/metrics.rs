@@ -270,6 +270,10 @@ impl Metrics {
         for kind in crate::script::ScriptError::KINDS {
             self.script_errors.remove(&with("kind", kind));
         }
+        for direction in ["up", "down"] {
+            self.membership_changes
+                .remove(&with("direction", direction));
+        }
         for node in nodes {
             let l = with("node", node);
             self.node_targets.remove(&l);
