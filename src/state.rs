@@ -25,7 +25,16 @@ pub struct NodeState {
     pub last_result: Option<String>,
     /// Unix seconds of the last successful delivery.
     pub delivered_at: Option<u64>,
+    /// Unix seconds since the node left the plan (`None` while planned).
+    /// With `push: none` a departed node is remembered this way for
+    /// [`DEPARTED_RETENTION_S`], so that `/sd` keeps answering it `[]`
+    /// after a restart instead of 404 (on a failed refresh Prometheus
+    /// keeps its old targets and would scrape them twice).
+    pub departed_at: Option<u64>,
 }
+
+/// How long a node that left stays known with `push: none` (one week).
+pub const DEPARTED_RETENTION_S: u64 = 7 * 24 * 3600;
 
 /// Per-service memory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

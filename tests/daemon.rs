@@ -1870,4 +1870,15 @@ fn http_sd_answers_empty_for_a_node_that_left() {
         .get("/sd/web/10.9.9.9:9090")
         .unwrap_or_else(|e| d.fail(&e));
     assert_eq!(r.status, 404, "{}", r.body);
+
+    // Still [] after a restart: the new process only knows from the state
+    // file that the node was there.
+    d.proc.signal(libc::SIGTERM);
+    drop(d);
+    let d = s.start();
+    d.wait_passes("web", 1, Duration::from_secs(20));
+    let r = d
+        .get(&format!("/sd/web/{gone}"))
+        .unwrap_or_else(|e| d.fail(&e));
+    assert_eq!((r.status, r.body.trim()), (200, "[]"), "after restart");
 }
