@@ -46,7 +46,7 @@ pub enum Command {
     Plan(PassArgs),
     /// Validate the config, find drop-in services and compile every script.
     Check(CheckArgs),
-    /// Simulate the hash ring on a synthetic fleet.
+    /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
     Ring(SimArgs),
 }
 

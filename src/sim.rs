@@ -1,4 +1,4 @@
-//! `promshard ring`: a ring simulator for operators sizing a pool.
+//! `promshard ring`: a placement simulator for operators sizing a pool.
 //!
 //! It answers the three questions people choose a sharder by, on a fleet
 //! that looks like theirs: how evenly are targets spread, how many move when
