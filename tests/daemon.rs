@@ -14,12 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod util;
+use util::child::{ChildGuard, free_port, holds, poll};
 
 /// Cron that never fires during a test (once a year), so every pass we see
 /// comes from start-up, a trigger or a reload.
@@ -35,87 +37,6 @@ const NODES: [&str; 3] = ["10.9.0.1:9090", "10.9.0.2:9090", "10.9.0.3:9090"];
 const SLOW_BEGINS: &str = "slow pass begins";
 
 // ------------------------------------------------------------------ helpers
-
-/// Poll `check` every 25 ms until it returns `Ok` or `within` passes; on
-/// timeout the error names what was awaited and what was seen last.
-fn poll<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match check() {
-            Ok(v) => return Ok(v),
-            Err(last) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "timed out after {within:?} waiting for {what}; last seen: {last}"
-                ));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(25)),
-        }
-    }
-}
-
-/// Check `holds` repeatedly for `during`; the first violation is returned.
-fn holds(
-    what: &str,
-    during: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Result<(), String> {
-    let end = Instant::now() + during;
-    while Instant::now() < end {
-        check().map_err(|seen| format!("{what} stopped holding: {seen}"))?;
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check().map_err(|seen| format!("{what} stopped holding: {seen}"))
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
-}
-
-/// A child process that is killed and reaped when dropped.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-}
-
-impl ChildGuard {
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).expect("pid fits in i32")
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) with the pid of a child we own and have not reaped.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            if !std::thread::panicking() {
-                eprintln!(
-                    "{} (pid {}) killed at end of test",
-                    self.name,
-                    self.child.id()
-                );
-            }
-        }
-    }
-}
 
 /// One test's directory: config, scripts and out_dir.
 struct Setup {
@@ -184,10 +105,7 @@ impl Setup {
             .spawn()
             .expect("spawning promshard run");
         Daemon {
-            proc: ChildGuard {
-                name: "promshard",
-                child,
-            },
+            proc: ChildGuard::new("promshard", child),
             log,
             base: format!("http://127.0.0.1:{}", self.port),
             agent: agent(),
@@ -1288,10 +1206,7 @@ fn prometheus_http_sd_shows_exactly_the_node_targets() {
         .stderr(fs::File::create(&prom_log).expect("prometheus.log"))
         .spawn()
         .expect("starting /usr/bin/prometheus");
-    let mut prom = ChildGuard {
-        name: "prometheus",
-        child,
-    };
+    let mut prom = ChildGuard::new("prometheus", child);
     let agent = agent();
     let targets_url = format!("http://127.0.0.1:{prom_port}/api/v1/targets?state=active");
     let mut active = |want: &BTreeSet<String>, version: &str| -> Result<(), String> {

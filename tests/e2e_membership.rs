@@ -22,11 +22,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod util;
+use util::child::{ChildGuard, free_port, poll_every};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const SERVICE: &str = "sharded";
@@ -45,41 +48,6 @@ const SLACK: Duration = Duration::from_secs(10);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 // ------------------------------------------------------------------ helpers
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
-}
-
-/// A child process killed and reaped on drop (also on panic).
-struct ChildGuard {
-    name: String,
-    child: Child,
-}
-
-impl ChildGuard {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-            if !std::thread::panicking() {
-                eprintln!(
-                    "{} (pid {}) killed at end of test",
-                    self.name,
-                    self.child.id()
-                );
-            }
-        }
-    }
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -103,26 +71,14 @@ fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
     Ok((r.status().as_u16(), body))
 }
 
-/// Poll `check` every 100 ms until `Ok` or `within` passes; the error names
-/// what was awaited and what was seen last. Returns the value and the time
-/// it took.
+/// Poll every 100 ms (three Prometheus APIs per check): the value and the
+/// time it took.
 fn poll<T>(
     what: &str,
     within: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
+    check: impl FnMut() -> Result<T, String>,
 ) -> Result<(T, Duration), String> {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return Ok((v, start.elapsed())),
-            Err(last) if start.elapsed() >= within => {
-                return Err(format!(
-                    "timed out after {within:?} waiting for {what}; last seen: {last}"
-                ));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    poll_every(what, within, Duration::from_millis(100), check)
 }
 
 /// Node address → the set of target addresses its Prometheus has.
@@ -269,10 +225,7 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("starting /usr/bin/prometheus");
-        p.proc = Some(ChildGuard {
-            name: format!("prometheus {}", p.addr),
-            child,
-        });
+        p.proc = Some(ChildGuard::new(format!("prometheus {}", p.addr), child));
     }
 
     fn kill_prom(&mut self, i: usize) {
@@ -309,10 +262,7 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("starting promshard run");
-        self.promshard = Some(ChildGuard {
-            name: "promshard".into(),
-            child,
-        });
+        self.promshard = Some(ChildGuard::new("promshard", child));
     }
 
     /// Panic with `msg` and the end of promshard's log.
@@ -792,10 +742,7 @@ fn script_nodes_are_health_checked() {
         .stderr(log)
         .spawn()
         .expect("starting promshard run");
-    let _guard = ChildGuard {
-        name: "promshard".into(),
-        child,
-    };
+    let _guard = ChildGuard::new("promshard", child);
     let agent = agent();
     let url = format!("http://127.0.0.1:{port}/api/v1/services");
     let seen = poll(

@@ -16,6 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod child;
+
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_promshard");
 
