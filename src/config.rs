@@ -76,7 +76,7 @@ struct RawConfig {
     scripts_dir: PathBuf,
     /// Settings every service inherits unless it sets them itself.
     #[serde(default)]
-    defaults: RawSettings,
+    defaults: RawService,
     #[serde(default)]
     script_limits: RawLimits,
     /// Environment variables scripts may read with `env()`.
@@ -90,11 +90,17 @@ fn default_scripts_dir() -> PathBuf {
     PathBuf::from("scripts")
 }
 
-/// The settings of a service, all optional: the `defaults:` block and the
-/// map a drop-in script's `fn service()` returns.
+/// A service as written, every key optional here (required ones are checked
+/// with the rest): a `services:` entry, the `defaults:` block (which may not
+/// name a service or script) or the map a drop-in's `fn service()` returns
+/// (its name and script come from its file).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSettings {
+struct RawService {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    script: Option<PathBuf>,
     #[serde(default)]
     schedule: Option<String>,
     #[serde(default)]
@@ -145,35 +151,6 @@ fn default_out_dir() -> PathBuf {
 
 fn default_listen() -> String {
     "127.0.0.1:9310".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    name: String,
-    script: PathBuf,
-    #[serde(default)]
-    schedule: Option<String>,
-    #[serde(default)]
-    nodes: Option<Vec<RawNode>>,
-    #[serde(default)]
-    node_script: Option<PathBuf>,
-    #[serde(default)]
-    replicas: Option<i64>,
-    #[serde(default)]
-    file_type: Option<String>,
-    #[serde(default)]
-    port: Option<i64>,
-    #[serde(default)]
-    push: Option<RawPush>,
-    #[serde(default)]
-    ring: Option<RingSettings>,
-    #[serde(default)]
-    max_drop_ratio: Option<f64>,
-    #[serde(default)]
-    resync_interval: Option<String>,
-    #[serde(default)]
-    health: Option<RawHealth>,
 }
 
 /// `health:`; unset keys take the defaults of [`Health`].
@@ -249,7 +226,7 @@ pub struct Config {
     /// [`effective_services`]; use that for the full list.
     pub services: Vec<Arc<Service>>,
     /// The `defaults:` block, applied to every service.
-    defaults: RawSettings,
+    defaults: RawService,
 }
 
 /// Format of the sd files.
@@ -464,10 +441,23 @@ impl Config {
         }
         // The defaults are checked once on their own, so that a mistake in
         // them is reported even when only drop-in services use them.
-        if let Err(list) = check_service(
-            RawService::from_settings("defaults".into(), PathBuf::new(), raw.defaults.clone()),
-            &base_dir,
-        ) {
+        for (key, set) in [
+            ("name", raw.defaults.name.is_some()),
+            ("script", raw.defaults.script.is_some()),
+        ] {
+            if set {
+                problems.push(ConfigProblem {
+                    location: format!("defaults.{key}"),
+                    message: "not allowed in defaults: each service sets its own".into(),
+                });
+            }
+        }
+        let as_service = RawService {
+            name: Some("defaults".into()),
+            script: Some(PathBuf::new()),
+            ..raw.defaults.clone()
+        };
+        if let Err(list) = check_service(as_service, &base_dir) {
             problems.extend(list.into_iter().map(|(key, message)| ConfigProblem {
                 location: format!("defaults.{key}"),
                 message,
@@ -476,11 +466,12 @@ impl Config {
         let mut services = Vec::new();
         let mut names = BTreeSet::new();
         for (i, rs) in raw.services.into_iter().enumerate() {
-            let location = format!("services[{i}] {:?}", rs.name);
-            if !names.insert(rs.name.clone()) {
+            let name = rs.name.clone().unwrap_or_default();
+            let location = format!("services[{i}] {name:?}");
+            if rs.name.is_some() && !names.insert(name.clone()) {
                 problems.push(ConfigProblem {
                     location: location.clone(),
-                    message: format!("duplicate service name {:?}", rs.name),
+                    message: format!("duplicate service name {name:?}"),
                 });
             }
             match check_service(rs.with_defaults(&raw.defaults), &base_dir) {
@@ -526,8 +517,8 @@ impl Config {
         settings: Option<serde_json::Value>,
         script_nodes: bool,
     ) -> Result<Service, Vec<ConfigProblem>> {
-        let own: RawSettings = match settings {
-            None => RawSettings::default(),
+        let own: RawService = match settings {
+            None => RawService::default(),
             Some(v) => serde_json::from_value(v).map_err(|e| {
                 vec![ConfigProblem {
                     location: "fn service()".into(),
@@ -539,8 +530,27 @@ impl Config {
         if script_nodes {
             defaults.nodes = None;
         }
-        let raw = RawService::from_settings(name.to_string(), script.to_path_buf(), own)
-            .with_defaults(&defaults);
+        for (key, set, why) in [
+            ("name", own.name.is_some(), "a drop-in is named by its file"),
+            (
+                "script",
+                own.script.is_some(),
+                "a drop-in's script is its own file",
+            ),
+        ] {
+            if set {
+                return Err(vec![ConfigProblem {
+                    location: format!("fn service(): {key}"),
+                    message: format!("not allowed: {why}"),
+                }]);
+            }
+        }
+        let raw = RawService {
+            name: Some(name.to_string()),
+            script: Some(script.to_path_buf()),
+            ..own
+        }
+        .with_defaults(&defaults);
         let mut service = check_service(raw, &self.base_dir).map_err(|list| {
             list.into_iter()
                 .map(|(key, message)| ConfigProblem {
@@ -582,8 +592,17 @@ type KeyProblems = Vec<(&'static str, String)>;
 
 fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems> {
     let mut p: KeyProblems = Vec::new();
-    if let Err(e) = check_service_name(&rs.name) {
-        p.push(("name", e));
+    let name = rs.name.clone().unwrap_or_default();
+    match &rs.name {
+        None => p.push(("name", "required".into())),
+        Some(n) => {
+            if let Err(e) = check_service_name(n) {
+                p.push(("name", e));
+            }
+        }
+    }
+    if rs.script.is_none() {
+        p.push(("script", "required".into()));
     }
     let schedule = match parse_schedule(rs.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE)) {
         Ok(s) => s,
@@ -704,10 +723,10 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
     Ok(Service {
         resync_interval,
         health,
-        script: base_dir.join(&rs.script),
+        script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
         drop_in: false,
-        name: rs.name,
+        name,
         schedule,
         nodes,
         replicas,
@@ -720,27 +739,9 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
 }
 
 impl RawService {
-    fn from_settings(name: String, script: PathBuf, s: RawSettings) -> RawService {
-        RawService {
-            name,
-            script,
-            schedule: s.schedule,
-            nodes: s.nodes,
-            node_script: s.node_script,
-            replicas: s.replicas,
-            file_type: s.file_type,
-            port: s.port,
-            push: s.push,
-            ring: s.ring,
-            max_drop_ratio: s.max_drop_ratio,
-            resync_interval: s.resync_interval,
-            health: s.health,
-        }
-    }
-
     /// Fill every setting the service leaves unset from `d`. A service with
     /// its own `node_script` does not inherit static nodes, and vice versa.
-    fn with_defaults(mut self, d: &RawSettings) -> RawService {
+    fn with_defaults(mut self, d: &RawService) -> RawService {
         fn or<T: Clone>(own: &mut Option<T>, default: &Option<T>) {
             if own.is_none() {
                 own.clone_from(default);
@@ -1107,6 +1108,32 @@ services:
     port: 9100
     push: {kind: local, dest: "/srv/{node}/node.json"}
 "#;
+
+    #[test]
+    fn name_and_script_are_required_of_services_and_refused_elsewhere() {
+        let text =
+            "defaults: {name: x, script: y.rhai}\nservices:\n  - nodes: [\"10.0.0.1:9090\"]\n";
+        let e = parse(text).unwrap_err().to_string();
+        for want in [
+            "defaults.name: not allowed in defaults",
+            "defaults.script: not allowed in defaults",
+            "services[0] \"\": name: required",
+            "services[0] \"\": script: required",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let c = parse(GOOD).unwrap();
+        let named = serde_json::json!({"name": "other", "replicas": 2});
+        let e = c
+            .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(named), false)
+            .unwrap_err();
+        assert_eq!(e[0].location, "fn service(): name", "{e:?}");
+        let ok = serde_json::json!({"replicas": 2, "nodes": ["10.0.0.1:9090"]});
+        let s = c
+            .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(ok), false)
+            .unwrap();
+        assert_eq!((s.name.as_str(), s.replicas), ("extra", 2));
+    }
 
     #[test]
     fn good_config_resolves_paths_and_sorts_nodes() {
