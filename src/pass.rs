@@ -715,30 +715,7 @@ pub async fn run_pass(
         .filter(|d| d.result.is_success())
         .map(|d| d.node.as_str())
         .collect();
-    // What a departed node holds is unknown now (its old file, the empty
-    // one, or nothing if it lost its disk): when it returns, deliver its
-    // file even if the content is what was delivered before it left.
-    for (node, ns) in state.nodes.iter_mut() {
-        if planned.contains(node) {
-            ns.departed_at = None;
-        } else {
-            ns.delivered_hash = None;
-            ns.last_result = Some("departed".into());
-            ns.departed_at.get_or_insert(now);
-        }
-    }
-    // A departed node stays remembered until it has been sent its empty
-    // file; with nothing to send (`push: none`, nodes pull `/sd`) for a
-    // week, so that it keeps getting `[]` across restarts.
-    state.nodes.retain(|node, ns| {
-        planned.contains(node)
-            || if pusher.delivers() {
-                !told.contains(node.as_str())
-            } else {
-                ns.departed_at
-                    .is_some_and(|at| now.saturating_sub(at) < crate::state::DEPARTED_RETENTION_S)
-            }
-    });
+    state.settle_departed(&planned, pusher.delivers().then_some(&told), now);
     {
         let (out_dir, name) = (out_dir.clone(), service.name.clone());
         tokio::task::spawn_blocking(move || {

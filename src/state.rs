@@ -4,7 +4,7 @@
 //! `<out_dir>/.promshard/<service>.state` (JSON, written atomically; the
 //! name ends in `.state` so no Prometheus sd glob ever matches it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,43 @@ impl ServiceState {
         Ok(file)
     }
 
+    /// After a pass: mark nodes that are not `planned` as departed and
+    /// decide how long they are remembered. `told` is `Some(nodes that got
+    /// their empty file)` when the service delivers, `None` with
+    /// `push: none`.
+    ///
+    /// What a departed node holds is unknown (its old file, the empty one,
+    /// or nothing if it lost its disk), so when it returns its file is
+    /// delivered even if the content is what it had before. It is forgotten
+    /// once it has been sent its empty file or, with nothing to send (nodes
+    /// pull `/sd`), after [`DEPARTED_RETENTION_S`], so that it keeps getting
+    /// `[]` across restarts.
+    pub fn settle_departed(
+        &mut self,
+        planned: &BTreeSet<String>,
+        told: Option<&BTreeSet<&str>>,
+        now: u64,
+    ) {
+        for (node, ns) in self.nodes.iter_mut() {
+            if planned.contains(node) {
+                ns.departed_at = None;
+            } else {
+                ns.delivered_hash = None;
+                ns.last_result = Some("departed".into());
+                ns.departed_at.get_or_insert(now);
+            }
+        }
+        self.nodes.retain(|node, ns| {
+            planned.contains(node)
+                || match told {
+                    Some(told) => !told.contains(node.as_str()),
+                    None => ns
+                        .departed_at
+                        .is_some_and(|at| now.saturating_sub(at) < DEPARTED_RETENTION_S),
+                }
+        });
+    }
+
     /// Save atomically.
     pub fn save(&self, out_dir: &Path, service: &str) -> std::io::Result<()> {
         let path = state_path(out_dir, service);
@@ -112,6 +149,53 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn departed_nodes_are_kept_until_told_or_for_a_week_without_delivery() {
+        let planned: BTreeSet<String> = ["a:1".to_string()].into();
+        let mut s = ServiceState::default();
+        for n in ["a:1", "b:1", "c:1"] {
+            s.nodes.insert(
+                n.into(),
+                NodeState {
+                    delivered_hash: Some("h".into()),
+                    ..Default::default()
+                },
+            );
+        }
+        // Delivering: b got its empty file and goes; c did not and stays,
+        // marked so that it is sent its file again when it returns.
+        let mut delivering = s.clone();
+        delivering.settle_departed(&planned, Some(&["b:1"].into()), 100);
+        assert_eq!(delivering.nodes.keys().collect::<Vec<_>>(), ["a:1", "c:1"]);
+        let c = &delivering.nodes["c:1"];
+        assert_eq!(
+            (c.delivered_hash.as_deref(), c.departed_at),
+            (None, Some(100))
+        );
+        assert_eq!(delivering.nodes["a:1"].delivered_hash.as_deref(), Some("h"));
+
+        // Pull only: both stay for a week from when they left, then go.
+        let mut pull = s;
+        pull.settle_departed(&planned, None, 100);
+        pull.settle_departed(&planned, None, 100 + DEPARTED_RETENTION_S - 1);
+        assert_eq!(pull.nodes.len(), 3);
+        assert_eq!(pull.nodes["b:1"].departed_at, Some(100));
+        pull.settle_departed(&planned, None, 100 + DEPARTED_RETENTION_S);
+        assert_eq!(pull.nodes.keys().collect::<Vec<_>>(), ["a:1"]);
+
+        // A node that comes back is no longer departed.
+        let mut back = ServiceState::default();
+        back.nodes.insert(
+            "a:1".into(),
+            NodeState {
+                departed_at: Some(5),
+                ..Default::default()
+            },
+        );
+        back.settle_departed(&planned, None, 10);
+        assert_eq!(back.nodes["a:1"].departed_at, None);
+    }
 
     #[test]
     fn round_trip_and_missing() {
