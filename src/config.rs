@@ -180,25 +180,8 @@ enum RawNode {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum RawPush {
     None,
-    Local {
-        dest: String,
-    },
-    Ansible {
-        #[serde(default)]
-        playbook: Option<PathBuf>,
-        #[serde(default)]
-        dest_sd_file_name: Option<String>,
-        #[serde(default)]
-        vars: BTreeMap<String, serde_yaml_ng::Value>,
-        #[serde(default)]
-        forks: Option<i64>,
-        #[serde(default)]
-        timeout: Option<String>,
-        #[serde(default)]
-        retries: Option<i64>,
-        #[serde(default)]
-        ansible_playbook: Option<PathBuf>,
-    },
+    Local { dest: String },
+    Ansible(AnsibleRaw),
 }
 
 // ------------------------------------------------------------ checked types
@@ -672,28 +655,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             };
             Push::Local { dest }
         }
-        RawPush::Ansible {
-            playbook,
-            dest_sd_file_name,
-            vars,
-            forks,
-            timeout,
-            retries,
-            ansible_playbook,
-        } => Push::Ansible(check_ansible(
-            AnsibleRaw {
-                playbook,
-                dest_sd_file_name,
-                vars,
-                forks,
-                timeout,
-                retries,
-                ansible_playbook,
-            },
-            file_type,
-            base_dir,
-            &mut p,
-        )),
+        RawPush::Ansible(raw) => Push::Ansible(check_ansible(raw, file_type, base_dir, &mut p)),
     };
     let ring = rs.ring.unwrap_or_default();
     if !(ring.load_factor >= 1.0 && ring.load_factor.is_finite()) {
@@ -766,14 +728,23 @@ impl RawService {
     }
 }
 
-/// The fields of `RawPush::Ansible`.
+/// The keys of `push: {kind: ansible, …}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AnsibleRaw {
+    #[serde(default)]
     playbook: Option<PathBuf>,
+    #[serde(default)]
     dest_sd_file_name: Option<String>,
+    #[serde(default)]
     vars: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
     forks: Option<i64>,
+    #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
     retries: Option<i64>,
+    #[serde(default)]
     ansible_playbook: Option<PathBuf>,
 }
 
