@@ -386,6 +386,27 @@ fn label_values(groups: &Value, key: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Wait until the service directory holds `files` files, every one
+/// labelled `version=<version>` (the label the test scripts set).
+fn wait_version(d: &Daemon, dir: &Path, files: usize, version: &str, within: Duration) {
+    d.wait(
+        &format!("every file labelled version={version}"),
+        within,
+        || {
+            let found = sd_files(dir)?;
+            let versions: BTreeSet<String> = found
+                .values()
+                .flat_map(|f| label_values(f, "version"))
+                .collect();
+            if found.len() == files && versions == BTreeSet::from([version.to_string()]) {
+                Ok(())
+            } else {
+                Err(format!("{} files, versions {versions:?}", found.len()))
+            }
+        },
+    );
+}
+
 /// Wait until the service directory holds one file per node and, together,
 /// exactly `want` targets, each once; returns the files.
 fn wait_sharded(
@@ -729,22 +750,7 @@ fn editing_a_script_changes_the_files_within_one_second() {
     d.wait_passes("web", 1, Duration::from_secs(10));
     s.write_script("web", &static_script(&h, "v2"));
     let edited = Instant::now();
-    d.wait(
-        "every file labelled version=v2",
-        Duration::from_secs(1),
-        || {
-            let files = sd_files(&dir)?;
-            let versions: BTreeSet<String> = files
-                .values()
-                .flat_map(|f| label_values(f, "version"))
-                .collect();
-            if files.len() == NODES.len() && versions == BTreeSet::from(["v2".to_string()]) {
-                Ok(())
-            } else {
-                Err(format!("{} files, versions {versions:?}", files.len()))
-            }
-        },
-    );
+    wait_version(&d, &dir, NODES.len(), "v2", Duration::from_secs(1));
     eprintln!("files changed {:?} after the edit", edited.elapsed());
 }
 
@@ -1671,22 +1677,7 @@ fn a_script_that_stops_compiling_keeps_serving_until_it_is_fixed() {
     let ok_before = d.metric("promshard_script_reloads_total", &[("result", "ok")]);
     s.write_script("web", &static_script(&h, "v2"));
     let fixed = Instant::now();
-    d.wait(
-        "every file labelled version=v2",
-        Duration::from_secs(1),
-        || {
-            let files = sd_files(&dir)?;
-            let versions: BTreeSet<String> = files
-                .values()
-                .flat_map(|f| label_values(f, "version"))
-                .collect();
-            if files.len() == 3 && versions == BTreeSet::from(["v2".to_string()]) {
-                Ok(())
-            } else {
-                Err(format!("{} files, versions {versions:?}", files.len()))
-            }
-        },
-    );
+    wait_version(&d, &dir, 3, "v2", Duration::from_secs(1));
     eprintln!("files changed {:?} after the fix", fixed.elapsed());
     assert!(d.metric("promshard_script_reloads_total", &[("result", "ok")]) > ok_before);
     assert_eq!(
