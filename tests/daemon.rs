@@ -305,6 +305,18 @@ impl Daemon {
         })
     }
 
+    /// Wait until `n` passes of a slow script have begun (its log line).
+    fn wait_slow_begun(&self, n: usize, within: Duration) {
+        self.wait(&format!("slow pass {n} to begin"), within, || {
+            let begun = self.logged(SLOW_BEGINS).len();
+            if begun >= n {
+                Ok(())
+            } else {
+                Err(format!("{begun} passes begun"))
+            }
+        });
+    }
+
     /// Parse `/metrics` strictly.
     fn metrics(&self) -> Result<Vec<Sample>, String> {
         let r = self.get("/metrics")?;
@@ -1004,14 +1016,7 @@ fn two_triggers_during_a_long_pass_give_exactly_one_follow_up() {
 
     // Start pass 2 and wait until its script is running.
     d.dispatch("slow", None);
-    d.wait("pass 2 to begin", Duration::from_secs(10), || {
-        let n = d.logged(SLOW_BEGINS).len();
-        if n >= 2 {
-            Ok(())
-        } else {
-            Err(format!("{n} passes begun"))
-        }
-    });
+    d.wait_slow_begun(2, Duration::from_secs(10));
     d.dispatch("slow", None);
     d.dispatch("slow", None);
     // Both triggers landed during pass 2 (it has not finished yet).
@@ -1149,14 +1154,7 @@ fn sigterm_during_a_pass_exits_zero_without_temp_files() {
     let mut d = s.start();
     d.wait_passes("slow", 1, Duration::from_secs(30));
     d.dispatch("slow", None);
-    d.wait("pass 2 to begin", Duration::from_secs(10), || {
-        let n = d.logged(SLOW_BEGINS).len();
-        if n >= 2 {
-            Ok(())
-        } else {
-            Err(format!("{n} passes begun"))
-        }
-    });
+    d.wait_slow_begun(2, Duration::from_secs(10));
     d.proc.signal(libc::SIGTERM);
     let (status, took) = d
         .wait_exit(Duration::from_secs(10))
@@ -1273,14 +1271,7 @@ fn the_api_answers_while_a_reload_waits_for_a_long_pass() {
     let d = s.start();
     d.wait_passes("slow", 1, Duration::from_secs(30));
     d.dispatch("slow", None);
-    d.wait("slow pass 2 to begin", Duration::from_secs(10), || {
-        let n = d.logged(SLOW_BEGINS).len();
-        if n >= 2 {
-            Ok(())
-        } else {
-            Err(format!("{n} passes begun"))
-        }
-    });
+    d.wait_slow_begun(2, Duration::from_secs(10));
     // Change slow: its runner is replaced once its pass ends.
     s.write_config("", &[quick, service_yaml("slow", &NODES[..2], "")]);
     d.wait("the reload to start", Duration::from_secs(5), || {
