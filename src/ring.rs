@@ -491,13 +491,13 @@ impl Ring {
         let m = hashes.len();
         let weight = |k: usize| weights.map_or(1, |w| u64::from(w[k]));
         let caps = self.capacities((0..m).map(weight).sum(), replicas);
-        let mut load = vec![0u64; n];
+        let mut natural_load = vec![0u64; n];
         for (k, nodes) in natural.chunks(replicas).enumerate() {
             for &node in nodes {
-                load[node as usize] += weight(k);
+                natural_load[node as usize] += weight(k);
             }
         }
-        if load.iter().zip(&caps).all(|(l, c)| l <= c) {
+        if natural_load.iter().zip(&caps).all(|(l, c)| l <= c) {
             return self.collect(&natural, m, replicas);
         }
 
@@ -515,20 +515,7 @@ impl Ring {
             })
             .collect();
         order.sort_unstable();
-        load.iter_mut().for_each(|l| *l = 0);
-        // chosen[k * replicas ..][..count[k]]: nodes granted to key k.
-        let mut chosen = vec![u32::MAX; m * replicas];
-        let mut count = vec![0u8; m];
-        let grant = |k: usize,
-                     node: u32,
-                     w: u64,
-                     load: &mut [u64],
-                     chosen: &mut [u32],
-                     count: &mut [u8]| {
-            load[node as usize] += w;
-            chosen[k * replicas + count[k] as usize] = node;
-            count[k] += 1;
-        };
+        let mut g = Grants::new(n, m, replicas);
 
         // Round 1: every key asks its own top choices.
         let mut refused = Vec::new();
@@ -536,11 +523,11 @@ impl Ring {
             let k = k as usize;
             let w = weight(k);
             for &node in &natural[k * replicas..(k + 1) * replicas] {
-                if load[node as usize] + w <= caps[node as usize] {
-                    grant(k, node, w, &mut load, &mut chosen, &mut count);
+                if g.load[node as usize] + w <= caps[node as usize] {
+                    g.grant(k, node, w);
                 }
             }
-            if (count[k] as usize) < replicas {
+            if !g.complete(k) {
                 refused.push(k);
             }
         }
@@ -554,90 +541,100 @@ impl Ring {
             let w = weight(k);
             self.preferences(hashes[k], &mut prefs);
             for &(_, node) in &prefs {
-                if count[k] as usize == replicas {
+                if g.complete(k) {
                     break;
                 }
-                let has = chosen[k * replicas..k * replicas + count[k] as usize].contains(&node);
-                if !has && load[node as usize] + w <= caps[node as usize] {
-                    grant(k, node, w, &mut load, &mut chosen, &mut count);
+                if !g.has(k, node) && g.load[node as usize] + w <= caps[node as usize] {
+                    g.grant(k, node, w);
                 }
             }
-            if (count[k] as usize) < replicas {
+            if !g.complete(k) {
                 spill.push(k);
             }
         }
-        self.place_stranded(
-            &spill,
-            &weight,
-            &caps,
-            &mut load,
-            &mut chosen,
-            &mut count,
+        place_stranded(&spill, &weight, &caps, &mut g);
+        self.collect(&g.chosen, m, replicas)
+    }
+}
+
+/// Bounded-mode bookkeeping: load per node and the nodes granted to each
+/// key (`chosen[k * replicas ..][..count[k]]`).
+struct Grants {
+    load: Vec<u64>,
+    chosen: Vec<u32>,
+    count: Vec<u8>,
+    replicas: usize,
+}
+
+impl Grants {
+    fn new(nodes: usize, keys: usize, replicas: usize) -> Self {
+        Self {
+            load: vec![0; nodes],
+            chosen: vec![u32::MAX; keys * replicas],
+            count: vec![0; keys],
             replicas,
-        );
-        self.collect(&chosen, m, replicas)
+        }
     }
 
-    /// Stranded keys: the only nodes with room are ones the key already has
-    /// (distinct replicas), or the key is too heavy for any room left (very
-    /// uneven target weights). First try one swap: hand a node Y with room
-    /// a key j from a node Z the stranded key lacks, then give it Z. Failing
-    /// that, overshoot on the node whose load ratio stays lowest. Rare, and
-    /// deterministic (scan in key order).
-    #[allow(clippy::too_many_arguments)]
-    fn place_stranded(
-        &self,
-        spill: &[usize],
-        weight: &dyn Fn(usize) -> u64,
-        caps: &[u64],
-        load: &mut [u64],
-        chosen: &mut [u32],
-        count: &mut [u8],
-        replicas: usize,
-    ) {
-        let n = self.node_count();
-        let m = count.len();
-        for &k in spill {
-            let w = weight(k);
-            while (count[k] as usize) < replicas {
-                let c = count[k] as usize;
-                let has = |chosen: &[u32], count: &[u8], j: usize, node: usize| {
-                    chosen[j * replicas..j * replicas + count[j] as usize].contains(&(node as u32))
-                };
-                let mut swap = None;
-                'search: for y in (0..n).filter(|&y| load[y] < caps[y]) {
-                    for j in (0..m).filter(|&j| {
-                        j != k && !has(chosen, count, j, y) && load[y] + weight(j) <= caps[y]
-                    }) {
-                        for slot in 0..count[j] as usize {
-                            let z = chosen[j * replicas + slot] as usize;
-                            if !has(chosen, count, k, z) && load[z] - weight(j) + w <= caps[z] {
-                                swap = Some((y, j, slot, z));
-                                break 'search;
-                            }
+    fn nodes_of(&self, k: usize) -> &[u32] {
+        &self.chosen[k * self.replicas..k * self.replicas + self.count[k] as usize]
+    }
+
+    fn has(&self, k: usize, node: u32) -> bool {
+        self.nodes_of(k).contains(&node)
+    }
+
+    fn complete(&self, k: usize) -> bool {
+        self.count[k] as usize == self.replicas
+    }
+
+    fn grant(&mut self, k: usize, node: u32, w: u64) {
+        self.load[node as usize] += w;
+        self.chosen[k * self.replicas + self.count[k] as usize] = node;
+        self.count[k] += 1;
+    }
+}
+
+/// Stranded keys: the only nodes with room are ones the key already has
+/// (distinct replicas), or the key is too heavy for any room left (very
+/// uneven target weights). First try one swap: hand a node Y with room a
+/// key j from a node Z the stranded key lacks, then give it Z. Failing
+/// that, overshoot on the node whose load ratio stays lowest. Rare, and
+/// deterministic (scan in key order).
+fn place_stranded(spill: &[usize], weight: &dyn Fn(usize) -> u64, caps: &[u64], g: &mut Grants) {
+    let (n, m, replicas) = (g.load.len(), g.count.len(), g.replicas);
+    for &k in spill {
+        let w = weight(k);
+        while !g.complete(k) {
+            let mut swap = None;
+            'search: for y in (0..n).filter(|&y| g.load[y] < caps[y]) {
+                for j in (0..m)
+                    .filter(|&j| j != k && !g.has(j, y as u32) && g.load[y] + weight(j) <= caps[y])
+                {
+                    for (slot, &z) in g.nodes_of(j).iter().enumerate() {
+                        let z = z as usize;
+                        if !g.has(k, z as u32) && g.load[z] - weight(j) + w <= caps[z] {
+                            swap = Some((y, j, slot, z));
+                            break 'search;
                         }
                     }
                 }
-                let node = if let Some((y, j, slot, z)) = swap {
-                    chosen[j * replicas + slot] = y as u32;
-                    load[y] += weight(j);
-                    load[z] -= weight(j);
-                    z
-                } else {
-                    let best = (0..n)
-                        .filter(|&i| !has(chosen, count, k, i))
-                        .min_by(|&a, &b| {
-                            let ra = u128::from(load[a] + w) * u128::from(caps[b].max(1));
-                            let rb = u128::from(load[b] + w) * u128::from(caps[a].max(1));
-                            ra.cmp(&rb).then(a.cmp(&b))
-                        });
-                    let Some(best) = best else { break };
-                    best
-                };
-                load[node] += w;
-                chosen[k * replicas + c] = node as u32;
-                count[k] += 1;
             }
+            let node = if let Some((y, j, slot, z)) = swap {
+                g.chosen[j * replicas + slot] = y as u32;
+                g.load[y] += weight(j);
+                g.load[z] -= weight(j);
+                z
+            } else {
+                let best = (0..n).filter(|&i| !g.has(k, i as u32)).min_by(|&a, &b| {
+                    let ra = u128::from(g.load[a] + w) * u128::from(caps[b].max(1));
+                    let rb = u128::from(g.load[b] + w) * u128::from(caps[a].max(1));
+                    ra.cmp(&rb).then(a.cmp(&b))
+                });
+                let Some(best) = best else { break };
+                best
+            };
+            g.grant(k, node as u32, w);
         }
     }
 }
