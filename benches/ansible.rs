@@ -10,10 +10,10 @@
 //!   the other.
 //!
 //! Every measured delivery copies (fresh destination dirs), so each host
-//! reports `changed`. Run with `cargo bench --bench ansible`; set
-//! `PROMSHARD_VENV` (default `/opt/promshard-venv`) and
-//! `PROMSHARD_BENCH_ITERS` (default 3). Without `ansible-playbook` it prints
-//! why and exits 0.
+//! reports `changed`. Run with `cargo bench --bench ansible`; it finds
+//! `ansible-playbook` like the tests do (`PROMSHARD_ANSIBLE_PLAYBOOK`, else
+//! `PATH`); `PROMSHARD_BENCH_ITERS` sets the iterations (default 3). Without
+//! `ansible-playbook` it prints why and exits 0.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,13 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 const NODES: usize = 10;
 
+#[path = "../tests/util/tools.rs"]
+#[allow(dead_code)] // the bench uses the non-panicking part only
+mod tools;
+
 fn find_ansible() -> Option<(PathBuf, PathBuf)> {
-    let venv = std::env::var_os("PROMSHARD_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/promshard-venv"));
-    let ap = venv.join("bin/ansible-playbook");
-    let py = venv.join("bin/python");
-    (ap.is_file() && py.is_file()).then_some((ap, py))
+    let playbook = tools::locate("ansible-playbook", "PROMSHARD_ANSIBLE_PLAYBOOK")?;
+    let python = tools::python_for(&playbook)?;
+    Some((playbook, python))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -42,7 +43,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let Some((ansible_playbook, python)) = find_ansible() else {
         println!(
-            "bench ansible: skipped, no ansible-playbook (set PROMSHARD_VENV to a venv with ansible-core)"
+            "bench ansible: skipped, no ansible-playbook (put ansible-core on PATH or set PROMSHARD_ANSIBLE_PLAYBOOK)"
         );
         return;
     };

@@ -41,24 +41,31 @@ pub enum Command {
     /// Run as a daemon: passes on each service's schedule and on every change.
     Run,
     /// One pass for all (or one) services: run scripts, plan, write, deliver.
-    Once(PassArgs),
+    Once(OnceArgs),
     /// Show the assignment a pass would make; writes and delivers nothing.
-    Plan(PassArgs),
+    Plan(PlanArgs),
     /// Validate the config, find drop-in services and compile every script.
     Check(CheckArgs),
     /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
     Ring(SimArgs),
 }
 
-/// Arguments of `once` and `plan`.
+/// Arguments of `plan`.
 #[derive(Debug, Args)]
-pub struct PassArgs {
+pub struct PlanArgs {
     /// Only this service.
     #[arg(long)]
     pub service: Option<String>,
     /// Print a machine-readable JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `once`.
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
     /// Apply even if the pass would drop more than max_drop_ratio of the targets.
     #[arg(long)]
     pub force: bool,
@@ -79,11 +86,19 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colour only for a person at a terminal: never in files, pipes or
+/// journald, and never when `NO_COLOR` is set.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Parse arguments and run; the binary's whole `main`.
@@ -94,8 +109,20 @@ pub fn main() -> ExitCode {
         Command::Ring(args) => crate::sim::main(args).map(|_| true),
         Command::Check(args) => check(&cli.config, args),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
-        Command::Once(args) => with_runtime(|| pass_command(&cli.config, args, false)),
-        Command::Plan(args) => with_runtime(|| pass_command(&cli.config, args, true)),
+        Command::Once(args) => with_runtime(|| {
+            let options = PassOptions {
+                dry_run: false,
+                force: args.force,
+            };
+            pass_command(&cli.config, &args.plan, options)
+        }),
+        Command::Plan(args) => with_runtime(|| {
+            let options = PassOptions {
+                dry_run: true,
+                force: false,
+            };
+            pass_command(&cli.config, args, options)
+        }),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -171,8 +198,8 @@ fn select<'a>(
 
 async fn pass_command(
     path: &std::path::Path,
-    args: &PassArgs,
-    dry_run: bool,
+    args: &PlanArgs,
+    options: PassOptions,
 ) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
     let sandbox = Sandbox::for_config(&config);
@@ -203,15 +230,7 @@ async fn pass_command(
                     node_filter: None,
                     node_script: None,
                 };
-                run_pass(
-                    input,
-                    PassOptions {
-                        dry_run,
-                        force: args.force,
-                    },
-                    &cancel,
-                )
-                .await
+                run_pass(input, options, &cancel).await
             }
         };
         match &result {
@@ -228,31 +247,11 @@ async fn pass_command(
         outcomes.push((service.name.clone(), result));
     }
     if args.json {
-        #[derive(serde::Serialize)]
-        #[serde(untagged)]
-        enum Outcome<'a> {
-            Done(&'a PassReport),
-            Failed { name: &'a str, error: String },
-        }
-        #[derive(serde::Serialize)]
-        struct Output<'a> {
-            services: Vec<Outcome<'a>>,
-        }
-        let services = outcomes
-            .iter()
-            .map(|(name, r)| match r {
-                Ok(report) => Outcome::Done(report),
-                Err(e) => Outcome::Failed {
-                    name,
-                    error: e.to_string(),
-                },
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&Output { services })?);
-    } else if dry_run {
+        print_json(&outcomes, options.dry_run)?;
+    } else {
         for (name, r) in &outcomes {
             match r {
-                Ok(report) => print_plan(report),
+                Ok(report) => print_table(report),
                 Err(e) => println!("service {name}: ERROR: {e}\n"),
             }
         }
@@ -260,7 +259,69 @@ async fn pass_command(
     Ok(all_ok)
 }
 
-fn print_plan(r: &PassReport) {
+/// `--json`: every service's report. A dry run delivers nothing, so its
+/// report leaves out the delivery fields rather than show `false` and `0`.
+fn print_json(
+    outcomes: &[(String, Result<PassReport, crate::pass::PassError>)],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Outcome<'a> {
+        Done(&'a PassReport),
+        Failed { name: &'a str, error: String },
+    }
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        services: Vec<Outcome<'a>>,
+    }
+    let services = outcomes
+        .iter()
+        .map(|(name, r)| match r {
+            Ok(report) => Outcome::Done(report),
+            Err(e) => Outcome::Failed {
+                name,
+                error: e.to_string(),
+            },
+        })
+        .collect();
+    let mut json = serde_json::to_value(Output { services })?;
+    if dry_run {
+        strip_delivery_fields(&mut json);
+    }
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+/// Fields of `once --json` that only a delivery fills in.
+const DELIVERY_FIELDS: [&str; 2] = ["departed", "delivery_runs_s"];
+const NODE_DELIVERY_FIELDS: [&str; 4] = ["delivered", "result", "attempts", "error"];
+
+fn strip_delivery_fields(json: &mut serde_json::Value) {
+    let services = json["services"].as_array_mut().into_iter().flatten();
+    for service in services.filter_map(|s| s.as_object_mut()) {
+        for key in DELIVERY_FIELDS {
+            service.remove(key);
+        }
+        if let Some(phases) = service.get_mut("phases_ms").and_then(|p| p.as_object_mut()) {
+            phases.remove("deliver");
+        }
+        let nodes = service.get_mut("nodes").and_then(|n| n.as_array_mut());
+        for node in nodes
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_object_mut())
+        {
+            for key in NODE_DELIVERY_FIELDS {
+                node.remove(key);
+            }
+        }
+    }
+}
+
+/// The per-node table `plan` and `once` print; `once` adds each node's
+/// delivery result.
+fn print_table(r: &PassReport) {
     println!(
         "service {}: {} targets ({} invalid, {} duplicates merged), {} nodes, each target on {} node(s)",
         r.name,
@@ -280,15 +341,34 @@ fn print_plan(r: &PassReport) {
         .max()
         .unwrap_or(4)
         .max(4);
+    let result_width = if r.dry_run { 0 } else { 17 };
     println!(
-        "  {:<width$}  {:>7}  {:>6}  {:>6}  FILE",
-        "NODE", "TARGETS", "IN", "OUT"
+        "  {:<width$}  {:>7}  {:>6}  {:>6}  {:<result_width$}{}FILE",
+        "NODE",
+        "TARGETS",
+        "IN",
+        "OUT",
+        if r.dry_run { "" } else { "RESULT" },
+        if r.dry_run { "" } else { "  " },
     );
     for n in &r.nodes {
+        let result = n.result.map(|r| r.as_str()).unwrap_or("ok");
         println!(
-            "  {:<width$}  {:>7}  {:>6}  {:>6}  {}",
-            n.node, n.count, n.moved_in, n.moved_out, n.file
+            "  {:<width$}  {:>7}  {:>6}  {:>6}  {:<result_width$}{}{}",
+            n.node,
+            n.count,
+            n.moved_in,
+            n.moved_out,
+            if r.dry_run { "" } else { result },
+            if r.dry_run { "" } else { "  " },
+            n.file
         );
+        if let Some(e) = &n.error {
+            println!("    error: {e}");
+        }
+    }
+    for d in &r.departed {
+        println!("  left the ring: {} ({})", d.node, d.result.as_str());
     }
     println!();
 }

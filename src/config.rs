@@ -123,6 +123,24 @@ struct RawService {
     resync_interval: Option<String>,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    observe: Option<RawObserve>,
+}
+
+/// `observe:`; unset keys take the defaults of [`Observe`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObserve {
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    api: Option<String>,
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    refresh: Option<String>,
 }
 
 /// `script_limits:`; unset keys keep the defaults of [`Limits`].
@@ -301,6 +319,39 @@ pub struct Service {
     pub resync_interval: Duration,
     /// Probe the nodes and keep only healthy ones in the ring (`health:`).
     pub health: Option<Health>,
+    /// Ask each node what it really scrapes (`observe:`; see `observe`).
+    pub observe: Option<Observe>,
+}
+
+/// `observe:` of a service: how each node's Prometheus API is asked what it
+/// scrapes, for the audit, `where` and the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Observe {
+    /// Time between two observations of every node.
+    pub interval: Duration,
+    /// Limit of one node's observation (all its requests).
+    pub timeout: Duration,
+    /// The node's API base URL; `{node}` is the node's address.
+    pub api: String,
+    /// The scrape job (pool) whose targets are this service's; `None`: the
+    /// service's name.
+    pub job: Option<String>,
+    /// How long a node takes to act on a new file (file_sd's 5 s update
+    /// throttle, or http_sd's `refresh_interval`); with one scrape interval
+    /// it is the grace before an assigned target counts as missing.
+    pub refresh: Duration,
+}
+
+impl Default for Observe {
+    fn default() -> Self {
+        Observe {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            api: "http://{node}".into(),
+            job: None,
+            refresh: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `health:` of a service: how its nodes are probed (see `membership`).
@@ -330,15 +381,36 @@ impl Default for Health {
     }
 }
 
+/// The directory relative paths in the config at `path` resolve against:
+/// absolute and free of `..` (a config named `../x/promshard.yaml` must not
+/// turn every destination into a path with `..`, which delivery refuses).
+fn config_dir(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf())
+}
+
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![ConfigProblem {
-                location: "file".into(),
-                message: format!("cannot read: {e}"),
-            }],
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let tried = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "; run promshard from the directory that holds it, or name it with -c FILE"
+            } else {
+                ""
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                problems: vec![ConfigProblem {
+                    location: "file".into(),
+                    message: format!("cannot read {}: {e}{hint}", tried.display()),
+                }],
+            }
         })?;
         Self::parse(path, &text)
     }
@@ -350,17 +422,21 @@ impl Config {
             problems: vec![ConfigProblem { location, message }],
         };
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
-            let location = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_else(|| "document".into());
-            fail(location, e.to_string())
+            let message = e.to_string();
+            match e.location() {
+                // The position goes in front, once, like every other problem.
+                Some(l) => {
+                    let at = format!("line {} column {}", l.line(), l.column());
+                    let message = message
+                        .strip_suffix(&format!(" at {at}"))
+                        .unwrap_or(&message)
+                        .to_string();
+                    fail(at, message)
+                }
+                None => fail("document".into(), message),
+            }
         })?;
-        let base_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = config_dir(path);
         let mut problems = Vec::new();
         let listen = match raw.listen.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -679,12 +755,14 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         }
     };
     let health = rs.health.as_ref().map(|h| check_health(h, &mut p));
+    let observe = rs.observe.as_ref().map(|o| check_observe(o, &mut p));
     if !p.is_empty() {
         return Err(p);
     }
     Ok(Service {
         resync_interval,
         health,
+        observe,
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
         drop_in: false,
@@ -724,6 +802,7 @@ impl RawService {
         or(&mut self.max_drop_ratio, &d.max_drop_ratio);
         or(&mut self.resync_interval, &d.resync_interval);
         or(&mut self.health, &d.health);
+        or(&mut self.observe, &d.observe);
         self
     }
 }
@@ -850,6 +929,57 @@ fn check_ansible(
         timeout,
         retries,
         ansible_playbook,
+    }
+}
+
+/// Check `observe:`; problems are pushed under `observe.<key>`.
+fn check_observe(raw: &RawObserve, p: &mut KeyProblems) -> Observe {
+    let d = Observe::default();
+    let mut duration = |key: &'static str, v: &Option<String>, default: Duration| match v
+        .as_deref()
+        .map(parse_duration)
+    {
+        None => default,
+        Some(Ok(t)) if t >= Duration::from_millis(100) => t,
+        Some(Ok(_)) => {
+            p.push((
+                key,
+                format!("{:?} must be at least 100ms", v.as_deref().unwrap_or("")),
+            ));
+            default
+        }
+        Some(Err(e)) => {
+            p.push((key, e));
+            default
+        }
+    };
+    let interval = duration("observe.interval", &raw.interval, d.interval);
+    let timeout = duration("observe.timeout", &raw.timeout, d.timeout.min(interval));
+    let refresh = duration("observe.refresh", &raw.refresh, d.refresh);
+    if timeout > interval {
+        p.push((
+            "observe.timeout",
+            format!("{timeout:?} must not exceed observe.interval ({interval:?})"),
+        ));
+    }
+    let api = raw.api.clone().unwrap_or(d.api);
+    if !(api.starts_with("http://") || api.starts_with("https://"))
+        || api.chars().any(char::is_whitespace)
+    {
+        p.push((
+            "observe.api",
+            format!("{api:?} must be an http:// or https:// URL, e.g. \"http://{{node}}\""),
+        ));
+    }
+    if raw.job.as_deref().is_some_and(|j| j.is_empty()) {
+        p.push(("observe.job", "must not be empty".into()));
+    }
+    Observe {
+        interval,
+        timeout,
+        api,
+        job: raw.job.clone(),
+        refresh,
     }
 }
 

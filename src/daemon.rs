@@ -30,7 +30,9 @@ use uuid::Uuid;
 use crate::config::{Config, Schedule, Service};
 use crate::membership::{Membership, NodeStatus};
 use crate::metrics::Metrics;
+use crate::observe::{self, ServiceObservation, TargetState};
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
+use crate::script::cache::ScriptState;
 use crate::script::{Sandbox, ScriptCache, ScriptEvent};
 
 /// Result of the last pass of a service, for `/api/v1/services`.
@@ -54,6 +56,8 @@ pub struct ServiceStatus {
     /// Next cron tick (RFC 3339), when known.
     pub next_run: Option<String>,
     pub passes: u64,
+    /// The script version serving and why a newer edit is not.
+    pub script_state: ScriptState,
     pub last_pass: Option<LastPass>,
     /// Unix seconds of the last successful pass.
     pub last_success: Option<u64>,
@@ -66,6 +70,18 @@ pub struct ServiceStatus {
     /// (not 404) for those no longer in the plan.
     #[serde(skip)]
     pub nodes_seen: std::collections::BTreeSet<String>,
+    /// Audit counts of the last observation (`observe:`), by state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<BTreeMap<TargetState, usize>>,
+    /// Unix seconds of the last observation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<u64>,
+    /// The last observation (served whole by `/api/v1/services/{name}/audit`).
+    #[serde(skip)]
+    pub observation: Option<Arc<ServiceObservation>>,
+    /// When each node's file last changed: the audit's grace.
+    #[serde(skip)]
+    pub changed_at: BTreeMap<String, Instant>,
 }
 
 /// One running service.
@@ -126,6 +142,7 @@ impl Shared {
             .map(|mut s| {
                 s.next_run = next.remove(&s.name);
                 s.health = self.membership.status(&s.name);
+                s.script_state = self.cache.state(&s.script);
                 s
             })
             .collect()
@@ -141,6 +158,12 @@ impl Shared {
             .cloned()?;
         s.health = self.membership.status(name);
         Some(s)
+    }
+
+    /// The running settings of service `name`.
+    pub async fn service(&self, name: &str) -> Option<Arc<Service>> {
+        let runners = self.runners.lock().await;
+        runners.get(name).map(|r| Arc::clone(&r.service))
     }
 
     /// Whether every service has had a successful pass and has a live node.
@@ -252,8 +275,14 @@ impl Shared {
         };
         s.passes += 1;
         let (outcome, error) = crate::metrics::pass_outcome(&result);
-        if let Some(e) = &error {
-            tracing::error!(service = %service.name, error = %e, "pass {outcome}; last good files kept");
+        match (&result, &error) {
+            (Ok(_), Some(e)) => {
+                tracing::error!(service = %service.name, error = %e, "pass wrote its files but deliveries failed; they are retried next pass");
+            }
+            (Err(_), Some(e)) => {
+                tracing::error!(service = %service.name, error = %e, "pass {outcome}; last good files kept");
+            }
+            _ => {}
         }
         s.last_pass = Some(LastPass {
             finished_at: unix_now(),
@@ -276,7 +305,79 @@ impl Shared {
             }
             s.nodes_seen
                 .extend(report.nodes.iter().map(|n| n.node.clone()));
+            let now = Instant::now();
+            for n in report.nodes.iter().filter(|n| n.changed) {
+                s.changed_at.insert(n.node.clone(), now);
+            }
             s.current = Some(report);
+        }
+    }
+
+    /// Observe the nodes of `name`'s plan in effect every `interval` until
+    /// `stop`; never blocks a pass (it only reads the plan).
+    async fn observe_loop(
+        self: Arc<Self>,
+        name: String,
+        settings: crate::config::Observe,
+        replicas: usize,
+        stop: CancellationToken,
+    ) {
+        let mut last_counts = None;
+        let mut failing = std::collections::BTreeSet::new();
+        loop {
+            let plan = self.status(&name).and_then(|s| {
+                let a = Arc::clone(&s.current.as_ref()?.assignment);
+                Some((a, s.changed_at))
+            });
+            // Until the first pass has a plan, look again soon.
+            let wait = if plan.is_some() {
+                settings.interval
+            } else {
+                settings.interval.min(Duration::from_secs(1))
+            };
+            if let Some((assignment, changed_at)) = plan {
+                let observed =
+                    observe::observe_service(&name, &settings, assignment, &changed_at, replicas)
+                        .await;
+                self.metrics.record_observation(&name, &observed);
+                for n in &observed.nodes {
+                    match &n.error {
+                        Some(e) if failing.insert(n.node.clone()) => {
+                            tracing::warn!(service = %name, node = %n.node, error = %e, "cannot observe node; its targets are unknown");
+                        }
+                        None if failing.remove(&n.node) => {
+                            tracing::info!(service = %name, node = %n.node, "node answers observation again");
+                        }
+                        _ => {}
+                    }
+                }
+                let counts = observed.audit.counts.clone();
+                if last_counts.as_ref() != Some(&counts) {
+                    let c = |s: TargetState| counts.get(&s).copied().unwrap_or(0);
+                    tracing::info!(
+                        service = %name,
+                        ok = c(TargetState::Ok),
+                        missing = c(TargetState::Missing),
+                        extra = c(TargetState::Extra),
+                        duplicate = c(TargetState::Duplicate),
+                        down = c(TargetState::Down),
+                        unknown = c(TargetState::Unknown),
+                        pending = c(TargetState::Pending),
+                        "audit changed"
+                    );
+                    last_counts = Some(counts.clone());
+                }
+                let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(s) = status.get_mut(&name) {
+                    s.audit = Some(counts);
+                    s.observed_at = Some(observed.at);
+                    s.observation = Some(Arc::new(observed));
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
@@ -319,11 +420,16 @@ impl Shared {
                     schedule: service.schedule.to_string(),
                     next_run: None,
                     passes: 0,
+                    script_state: ScriptState::default(),
                     last_pass: None,
                     last_success: None,
                     current: None,
                     health: None,
                     nodes_seen: Default::default(),
+                    audit: None,
+                    observed_at: None,
+                    observation: None,
+                    changed_at: BTreeMap::new(),
                 });
             entry.script = service.script.clone();
             entry.schedule = service.schedule.to_string();
@@ -342,6 +448,11 @@ impl Shared {
                 }
             })
         };
+        if let Some(settings) = service.observe.clone() {
+            let shared = Arc::clone(self);
+            let (name, replicas, stop) = (service.name.clone(), service.replicas, stop.clone());
+            tokio::spawn(async move { shared.observe_loop(name, settings, replicas, stop).await });
+        }
         wake.notify_one();
         tracing::info!(service = %service.name, schedule = %service.schedule, nodes = service.nodes.len(), "service started");
         runners.insert(
@@ -478,19 +589,16 @@ impl Shared {
     /// A script was added, edited or removed: re-list services (drop-ins come
     /// and go, `fn service()` may have changed) and pass those that use it.
     async fn script_changed(self: &Arc<Self>, event: ScriptEvent) {
+        // The watcher has logged the event; here it is counted and acted on.
         match &event {
-            ScriptEvent::Failed { path, error } => {
+            ScriptEvent::Failed { .. } => {
                 self.metrics.script_reload("failed");
-                tracing::error!(path = %path.display(), error = %error, "script does not compile; the last good version keeps running");
                 return;
             }
-            ScriptEvent::Reloaded { path } | ScriptEvent::Added { path } => {
+            ScriptEvent::Reloaded { .. } | ScriptEvent::Added { .. } => {
                 self.metrics.script_reload("ok");
-                tracing::info!(path = %path.display(), "script reloaded");
             }
-            ScriptEvent::Removed { path } => {
-                tracing::warn!(path = %path.display(), "script removed");
-            }
+            ScriptEvent::Removed { .. } => {}
         }
         let before: HashMap<String, Arc<Service>> = self
             .runners

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): `/metrics`, `/healthz`, `/readyz`,
-//! `/api/v1/services[/{name}/plan]`, `POST /api/v1/services/{name}/dispatch`
-//! and `/sd/{service}/{node}` for Prometheus `http_sd_configs`.
+//! `/api/v1/services[/{name}/plan|audit]`, `/api/v1/where`,
+//! `POST /api/v1/services/{name}/dispatch`, `/sd/{service}/{node}` for
+//! Prometheus `http_sd_configs`, and the status page at `/`.
 //!
 //! Reads only: every handler looks at [`Shared`] or at the files a pass
 //! wrote; the one mutating call only wakes a runner. Mutating calls need
@@ -11,13 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
+use crate::observe;
 use crate::output;
 
 type App = State<Arc<Shared>>;
@@ -36,6 +38,9 @@ pub async fn serve(
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{name}/plan", get(plan))
         .route("/api/v1/services/{name}/dispatch", post(dispatch))
+        .route("/api/v1/services/{name}/audit", get(audit))
+        .route("/api/v1/where", get(where_is))
+        .route("/", get(status_page))
         .route("/sd/{service}/{node}", get(http_sd))
         .with_state(shared);
     let served = axum::serve(
@@ -113,6 +118,82 @@ async fn plan(State(shared): App, Path(name): Path<String>) -> Response {
             Some(report) => json(StatusCode::OK, &report),
         },
     }
+}
+
+/// `?target=host:port[&service=S]`.
+#[derive(serde::Deserialize)]
+struct WhereQuery {
+    target: String,
+    service: Option<String>,
+}
+
+/// Which nodes a target is assigned to, per service, and what each node
+/// reported of it in the last observation.
+async fn where_is(State(shared): App, Query(q): Query<WhereQuery>) -> Response {
+    let target = q.target.trim();
+    let statuses = shared.statuses().await;
+    if let Some(name) = &q.service
+        && !statuses.iter().any(|s| &s.name == name)
+    {
+        return error(StatusCode::NOT_FOUND, format!("no service {name:?}"));
+    }
+    let services: Vec<observe::WhereAnswer> = statuses
+        .iter()
+        .filter(|s| q.service.as_ref().is_none_or(|n| *n == s.name))
+        .filter_map(|s| {
+            let current = s.current.as_ref()?;
+            // The observation only counts if it audited this plan.
+            let observation = s
+                .observation
+                .as_deref()
+                .filter(|o| Arc::ptr_eq(&o.assignment, &current.assignment));
+            observe::locate(&s.name, target, &current.assignment, observation)
+        })
+        .collect();
+    let status = if services.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    json(
+        status,
+        &serde_json::json!({ "target": target, "services": services }),
+    )
+}
+
+/// The last observation of a service: audit counts, per-node figures and
+/// the first targets of each non-ok state.
+async fn audit(State(shared): App, Path(name): Path<String>) -> Response {
+    let Some(s) = shared.status(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no service {name:?}"));
+    };
+    let observed = shared
+        .service(&name)
+        .await
+        .is_some_and(|svc| svc.observe.is_some());
+    match s.observation {
+        Some(o) => json(StatusCode::OK, &*o),
+        None if observed => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service {name:?} has not been observed yet"),
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("service {name:?} has no observe: settings"),
+        ),
+    }
+}
+
+async fn status_page(State(shared): App) -> Response {
+    let page = crate::status_page::render(&shared.statuses().await, crate::state::unix_now());
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 /// Compare secrets in time independent of where they differ.

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub membership_changes: Family<Labels, Counter>,
     pub live_nodes: Family<Labels, Gauge>,
     pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub audit_targets: Family<Labels, Gauge>,
+    pub node_series: Family<Labels, Gauge>,
+    pub node_head_series: Family<Labels, Gauge>,
+    pub observe_errors: Family<Labels, Counter>,
+    pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -93,6 +98,11 @@ impl Metrics {
             membership_changes: Family::default(),
             live_nodes: Family::default(),
             delivery_run_duration: Family::new_with_constructor(pass_histogram),
+            audit_targets: Family::default(),
+            node_series: Family::default(),
+            node_head_series: Family::default(),
+            observe_errors: Family::default(),
+            observe_duration: Family::new_with_constructor(pass_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,7 +185,65 @@ impl Metrics {
             "Duration of one batched delivery run (e.g. ansible-playbook)",
             m.delivery_run_duration.clone(),
         );
+        registry.register(
+            "audit_targets",
+            "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
+            m.audit_targets.clone(),
+        );
+        registry.register(
+            "node_series",
+            "Series the service's targets feed into each node (summed scrape samples after relabelling)",
+            m.node_series.clone(),
+        );
+        registry.register(
+            "node_head_series",
+            "Series in each observed Prometheus's head block, all jobs",
+            m.node_head_series.clone(),
+        );
+        registry.register(
+            "observe_errors",
+            "Observations of a node that failed (timeout, refused, bad answer)",
+            m.observe_errors.clone(),
+        );
+        registry.register(
+            "observe_duration_seconds",
+            "Duration of one observation of every node of a service",
+            m.observe_duration.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Record an observation: audit counts, series per node, errors.
+    pub fn record_observation(&self, name: &str, o: &crate::observe::ServiceObservation) {
+        self.observe_duration
+            .get_or_create(&service(name))
+            .observe(o.duration_ms as f64 / 1000.0);
+        for (state, n) in &o.audit.counts {
+            self.audit_targets
+                .get_or_create(&vec![
+                    ("service", name.to_string()),
+                    ("state", state.as_str().into()),
+                ])
+                .set(*n as i64);
+        }
+        for n in &o.nodes {
+            let l = vec![("service", name.to_string()), ("node", n.node.clone())];
+            match (n.series, &n.error) {
+                (Some(series), _) => {
+                    self.node_series.get_or_create(&l).set(series as i64);
+                }
+                (None, Some(_)) => {
+                    self.node_series.remove(&l);
+                    self.observe_errors.get_or_create(&l).inc();
+                }
+                (None, None) => {}
+            }
+            if let Some(head) = n.head_series {
+                self.node_head_series
+                    .get_or_create(&vec![("node", n.node.clone())])
+                    .set(head as i64);
+            }
+        }
     }
 
     /// Record a finished pass (successful or not).
@@ -248,6 +316,7 @@ impl Metrics {
             ("node", node.to_string()),
         ];
         self.node_targets.remove(&l);
+        self.node_series.remove(&l);
     }
 
     /// Forget a removed service: its gauges (a stale `last_success` would
@@ -274,9 +343,15 @@ impl Metrics {
             self.membership_changes
                 .remove(&with("direction", direction));
         }
+        self.observe_duration.remove(&svc);
+        for state in crate::observe::TargetState::ALL {
+            self.audit_targets.remove(&with("state", state.as_str()));
+        }
         for node in nodes {
             let l = with("node", node);
             self.node_targets.remove(&l);
+            self.node_series.remove(&l);
+            self.observe_errors.remove(&l);
             self.node_up.remove(&l);
             for result in crate::push::DeliveryResult::ALL {
                 let mut l = l.clone();
@@ -406,6 +481,7 @@ mod tests {
             duration_ms: 0,
             phases_ms: Default::default(),
             delivery_runs_s: vec![1.5, 0.5],
+            assignment: Default::default(),
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();

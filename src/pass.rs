@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileType, Service};
+use crate::observe::Assignment;
 use crate::output::{self, OutputError, content_hash, render};
 use crate::plan::{FileNameArgs, Plan, PlanError, PlanInput, default_file_name, make_plan};
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
@@ -120,6 +121,9 @@ pub struct PassReport {
     pub phases_ms: Phases,
     /// Seconds of each external delivery run (`ansible-playbook`).
     pub delivery_runs_s: Vec<f64>,
+    /// Target → nodes, for `where`, the audit and the status page.
+    #[serde(skip)]
+    pub assignment: Arc<Assignment>,
 }
 
 /// Milliseconds spent in each phase of a pass (see `--json` and debug logs).
@@ -175,6 +179,7 @@ pub type NodeFilter = Arc<dyn Fn(&[NodeSpec]) -> Vec<NodeSpec> + Send + Sync>;
 /// node at a time ([`emit`]), so that a pass never holds every file at once.
 struct Computed {
     targets: Vec<Target>,
+    assignment: Arc<Assignment>,
     invalid: Vec<Invalid>,
     duplicates: usize,
     plan: Plan,
@@ -303,8 +308,10 @@ fn compute(
         (Err(_), Some(e)) => return Err(e.into()),
         (p, _) => p?,
     };
+    let assignment = Arc::new(Assignment::from_plan(&targets, &plan));
     phases.plan = ms_since(t);
     Ok(Computed {
+        assignment,
         targets,
         invalid,
         duplicates: normalized.duplicates,
@@ -597,6 +604,7 @@ pub async fn run_pass(
             .collect(),
         duplicates: computed.duplicates,
         replicas: computed.plan.replicas,
+        assignment: Arc::clone(&computed.assignment),
         nodes: Vec::new(),
         departed: Vec::new(),
         removed: Vec::new(),
@@ -743,7 +751,8 @@ pub fn log_summary(r: &PassReport) {
         .iter()
         .map(|n| format!("{}={}", n.node, n.count))
         .collect();
-    let delivered = r.nodes.iter().filter(|n| n.delivered).count();
+    let attempted = r.nodes.iter().filter(|n| n.delivered).count();
+    let failed = r.failed_deliveries();
     tracing::info!(
         service = %r.name,
         targets = r.targets,
@@ -753,8 +762,9 @@ pub fn log_summary(r: &PassReport) {
         per_node = %per_node.join(" "),
         files_changed = r.changed_files(),
         files_removed = r.removed.len(),
-        delivered,
-        delivery_failed = r.failed_deliveries(),
+        deliveries = attempted,
+        delivered = attempted - failed,
+        delivery_failed = failed,
         departed = r.departed.len(),
         duration_ms = r.duration_ms,
         "pass done"

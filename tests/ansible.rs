@@ -1,11 +1,11 @@
 //! `push: ansible` end to end: the real `promshard once` binary, the real
-//! `ansible-playbook` (from the venv at `PROMSHARD_VENV`, default
-//! `/opt/promshard-venv`), the shipped `playbooks/push_sd.yml`, real files,
-//! and for the reload test a real Prometheus on loopback.
+//! `ansible-playbook` (`PROMSHARD_ANSIBLE_PLAYBOOK`, else `PATH`), the
+//! shipped `playbooks/push_sd.yml`, real files, and for the reload test a
+//! real Prometheus on loopback (`PROMSHARD_PROMETHEUS`, else `PATH`).
 //!
 //! Every "node" is reached with `ansible_connection: local`; its
 //! `dest_dir` is `<tmp>/dest/<node>`. Tests that need ansible are
-//! `#[ignore = "needs ansible-playbook"]`; CI runs them with
+//! `#[ignore = "needs ansible-playbook"]`; `bash .ci/test` runs them with
 //! `--include-ignored`. Playbook runs are counted by a small play appended
 //! to the shipped playbook (`counted.yml`): it leaves one file per host per
 //! run under `runs/`, and records `ansible_host` and the `note` var.
@@ -20,26 +20,9 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_promshard");
 
-fn venv() -> PathBuf {
-    std::env::var_os("PROMSHARD_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/promshard-venv"))
-}
-
-/// The venv's `ansible-playbook`; panics (the test fails) if missing.
-fn ansible_playbook() -> PathBuf {
-    let p = venv().join("bin/ansible-playbook");
-    assert!(
-        p.is_file(),
-        "{} not found: install ansible-core into a venv and set PROMSHARD_VENV",
-        p.display()
-    );
-    p
-}
-
-fn venv_python() -> PathBuf {
-    venv().join("bin/python")
-}
+mod util;
+use util::child::free_port;
+use util::tools::{ansible_playbook, ansible_python, prometheus};
 
 fn shipped_playbook() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/push_sd.yml")
@@ -190,7 +173,7 @@ fn targets(ctx) {
                 "ansible_connection": "local",
                 "dest_dir": format!("{}/dest/{{node}}", self.root.display()),
                 "runs_dir": self.path("runs"),
-                "sd_validate_python": venv_python(),
+                "sd_validate_python": ansible_python(),
             },
         });
         merge(&mut p, push);
@@ -208,7 +191,7 @@ fn targets(ctx) {
             .arg("--config")
             .arg(self.path("promshard.yaml"))
             .args(args)
-            .env("ANSIBLE_PYTHON_INTERPRETER", venv_python())
+            .env("ANSIBLE_PYTHON_INTERPRETER", ansible_python())
             .env("RUST_LOG", "promshard=info");
         c
     }
@@ -268,7 +251,7 @@ fn targets(ctx) {
     - ansible.builtin.command:
         argv: ["{}", "-c", "import time; time.sleep(600)", "{marker}"]
 "#,
-                venv_python().display()
+                ansible_python().display()
             ),
         );
         marker
@@ -711,13 +694,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn http(method: &str, url: &str) -> Result<String, String> {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
@@ -742,8 +718,7 @@ fn http(method: &str, url: &str) -> Result<String, String> {
 }
 
 fn start_prometheus(f: &Fixture, sd_glob: &str) -> Prometheus {
-    let bin = PathBuf::from("/usr/bin/prometheus");
-    assert!(bin.is_file(), "{} not found", bin.display());
+    let bin = prometheus();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let config = f.write(
@@ -819,7 +794,7 @@ fn wait_for_targets(p: &Prometheus, want: &BTreeSet<String>) {
 }
 
 #[test]
-#[ignore = "needs prometheus"]
+#[ignore = "needs prometheus and ansible-playbook"]
 fn reload_true_makes_prometheus_pick_up_the_new_file() {
     let f = Fixture::new();
     let sd = f.path("prom-sd");

@@ -9,8 +9,9 @@
 //! child process is owned by a guard that kills it when the test ends, even
 //! on panic.
 //!
-//! The Prometheus end-to-end test needs `/usr/bin/prometheus`; it is
-//! `#[ignore = "needs prometheus"]` and CI runs it with `--include-ignored`.
+//! The Prometheus end-to-end test needs `prometheus`
+//! (`PROMSHARD_PROMETHEUS`, else `PATH`); it is `#[ignore = "needs
+//! prometheus"]` and `bash .ci/test` runs it with `--include-ignored`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -18,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 mod util;
 use util::child::{ChildGuard, free_port, holds, poll};
+use util::tools::prometheus;
 
 /// Cron that never fires during a test (once a year), so every pass we see
 /// comes from start-up, a trigger or a reload.
@@ -1198,7 +1200,7 @@ fn prometheus_http_sd_shows_exactly_the_node_targets() {
     );
     s.write("prometheus.yml", &prom_config);
     let prom_log = s.path("prometheus.log");
-    let child = Command::new("/usr/bin/prometheus")
+    let child = Command::new(prometheus())
         .arg(format!(
             "--config.file={}",
             s.path("prometheus.yml").display()
@@ -1209,7 +1211,7 @@ fn prometheus_http_sd_shows_exactly_the_node_targets() {
         .stdout(Stdio::null())
         .stderr(fs::File::create(&prom_log).expect("prometheus.log"))
         .spawn()
-        .expect("starting /usr/bin/prometheus");
+        .expect("starting prometheus");
     let mut prom = ChildGuard::new("prometheus", child);
     let agent = agent();
     let targets_url = format!("http://127.0.0.1:{prom_port}/api/v1/targets?state=active");
@@ -1646,6 +1648,31 @@ fn a_script_that_stops_compiling_keeps_serving_until_it_is_fixed() {
         reported["fields"]["column"].as_u64().is_some_and(|c| c > 0),
         "{reported}"
     );
+    // Reported once, not by the watcher and again by the daemon.
+    let errors: Vec<Value> = d
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one error line per failed compile: {errors:?}"
+    );
+
+    // The API tells which version serves and why the edit does not.
+    let state = &d.services().unwrap_or_else(|e| d.fail(&e))["web"]["script_state"];
+    let error = state["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("web.rhai:2:") && error.contains("syntax error"),
+        "script_state.error names file:line:column: {state}"
+    );
+    assert!(state["error_since"].as_u64().is_some(), "{state}");
+    assert!(
+        state["version"].as_str().is_some_and(|v| v.len() == 16),
+        "the serving version: {state}"
+    );
+    let serving = state["version"].clone();
 
     // The last good version keeps serving: a pass runs it and the files
     // stay as they were.
@@ -1675,6 +1702,15 @@ fn a_script_that_stops_compiling_keeps_serving_until_it_is_fixed() {
         d.metric("promshard_script_reloads_total", &failed),
         counted,
         "the fix counted as a failure"
+    );
+    let state = &d.services().unwrap_or_else(|e| d.fail(&e))["web"]["script_state"];
+    assert!(
+        state["error"].is_null(),
+        "error cleared by the fix: {state}"
+    );
+    assert_ne!(
+        state["version"], serving,
+        "the fixed version serves: {state}"
     );
 }
 
@@ -1778,4 +1814,70 @@ fn http_sd_answers_empty_for_a_node_that_left() {
         .get(&format!("/sd/web/{gone}"))
         .unwrap_or_else(|e| d.fail(&e));
     assert_eq!((r.status, r.body.trim()), (200, "[]"), "after restart");
+}
+
+#[test]
+fn a_failed_delivery_is_logged_with_its_reason_and_not_as_a_failed_pass() {
+    let s = Setup::new();
+    let h = hosts(12);
+    s.write_script("web", &static_script(&h, "v1"));
+    // A regular file where the destination directory should be.
+    s.write("blocker", "not a directory");
+    let dest = format!(
+        "    push: {{kind: local, dest: \"{}/{{node}}/sd.json\"}}\n",
+        s.path("blocker").display()
+    );
+    s.write_config("", &[service_yaml("web", &NODES, &dest)]);
+    let d = s.start();
+    d.wait_passes("web", 1, Duration::from_secs(20));
+    let failed = d.wait(
+        "three delivery failures logged",
+        Duration::from_secs(5),
+        || {
+            let lines = d.logged("delivery failed");
+            if lines.len() == NODES.len() {
+                Ok(lines)
+            } else {
+                Err(format!("{lines:?}"))
+            }
+        },
+    );
+    for line in &failed {
+        let f = &line["fields"];
+        assert_eq!(f["result"], "failed", "{line}");
+        assert!(
+            NODES.contains(&f["node"].as_str().unwrap_or_default()),
+            "{line}"
+        );
+        assert!(
+            f["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("blocker") && e.contains("Not a directory")),
+            "the reason, with the path: {line}"
+        );
+    }
+    let summary = d
+        .logged("pass done")
+        .pop()
+        .unwrap_or_else(|| d.fail("no pass summary"));
+    let f = &summary["fields"];
+    assert_eq!(
+        (&f["deliveries"], &f["delivered"], &f["delivery_failed"]),
+        (&json!(3), &json!(0), &json!(3)),
+        "attempted vs succeeded: {summary}"
+    );
+    assert!(
+        d.log_text()
+            .contains("pass wrote its files but deliveries failed"),
+        "the files were written: say so"
+    );
+    assert!(
+        !d.log_text().contains("last good files kept"),
+        "files were written, not kept"
+    );
+    assert_eq!(
+        sd_files(&s.service_dir("web")).map(|f| f.len()),
+        Ok(NODES.len()),
+        "the files were written"
+    );
 }

@@ -15,13 +15,14 @@
 //! and shows promshard's log. Every child is killed by a guard on drop.
 //! Convergence times are printed (run with `--nocapture` to see them).
 //!
-//! Needs `/usr/bin/prometheus`: `#[ignore = "needs prometheus"]`; CI runs it
-//! with `--include-ignored`.
+//! Needs `prometheus` (`PROMSHARD_PROMETHEUS`, else `PATH`):
+//! `#[ignore = "needs prometheus"]`; `bash .ci/test` runs it with
+//! `--include-ignored`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,8 +31,8 @@ use serde_json::Value;
 
 mod util;
 use util::child::{ChildGuard, free_port, poll_every};
+use util::tools::prometheus;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 const SERVICE: &str = "sharded";
 const TARGETS: usize = 300;
 /// Health settings given to promshard.
@@ -209,7 +210,7 @@ impl Lab {
             .append(true)
             .open(p.dir.join("prometheus.log"))
             .expect("prometheus.log");
-        let child = Command::new(PROMETHEUS)
+        let child = Command::new(prometheus())
             .arg(format!(
                 "--config.file={}",
                 p.dir.join("prometheus.yml").display()
@@ -224,7 +225,7 @@ impl Lab {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting /usr/bin/prometheus");
+            .expect("starting prometheus");
         p.proc = Some(ChildGuard::new(format!("prometheus {}", p.addr), child));
     }
 
@@ -502,14 +503,10 @@ impl Lab {
     }
 }
 
-fn have_prometheus() -> bool {
-    Path::new(PROMETHEUS).exists()
-}
-
 #[test]
 #[ignore = "needs prometheus"]
 fn every_target_scraped_exactly_once_through_failures() {
-    assert!(have_prometheus(), "{PROMETHEUS} is not installed");
+    prometheus();
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::new(1);
 
@@ -614,7 +611,7 @@ fn every_target_scraped_exactly_once_through_failures() {
 #[test]
 #[ignore = "needs prometheus"]
 fn every_target_scraped_exactly_twice_with_two_replicas() {
-    assert!(have_prometheus(), "{PROMETHEUS} is not installed");
+    prometheus();
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = Lab::new(2);
     let steady = lab.steady(2);

@@ -651,10 +651,6 @@ pub async fn run_batch(
             break;
         }
     }
-    for &i in &pending {
-        let r = &results[i];
-        tracing::warn!(service = %service.name, node = %r.node, result = r.result.as_str(), attempts = r.attempts, error = r.error.as_deref().unwrap_or(""), "ansible delivery failed");
-    }
     report.nodes = results;
     report
 }

@@ -126,13 +126,25 @@ impl Pusher {
         cancel: &CancellationToken,
         retry: bool,
     ) -> Delivered {
-        match self {
+        let delivered = match self {
             Pusher::None => Delivered::default(),
             Pusher::Local { dest } => Delivered {
                 nodes: local::deliver(dest, service, batch, cancel).await,
                 run_seconds: Vec::new(),
             },
             Pusher::Ansible(a) => ansible::deliver(a, service, batch, cancel, retry).await,
+        };
+        // The one place a failed delivery is logged, with its reason.
+        for r in delivered.nodes.iter().filter(|r| !r.result.is_success()) {
+            tracing::warn!(
+                service = %service.name,
+                node = %r.node,
+                result = %r.result.as_str(),
+                attempts = r.attempts,
+                error = r.error.as_deref().unwrap_or(""),
+                "delivery failed"
+            );
         }
+        delivered
     }
 }

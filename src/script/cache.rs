@@ -53,10 +53,27 @@ fn source_hash(source: &str) -> u64 {
 struct Entry {
     /// The last version that compiled.
     good: Option<CompiledScript>,
+    /// Hash of `good`'s source and when (unix seconds) it compiled.
+    good_version: Option<(u64, u64)>,
     /// Hash of the file content last compiled (good or not).
     hash: Option<u64>,
-    /// Why that content did not compile (`None`: it is `good`).
-    error: Option<ScriptError>,
+    /// Why that content did not compile (`None`: it is `good`), and since
+    /// when (unix seconds).
+    error: Option<(ScriptError, u64)>,
+}
+
+/// What an operator needs to know about one script: which version serves,
+/// and why a newer one does not (shown by `/api/v1/services`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ScriptState {
+    /// Hash of the serving version's source (16 hex digits), if any compiled.
+    pub version: Option<String>,
+    /// Unix seconds when the serving version was compiled.
+    pub compiled_at: Option<u64>,
+    /// Why the file's current content is not serving (file:line:column).
+    pub error: Option<String>,
+    /// Unix seconds since that error was first seen.
+    pub error_since: Option<u64>,
 }
 
 /// What [`ScriptCache::reload`] found.
@@ -143,7 +160,7 @@ impl ScriptCache {
             let entries = self.lock();
             if let Some(e) = entries.get(&key).filter(|e| e.hash == Some(hash)) {
                 return Reload::Unchanged(match (&e.error, &e.good) {
-                    (Some(err), _) => Err(err.clone()),
+                    (Some((err, _)), _) => Err(err.clone()),
                     (None, Some(good)) => Ok(good.clone()),
                     (None, None) => Err(ScriptError::Missing {
                         path: path.to_path_buf(),
@@ -158,14 +175,16 @@ impl ScriptCache {
         let mut entries = self.lock();
         let entry = entries.entry(key).or_default();
         entry.hash = Some(hash);
+        let now = crate::state::unix_now();
         match compiled {
             Ok(script) => {
                 entry.good = Some(script.clone());
+                entry.good_version = Some((hash, now));
                 entry.error = None;
                 Reload::Compiled(script)
             }
             Err(e) => {
-                entry.error = Some(e.clone());
+                entry.error = Some((e.clone(), now));
                 Reload::Failed(e)
             }
         }
@@ -181,7 +200,21 @@ impl ScriptCache {
     pub fn last_error(&self, path: &Path) -> Option<ScriptError> {
         self.lock()
             .get(&normalize(path))
-            .and_then(|e| e.error.clone())
+            .and_then(|e| e.error.as_ref().map(|(err, _)| err.clone()))
+    }
+
+    /// The serving version of `path` and its current error, if any.
+    pub fn state(&self, path: &Path) -> ScriptState {
+        let entries = self.lock();
+        let Some(e) = entries.get(&normalize(path)) else {
+            return ScriptState::default();
+        };
+        ScriptState {
+            version: e.good_version.map(|(hash, _)| format!("{hash:016x}")),
+            compiled_at: e.good_version.map(|(_, at)| at),
+            error: e.error.as_ref().map(|(err, _)| err.to_string()),
+            error_since: e.error.as_ref().map(|(_, since)| *since),
+        }
     }
 
     /// Whether a compiled version of `path` is serving.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod child;
+pub mod tools;
 
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_promshard");

@@ -1,0 +1,293 @@
+//! The status page at `GET /`: one server-rendered HTML page an operator
+//! opens first. No JavaScript and no external assets (it works on an
+//! air-gapped host and in a terminal browser); it refreshes itself every
+//! 10 seconds.
+//!
+//! Problems come first (failed passes, script errors, nodes down or not
+//! answering, audit states other than ok), then one table per service with
+//! a row per node. Every value that came from a config or a script is
+//! HTML-escaped ([`esc`]). Tables wrap long values instead of scrolling, so
+//! 100 nodes fit a 1280-pixel-wide window.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::daemon::ServiceStatus;
+use crate::observe::TargetState;
+
+/// Escape text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "\
+body{font:13px/1.35 system-ui,sans-serif;margin:12px;color:#111;max-width:100%}\
+h1{font-size:18px;margin:0 0 6px}h2{font-size:15px;margin:18px 0 4px}\
+table{border-collapse:collapse;width:100%;table-layout:fixed;margin:4px 0}\
+th,td{border:1px solid #ccc;padding:2px 5px;text-align:left;overflow-wrap:anywhere;vertical-align:top}\
+th{background:#f2f2f2}.bad{background:#fde2e2}.warn{background:#fff4d6}.ok{color:#1a7f37}\
+.num{text-align:right}.muted{color:#666}ul.problems li{margin:2px 0}\
+form{margin:8px 0}input[type=text]{width:22em}";
+
+/// How long ago `at` (unix seconds) was, for people.
+fn ago(at: Option<u64>, now: u64) -> String {
+    match at {
+        None => "never".into(),
+        Some(t) => {
+            let s = now.saturating_sub(t);
+            match s {
+                0..60 => format!("{s} s ago"),
+                60..3600 => format!("{} min ago", s / 60),
+                _ => format!("{} h ago", s / 3600),
+            }
+        }
+    }
+}
+
+/// The whole page for `services` at `now` (unix seconds).
+pub fn render(services: &[ServiceStatus], now: u64) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta http-equiv=refresh content=10><title>promshard</title>\
+         <style>{STYLE}</style></head><body><h1>promshard {}</h1>",
+        env!("CARGO_PKG_VERSION")
+    );
+    h.push_str(
+        "<form action=/api/v1/where method=get><label>Where is \
+         <input type=text name=target placeholder=host:port required></label> \
+         <button type=submit>find</button></form>",
+    );
+    problems(&mut h, services);
+    overview(&mut h, services, now);
+    for s in services {
+        service_nodes(&mut h, s, now);
+    }
+    h.push_str(
+        "<p class=muted>JSON: <a href=/api/v1/services>/api/v1/services</a> · \
+         <a href=/metrics>/metrics</a> · <a href=/readyz>/readyz</a> · \
+         per service: <code>/api/v1/services/NAME/plan</code>, \
+         <code>/api/v1/services/NAME/audit</code></p></body></html>",
+    );
+    h
+}
+
+/// Everything that needs a person, first.
+fn problems(h: &mut String, services: &[ServiceStatus]) {
+    let mut list = Vec::new();
+    for s in services {
+        let name = esc(&s.name);
+        if let Some(p) = s.last_pass.as_ref().filter(|p| p.result != "ok") {
+            list.push(format!(
+                "<b>{name}</b>: last pass {}: {}",
+                esc(p.result),
+                esc(p.error.as_deref().unwrap_or(""))
+            ));
+        }
+        if let Some(e) = &s.script_state.error {
+            list.push(format!("<b>{name}</b>: script edit not in use: {}", esc(e)));
+        }
+        for n in s.health.iter().flatten().filter(|n| n.state != "up") {
+            list.push(format!(
+                "<b>{name}</b>: node {} is {}{}",
+                esc(&n.node),
+                esc(n.state),
+                n.last_error
+                    .as_deref()
+                    .map(|e| format!(" ({})", esc(e)))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(o) = &s.observation {
+            for n in o.nodes.iter().filter(|n| n.error.is_some()) {
+                list.push(format!(
+                    "<b>{name}</b>: cannot observe {}: {}",
+                    esc(&n.node),
+                    esc(n.error.as_deref().unwrap_or(""))
+                ));
+            }
+            for (state, samples) in &o.audit.samples {
+                if matches!(state, TargetState::Pending) {
+                    continue;
+                }
+                let n = o.audit.counts.get(state).copied().unwrap_or(0);
+                let first: Vec<String> = samples.iter().take(3).map(|x| esc(&x.target)).collect();
+                list.push(format!(
+                    "<b>{name}</b>: {n} target(s) {}: {}{}",
+                    state.as_str(),
+                    first.join(", "),
+                    if n > first.len() { ", …" } else { "" }
+                ));
+            }
+        }
+    }
+    if list.is_empty() {
+        h.push_str("<p class=ok id=problems>No problems.</p>");
+    } else {
+        h.push_str("<h2>Problems</h2><ul class=problems id=problems>");
+        for p in list {
+            let _ = write!(h, "<li class=bad>{p}</li>");
+        }
+        h.push_str("</ul>");
+    }
+}
+
+fn audit_cell(counts: Option<&BTreeMap<TargetState, usize>>) -> String {
+    let Some(counts) = counts else {
+        return "<span class=muted>not observed</span>".into();
+    };
+    let parts: Vec<String> = TargetState::ALL
+        .iter()
+        .filter_map(|s| {
+            let n = counts.get(s).copied().unwrap_or(0);
+            (n > 0 || *s == TargetState::Ok).then(|| format!("{} {n}", s.as_str()))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+fn overview(h: &mut String, services: &[ServiceStatus], now: u64) {
+    h.push_str(
+        "<h2>Services</h2><table id=services><tr><th>service</th><th>last pass</th>\
+         <th>next run</th><th>script</th><th class=num>targets</th><th class=num>nodes</th>\
+         <th>audit</th></tr>",
+    );
+    for s in services {
+        let (pass, class) = match &s.last_pass {
+            None => ("not yet".to_string(), ""),
+            Some(p) => (
+                format!(
+                    "{} {} ({} ms)",
+                    esc(p.result),
+                    ago(Some(p.finished_at), now),
+                    p.duration_ms
+                ),
+                if p.result == "ok" { "" } else { " class=bad" },
+            ),
+        };
+        let script = match (&s.script_state.version, &s.script_state.error) {
+            (_, Some(_)) => "<span class=bad>edit does not compile</span>".to_string(),
+            (Some(v), None) => format!("version {}", esc(&v[..8.min(v.len())])),
+            (None, None) => "not compiled".into(),
+        };
+        let targets = s.current.as_ref().map(|c| c.targets).unwrap_or(0);
+        let nodes = s.current.as_ref().map(|c| c.nodes.len()).unwrap_or(0);
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"#svc-{id}\">{name}</a></td><td{class}>{pass}</td><td>{next}</td>\
+             <td>{script}</td><td class=num>{targets}</td><td class=num>{nodes}</td><td>{audit}</td></tr>",
+            id = esc(&s.name),
+            name = esc(&s.name),
+            next = esc(s.next_run.as_deref().unwrap_or("on triggers only")),
+            audit = audit_cell(s.audit.as_ref()),
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// One row per node: planned targets, health, observed series and audit.
+fn service_nodes(h: &mut String, s: &ServiceStatus, now: u64) {
+    let _ = write!(
+        h,
+        "<h2 id=\"svc-{id}\">{name}</h2>",
+        id = esc(&s.name),
+        name = esc(&s.name)
+    );
+    let Some(current) = &s.current else {
+        h.push_str("<p class=muted>No successful pass yet.</p>");
+        return;
+    };
+    let observed = s.observation.as_deref();
+    if let Some(o) = observed {
+        let _ = write!(
+            h,
+            "<p class=muted>observed {} (job {}, {} ms)</p>",
+            ago(Some(o.at), now),
+            esc(&o.job),
+            o.duration_ms
+        );
+    }
+    h.push_str(
+        "<table class=nodes><tr><th>node</th><th>health</th><th class=num>targets</th>\
+         <th class=num>active</th><th class=num>series</th><th class=num>missing</th>\
+         <th class=num>extra</th><th class=num>down</th><th>delivery</th><th>file</th></tr>",
+    );
+    for n in &current.nodes {
+        let health = s
+            .health
+            .iter()
+            .flatten()
+            .find(|x| x.node == n.node)
+            .map(|x| x.state)
+            .unwrap_or("not checked");
+        let audit = observed.and_then(|o| o.audit.nodes.iter().find(|a| a.node == n.node));
+        let result = observed.and_then(|o| o.nodes.iter().find(|r| r.node == n.node));
+        let num = |v: Option<usize>| v.map(|v| v.to_string()).unwrap_or_else(|| "–".into());
+        let bad = |v: Option<usize>| if v.unwrap_or(0) > 0 { " bad" } else { "" };
+        let missing = audit.map(|a| a.missing);
+        let extra = audit.map(|a| a.extra);
+        let down = audit.map(|a| a.down);
+        let row_class = if result.is_some_and(|r| r.error.is_some()) || health == "down" {
+            " class=bad"
+        } else {
+            ""
+        };
+        let _ = write!(
+            h,
+            "<tr{row_class}><td>{node}</td><td>{health}</td><td class=num>{count}</td>\
+             <td class=num>{active}</td><td class=num>{series}</td>\
+             <td class=\"num{mb}\">{missing}</td><td class=\"num{eb}\">{extra}</td>\
+             <td class=\"num{db}\">{down}</td><td>{delivery}</td><td>{file}</td></tr>",
+            node = esc(&n.node),
+            health = esc(health),
+            count = n.count,
+            active = num(audit.and_then(|a| a.active)),
+            series = result
+                .and_then(|r| r.series)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "–".into()),
+            mb = bad(missing),
+            missing = num(missing),
+            eb = bad(extra),
+            extra = num(extra),
+            db = bad(down),
+            down = num(down),
+            delivery = esc(n.result.map(|r| r.as_str()).unwrap_or("file written")),
+            file = esc(&n.file),
+        );
+    }
+    h.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"y\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
+    }
+
+    #[test]
+    fn an_empty_daemon_renders_a_page() {
+        let page = render(&[], 0);
+        assert!(page.starts_with("<!doctype html>"));
+        assert!(page.contains("No problems."));
+        assert!(page.ends_with("</html>"));
+    }
+}

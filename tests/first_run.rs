@@ -1,0 +1,261 @@
+//! What a newcomer meets on a first run: paths, messages, logs and help
+//! texts of the real binary, each as the README promises it.
+
+mod util;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use util::{BIN, Dir, config_yaml, nodes, run_in, strs};
+
+/// A one-service site in `<dir>/site` whose push copies to `dest`.
+fn site(dir: &Dir, dest: &str) {
+    let n = nodes(3);
+    let push = format!("push: {{kind: local, dest: \"{dest}\"}}");
+    dir.write(
+        "site/promshard.yaml",
+        config_yaml(&strs(&n), &[("svc", "scripts/svc.rhai", &push)]),
+    );
+    let targets: Vec<String> = (1..=30).map(|i| format!("\"10.0.0.{i}:9100\"")).collect();
+    dir.write(
+        "site/scripts/svc.rhai",
+        format!("fn targets(ctx) {{ [{}] }}", targets.join(", ")),
+    );
+}
+
+#[test]
+fn a_config_named_through_dotdot_delivers_with_relative_destinations() {
+    let dir = Dir::new();
+    site(&dir, "prom/{node}/sd.json");
+    fs::create_dir_all(dir.join("elsewhere")).expect("mkdir");
+    run_in(
+        &dir.join("elsewhere"),
+        &["-c", "../site/promshard.yaml", "once"],
+    )
+    .success();
+    for node in nodes(3) {
+        let file = dir.join(format!("site/prom/{node}/sd.json"));
+        assert!(file.is_file(), "{} not delivered", file.display());
+    }
+}
+
+#[test]
+fn a_failed_delivery_is_in_the_text_log_with_node_and_reason() {
+    let dir = Dir::new();
+    dir.write("site/blocker", "a file, not a directory");
+    site(&dir, "blocker/{node}/sd.json");
+    let run = run_in(&dir.join("site"), &["once"]).failure();
+    let failures: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("delivery failed"))
+        .collect();
+    assert_eq!(failures.len(), 3, "one line per node:\n{}", run.stderr);
+    for line in failures {
+        assert!(
+            line.contains("node=127.0.0.1:")
+                && line.contains("result=failed")
+                && line.contains("error=")
+                && line.contains("Not a directory"),
+            "{line}"
+        );
+    }
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("pass done"))
+        .unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
+    assert!(
+        summary.contains("deliveries=3")
+            && summary.contains("delivered=0")
+            && summary.contains("delivery_failed=3"),
+        "attempted vs succeeded: {summary}"
+    );
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = Dir::new();
+    site(&dir, "prom/{node}/sd.json");
+    let out = Command::new(BIN)
+        .args(["once"])
+        .current_dir(dir.join("site"))
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run promshard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass done"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a pipe:\n{stderr:?}"
+    );
+}
+
+#[test]
+fn a_yaml_error_names_its_position_once() {
+    let dir = Dir::new();
+    dir.config("out_dir: out\nservices:\n  - name: a\n    bogus_key: 1\n");
+    let run = dir.run(&["check"]).failure();
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("bogus_key"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert_eq!(line.matches("line 4").count(), 1, "{line}");
+    assert!(line.starts_with("promshard.yaml: line 4 column"), "{line}");
+}
+
+#[test]
+fn plan_offers_no_force_and_reports_no_delivery() {
+    let dir = Dir::new();
+    site(&dir, "prom/{node}/sd.json");
+    let site = dir.join("site");
+    let help = run_in(&site, &["plan", "--help"]).success();
+    assert!(!help.stdout.contains("--force"), "{}", help.stdout);
+    assert!(
+        run_in(&site, &["once", "--help"])
+            .success()
+            .stdout
+            .contains("--force")
+    );
+
+    let plan = run_in(&site, &["plan", "--json"]).success().json();
+    let service = &plan["services"][0];
+    assert_eq!(service["dry_run"], true, "{service}");
+    assert_eq!(service["targets"], 30, "{service}");
+    for key in ["departed", "delivery_runs_s"] {
+        assert!(service.get(key).is_none(), "{key} in a dry run: {service}");
+    }
+    let node = &service["nodes"][0];
+    assert!(node.get("count").is_some(), "{node}");
+    for key in ["delivered", "attempts", "result"] {
+        assert!(node.get(key).is_none(), "{key} in a dry run: {node}");
+    }
+    let once = run_in(&site, &["once", "--json"]).success().json();
+    assert!(
+        once["services"][0]["nodes"][0].get("attempts").is_some(),
+        "once still reports deliveries: {once}"
+    );
+}
+
+#[test]
+fn once_prints_the_per_node_table() {
+    let dir = Dir::new();
+    site(&dir, "prom/{node}/sd.json");
+    let run = run_in(&dir.join("site"), &["once"]).success();
+    assert!(
+        run.stdout.contains("service svc: 30 targets"),
+        "{}",
+        run.stdout
+    );
+    let header = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("NODE"))
+        .unwrap_or_else(|| panic!("no table:\n{}", run.stdout));
+    assert!(
+        header.contains("TARGETS") && header.contains("RESULT"),
+        "{header}"
+    );
+    let mut total = 0;
+    for node in nodes(3) {
+        let row = run
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&node))
+            .unwrap_or_else(|| panic!("no row for {node}:\n{}", run.stdout));
+        let count: usize = row
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("{row}"));
+        assert!(row.contains("changed"), "first delivery: {row}");
+        total += count;
+    }
+    assert_eq!(total, 30, "{}", run.stdout);
+}
+
+#[test]
+fn check_from_another_directory_names_the_path_it_tried() {
+    let dir = Dir::new();
+    let run = dir.run(&["check"]).failure();
+    let tried = dir.join("promshard.yaml");
+    run.stderr_has(&[&format!("cannot read {}", tried.display()), "-c FILE"]);
+}
+
+/// The README's sample summary line has exactly the fields the binary logs,
+/// every file of the repository it names exists, and it names nothing
+/// outside the repository.
+#[test]
+fn the_readme_shows_real_output_and_stays_inside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).expect("README.md");
+    for outside in ["../shared", "DESIGN.md", "STYLE.md"] {
+        assert!(!readme.contains(outside), "README refers to {outside}");
+    }
+    let named: Vec<&str> = readme
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| {
+            [
+                "src/",
+                "tests/",
+                "scripts/",
+                "playbooks/",
+                "examples/",
+                "benches/",
+                ".ci/",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
+        })
+        // Paths, not message excerpts or templates.
+        .filter(|t| !t.contains([' ', ':', '<', '{', '*']))
+        .collect();
+    assert!(named.len() > 5, "{named:?}");
+    for path in named {
+        assert!(
+            root.join(path).exists(),
+            "README names {path}, which does not exist"
+        );
+    }
+    let sample = readme
+        .lines()
+        .find(|l| l.contains("pass done service="))
+        .expect("README shows a pass summary line");
+
+    // The shipped config, run once in a copy of the repository's files.
+    let dir = Dir::new();
+    for rel in [
+        "promshard.yaml",
+        "scripts/node_exporter.rhai",
+        "examples/targets.json",
+    ] {
+        dir.write(rel, fs::read(root.join(rel)).expect(rel));
+    }
+    let run = dir.run(&["once"]).success();
+    let real = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("pass done service="))
+        .unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
+    let keys = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, _)| k.to_string()))
+            .filter(|k| !k.contains('.') && !k.contains(':'))
+            .collect()
+    };
+    assert_eq!(keys(sample), keys(real), "README:\n{sample}\nreal:\n{real}");
+    let counts = |line: &str| -> Value {
+        let per: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with("127.0.0.1:"))
+            .collect();
+        Value::from(per.join(" "))
+    };
+    assert_eq!(counts(sample), counts(real), "per-node counts differ");
+}
