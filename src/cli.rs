@@ -48,6 +48,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
     Ring(SimArgs),
+    /// Which Prometheus scrapes a target: asks the running daemon, or
+    /// computes the assignment from the config when none answers.
+    Where(WhereArgs),
 }
 
 /// Arguments of `plan`.
@@ -69,6 +72,19 @@ pub struct OnceArgs {
     /// Apply even if the pass would drop more than max_drop_ratio of the targets.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Arguments of `where`.
+#[derive(Debug, Args)]
+pub struct WhereArgs {
+    /// The target, `host:port` as the script returns it.
+    pub target: String,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `check`.
@@ -107,6 +123,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Ring(args) => crate::sim::main(args).map(|_| true),
+        Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
         Command::Check(args) => check(&cli.config, args),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
         Command::Once(args) => with_runtime(|| {
@@ -502,5 +519,169 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
             }
             true
         }
+    }
+}
+
+/// `promshard where`: the daemon's answer (plan in effect and what each
+/// node reported), or the assignment computed from the config alone.
+async fn where_command(path: &std::path::Path, args: &WhereArgs) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let answer = match ask_daemon(&config, args).await {
+        Ok(answer) => answer,
+        Err(why) => {
+            eprintln!(
+                "promshard: no daemon answered at {} ({why}); computing the assignment from {}, nothing observed",
+                config.listen,
+                config.path.display()
+            );
+            compute_where(&config, args).await?
+        }
+    };
+    let services = answer["services"].as_array().cloned().unwrap_or_default();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if services.is_empty() {
+        println!("{}: not assigned by any service", args.target);
+    } else {
+        for s in &services {
+            print_where(s);
+        }
+    }
+    Ok(!services.is_empty())
+}
+
+/// `GET /api/v1/where` on the daemon this config runs.
+async fn ask_daemon(config: &Config, args: &WhereArgs) -> Result<serde_json::Value, String> {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut url = format!(
+        "http://{addr}/api/v1/where?target={}",
+        crate::observe::prom::encode(&args.target)
+    );
+    if let Some(s) = &args.service {
+        url.push_str(&format!("&service={}", crate::observe::prom::encode(s)));
+    }
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(std::time::Duration::from_secs(3)))
+            .build()
+            .into();
+        let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}"))?;
+        if v.get("services").is_some() {
+            Ok(v)
+        } else {
+            Err(format!("HTTP {status}: {body}"))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The assignment of `args.target` by a dry-run pass of each service.
+async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serde_json::Value> {
+    let cache = Arc::new(ScriptCache::new());
+    let sandbox = Sandbox::for_config(config);
+    let services = {
+        let (config, cache) = (config.clone(), Arc::clone(&cache));
+        tokio::task::spawn_blocking(move || effective_services(&config, &cache).0).await?
+    };
+    let mut found = Vec::new();
+    for service in select(config, &services, args.service.as_deref())? {
+        let script = match cache.get(&service.script) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("promshard: service {}: {e}", service.name);
+                continue;
+            }
+        };
+        let input = PassInput {
+            config,
+            service,
+            script: &script,
+            nodes: &service.nodes,
+            sandbox: &sandbox,
+            node_filter: None,
+            node_script: None,
+        };
+        let options = PassOptions {
+            dry_run: true,
+            force: true,
+        };
+        match run_pass(input, options, &CancellationToken::new()).await {
+            Ok(report) => found.extend(crate::observe::locate(
+                &service.name,
+                args.target.trim(),
+                &report.assignment,
+                None,
+            )),
+            Err(e) => eprintln!("promshard: service {}: {e}", service.name),
+        }
+    }
+    Ok(serde_json::json!({ "target": args.target.trim(), "services": found }))
+}
+
+fn print_where(s: &serde_json::Value) {
+    let str_list = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "service {}: {} on {} (file {}), state {}",
+        s["service"].as_str().unwrap_or(""),
+        s["target"].as_str().unwrap_or(""),
+        str_list(&s["assigned"]),
+        str_list(&s["files"]),
+        s["state"].as_str().unwrap_or("not observed"),
+    );
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let o = &n["observed"];
+        let seen = if o.is_null() {
+            match (n["error"].as_str(), s["observed_at"].is_null()) {
+                (Some(e), _) => format!("not observed: {e}"),
+                (None, true) => "not observed".into(),
+                (None, false) => "not active".into(),
+            }
+        } else {
+            format!(
+                "{}, last scrape {}, series {}{}",
+                o["health"].as_str().unwrap_or("?"),
+                o["last_scrape"].as_str().unwrap_or("never"),
+                o["series"]
+                    .as_u64()
+                    .map(|v| v.to_string())
+                    .unwrap_or("?".into()),
+                o["last_error"]
+                    .as_str()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            )
+        };
+        println!(
+            "  {}  {}  {seen}",
+            n["node"].as_str().unwrap_or(""),
+            if n["assigned"].as_bool() == Some(true) {
+                "assigned"
+            } else {
+                "NOT ASSIGNED"
+            },
+        );
     }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
+use crate::daemon::{ServiceStatus, Shared};
 use crate::observe;
 use crate::output;
 
@@ -127,6 +127,28 @@ struct WhereQuery {
     service: Option<String>,
 }
 
+/// `target` in every service of `statuses` (or only `only`) that has it
+/// assigned or active somewhere.
+fn where_answers(
+    statuses: &[ServiceStatus],
+    target: &str,
+    only: Option<&str>,
+) -> Vec<observe::WhereAnswer> {
+    statuses
+        .iter()
+        .filter(|s| only.is_none_or(|n| n == s.name))
+        .filter_map(|s| {
+            let current = s.current.as_ref()?;
+            // An observation only counts if it audited this very plan.
+            let observation = s
+                .observation
+                .as_deref()
+                .filter(|o| Arc::ptr_eq(&o.assignment, &current.assignment));
+            observe::locate(&s.name, target, &current.assignment, observation)
+        })
+        .collect()
+}
+
 /// Which nodes a target is assigned to, per service, and what each node
 /// reported of it in the last observation.
 async fn where_is(State(shared): App, Query(q): Query<WhereQuery>) -> Response {
@@ -137,19 +159,7 @@ async fn where_is(State(shared): App, Query(q): Query<WhereQuery>) -> Response {
     {
         return error(StatusCode::NOT_FOUND, format!("no service {name:?}"));
     }
-    let services: Vec<observe::WhereAnswer> = statuses
-        .iter()
-        .filter(|s| q.service.as_ref().is_none_or(|n| *n == s.name))
-        .filter_map(|s| {
-            let current = s.current.as_ref()?;
-            // The observation only counts if it audited this plan.
-            let observation = s
-                .observation
-                .as_deref()
-                .filter(|o| Arc::ptr_eq(&o.assignment, &current.assignment));
-            observe::locate(&s.name, target, &current.assignment, observation)
-        })
-        .collect();
+    let services = where_answers(&statuses, target, q.service.as_deref());
     let status = if services.is_empty() {
         StatusCode::NOT_FOUND
     } else {
@@ -184,8 +194,17 @@ async fn audit(State(shared): App, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn status_page(State(shared): App) -> Response {
-    let page = crate::status_page::render(&shared.statuses().await, crate::state::unix_now());
+/// `/?target=host:port` adds a `where` answer on top of the page.
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    target: Option<String>,
+}
+
+async fn status_page(State(shared): App, Query(q): Query<PageQuery>) -> Response {
+    let statuses = shared.statuses().await;
+    let target = q.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let found = target.map(|t| (t, where_answers(&statuses, t, None)));
+    let page = crate::status_page::render(&statuses, found, crate::state::unix_now());
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::daemon::ServiceStatus;
-use crate::observe::TargetState;
+use crate::observe::{TargetState, WhereAnswer};
 
 /// Escape text for HTML element content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -55,8 +55,13 @@ fn ago(at: Option<u64>, now: u64) -> String {
     }
 }
 
-/// The whole page for `services` at `now` (unix seconds).
-pub fn render(services: &[ServiceStatus], now: u64) -> String {
+/// The whole page for `services` at `now` (unix seconds), with the answer
+/// to a `where` search on top when there was one.
+pub fn render(
+    services: &[ServiceStatus],
+    found: Option<(&str, Vec<WhereAnswer>)>,
+    now: u64,
+) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let _ = write!(
         h,
@@ -65,11 +70,16 @@ pub fn render(services: &[ServiceStatus], now: u64) -> String {
          <style>{STYLE}</style></head><body><h1>promshard {}</h1>",
         env!("CARGO_PKG_VERSION")
     );
-    h.push_str(
-        "<form action=/api/v1/where method=get><label>Where is \
-         <input type=text name=target placeholder=host:port required></label> \
+    let _ = write!(
+        h,
+        "<form action=/ method=get><label>Where is \
+         <input type=text name=target placeholder=host:port value=\"{}\" required></label> \
          <button type=submit>find</button></form>",
+        esc(found.as_ref().map(|f| f.0).unwrap_or(""))
     );
+    if let Some((target, answers)) = &found {
+        where_section(&mut h, target, answers, now);
+    }
     problems(&mut h, services);
     overview(&mut h, services, now);
     for s in services {
@@ -82,6 +92,70 @@ pub fn render(services: &[ServiceStatus], now: u64) -> String {
          <code>/api/v1/services/NAME/audit</code></p></body></html>",
     );
     h
+}
+
+/// The answer to "which server scrapes this target?".
+fn where_section(h: &mut String, target: &str, answers: &[WhereAnswer], now: u64) {
+    let _ = write!(h, "<h2 id=where>Where is {}</h2>", esc(target));
+    if answers.is_empty() {
+        h.push_str("<p class=bad>Not assigned by any service and not seen active on any node.</p>");
+        return;
+    }
+    for a in answers {
+        let state = a.state.map(|s| s.as_str()).unwrap_or("not observed");
+        let _ = write!(
+            h,
+            "<p>service <b>{}</b>: assigned to {} ({}); state <b>{}</b>{}</p>",
+            esc(&a.service),
+            esc(&a.assigned.join(", ")),
+            esc(&a.files.join(", ")),
+            esc(state),
+            a.observed_at
+                .map(|t| format!(", observed {}", ago(Some(t), now)))
+                .unwrap_or_default()
+        );
+        h.push_str(
+            "<table class=where><tr><th>node</th><th>assigned</th><th>health</th>\
+             <th>last scrape</th><th class=num>series</th><th>last error</th><th>labels</th></tr>",
+        );
+        for n in &a.nodes {
+            let t = n.observed.as_ref();
+            let labels: Vec<String> = t
+                .map(|t| {
+                    t.labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}=\"{v}\""))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=num>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&n.node),
+                if n.assigned {
+                    "yes"
+                } else {
+                    "<b class=bad>no</b>"
+                },
+                esc(match (t, &n.error, a.observed_at) {
+                    (Some(t), _, _) => t.health.as_str(),
+                    (None, Some(_), _) => "unknown",
+                    (None, None, Some(_)) => "not active",
+                    (None, None, None) => "not observed",
+                }),
+                esc(t.and_then(|t| t.last_scrape.as_deref()).unwrap_or("–")),
+                t.and_then(|t| t.series)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "–".into()),
+                esc(t
+                    .map(|t| t.last_error.as_str())
+                    .or(n.error.as_deref())
+                    .unwrap_or("")),
+                esc(&labels.join(", ")),
+            );
+        }
+        h.push_str("</table>");
+    }
 }
 
 /// Everything that needs a person, first.
@@ -285,7 +359,7 @@ mod tests {
 
     #[test]
     fn an_empty_daemon_renders_a_page() {
-        let page = render(&[], 0);
+        let page = render(&[], None, 0);
         assert!(page.starts_with("<!doctype html>"));
         assert!(page.contains("No problems."));
         assert!(page.ends_with("</html>"));

@@ -33,40 +33,49 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// The assignment `plan` makes of `targets`.
+    /// The assignment `plan` makes of `targets`. Linear when `targets` are
+    /// sorted by address, as [`crate::target::normalize`] leaves them.
     pub fn from_plan(targets: &[Target], plan: &Plan) -> Assignment {
-        let nodes: Vec<String> = plan.nodes.iter().map(|n| n.node.clone()).collect();
-        let files = plan.nodes.iter().map(|n| n.file.clone()).collect();
-        let counts = plan.nodes.iter().map(|n| n.targets.len()).collect();
-        // (address, node) pairs, sorted: addresses group together.
-        let mut pairs: Vec<(&str, u16)> = plan
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(ni, n)| {
-                n.targets
-                    .iter()
-                    .map(move |&t| (&*targets[t as usize].addr, ni as u16))
-            })
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
+        let stride = plan.replicas.max(1);
+        // Owners by target index, in node order.
+        let mut owners = vec![NO_NODE; targets.len() * stride];
+        let mut filled = vec![0usize; targets.len()];
+        for (ni, n) in plan.nodes.iter().enumerate() {
+            for &t in &n.targets {
+                let t = t as usize;
+                if filled[t] < stride {
+                    owners[t * stride + filled[t]] = ni as u16;
+                    filled[t] += 1;
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if !targets.windows(2).all(|w| w[0].addr <= w[1].addr) {
+            order.sort_by(|&a, &b| targets[a].addr.cmp(&targets[b].addr));
+        }
         let mut a = Assignment {
-            nodes,
-            files,
-            counts,
+            nodes: plan.nodes.iter().map(|n| n.node.clone()).collect(),
+            files: plan.nodes.iter().map(|n| n.file.clone()).collect(),
+            counts: plan.nodes.iter().map(|n| n.targets.len()).collect(),
+            stride,
             ..Assignment::default()
         };
-        // Exactly R owners per address; the widest group sets the stride
-        // and narrower ones (none, if the plan is right) are padded.
-        let groups: Vec<&[(&str, u16)]> = pairs.chunk_by(|x, y| x.0 == y.0).collect();
-        a.stride = groups.iter().map(|g| g.len()).max().unwrap_or(0);
-        for group in groups {
+        a.addrs.reserve(targets.iter().map(|t| t.addr.len()).sum());
+        a.offsets.reserve(targets.len() + 1);
+        a.owners.reserve(targets.len() * stride);
+        let mut last: Option<&str> = None;
+        for i in order {
+            let addr = &*targets[i].addr;
+            // The same address with other labels is another target with the
+            // same placement (placement hashes the address): list it once.
+            if last == Some(addr) || filled[i] == 0 {
+                continue;
+            }
+            last = Some(addr);
             a.offsets.push(a.addrs.len() as u32);
-            a.addrs.push_str(group[0].0);
-            a.owners.extend(group.iter().map(|p| p.1));
+            a.addrs.push_str(addr);
             a.owners
-                .extend(std::iter::repeat_n(NO_NODE, a.stride - group.len()));
+                .extend_from_slice(&owners[i * stride..(i + 1) * stride]);
         }
         a.offsets.push(a.addrs.len() as u32);
         a
@@ -130,12 +139,12 @@ mod tests {
     use crate::config::FileType;
     use crate::plan::NodePlan;
 
-    fn plan(nodes: Vec<(&str, Vec<u32>)>) -> Plan {
+    fn plan(nodes: Vec<(&str, Vec<u32>)>, replicas: usize) -> Plan {
         Plan {
             service: "s".into(),
             file_type: FileType::Json,
             targets: 0,
-            replicas: 1,
+            replicas,
             nodes: nodes
                 .into_iter()
                 .enumerate()
@@ -162,7 +171,7 @@ mod tests {
     #[test]
     fn looks_up_every_address_and_nothing_else() {
         let targets: Vec<Target> = ["a:1", "b:1", "c:1", "c:1"].map(target).to_vec();
-        let plan = plan(vec![("n1", vec![0, 2, 3]), ("n2", vec![1, 2, 3])]);
+        let plan = plan(vec![("n1", vec![0, 2, 3]), ("n2", vec![1, 2, 3])], 2);
         let a = Assignment::from_plan(&targets, &plan);
         assert_eq!(a.len(), 3);
         assert_eq!(a.nodes_of("a:1"), vec!["n1"]);

@@ -256,11 +256,16 @@ mod tests {
                 hash: 0,
             })
             .collect();
+        let replicas = addrs
+            .iter()
+            .map(|a| nodes.iter().filter(|(_, ts)| ts.contains(a)).count())
+            .max()
+            .unwrap_or(1);
         let plan = Plan {
             service: "s".into(),
             file_type: FileType::Json,
             targets: targets.len(),
-            replicas: 1,
+            replicas,
             nodes: nodes
                 .iter()
                 .enumerate()

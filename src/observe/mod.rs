@@ -98,30 +98,39 @@ pub async fn observe_service(
             tokio::task::spawn_blocking(move || prom::observe(&api, &job, timeout))
         })
         .collect();
-    let mut nodes = Vec::with_capacity(asks.len());
+    let mut answers = Vec::with_capacity(asks.len());
     for (node, ask) in assignment.nodes.iter().zip(asks) {
         let answer = ask
             .await
             .unwrap_or_else(|e| Err(format!("observation task failed: {e}")));
-        let (observed, error) = match answer {
-            Ok(o) => (Some(o), None),
-            Err(e) => (None, Some(e)),
-        };
-        let wait = settings.refresh
-            + observed
-                .as_ref()
-                .and_then(|o| o.scrape_interval)
-                .unwrap_or(DEFAULT_SCRAPE_INTERVAL);
-        nodes.push(NodeResult {
-            node: node.clone(),
-            at: crate::state::unix_now(),
-            series: observed.as_ref().map(NodeObservation::series),
-            head_series: observed.as_ref().and_then(|o| o.head_series),
-            in_grace: changed_at.get(node).is_some_and(|t| t.elapsed() < wait),
-            observed,
-            error,
-        });
+        answers.push((node, answer, crate::state::unix_now()));
     }
+    // A node with no target of the job yet reports no scrape interval; the
+    // job's is the same on every server of the pool.
+    let job_interval = answers
+        .iter()
+        .filter_map(|(_, a, _)| a.as_ref().ok()?.scrape_interval)
+        .max()
+        .unwrap_or(DEFAULT_SCRAPE_INTERVAL);
+    let grace = settings.refresh + job_interval;
+    let nodes: Vec<NodeResult> = answers
+        .into_iter()
+        .map(|(node, answer, at)| {
+            let (observed, error) = match answer {
+                Ok(o) => (Some(o), None),
+                Err(e) => (None, Some(e)),
+            };
+            NodeResult {
+                node: node.clone(),
+                at,
+                series: observed.as_ref().map(NodeObservation::series),
+                head_series: observed.as_ref().and_then(|o| o.head_series),
+                in_grace: changed_at.get(node).is_some_and(|t| t.elapsed() < grace),
+                observed,
+                error,
+            }
+        })
+        .collect();
     let inputs = audit_inputs(&nodes);
     let replicas = replicas.min(assignment.nodes.len()).max(1);
     let audit = audit::audit(&assignment, &inputs, replicas);

@@ -8,7 +8,7 @@
 //! Blocking (`ureq`), bounded by one timeout for the whole observation: the
 //! daemon runs one per node on the blocking pool, all nodes at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,8 @@ pub struct ActiveTarget {
     pub scrape_interval: String,
     /// Samples of the last scrape after relabelling: the series it feeds.
     pub series: Option<u64>,
+    /// The target's labels after relabelling, as the server attaches them.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ActiveTarget {
@@ -82,7 +84,7 @@ struct RawTarget {
     #[serde(rename = "discoveredLabels", default)]
     discovered: HashMap<String, String>,
     #[serde(default)]
-    labels: HashMap<String, String>,
+    labels: BTreeMap<String, String>,
     #[serde(rename = "scrapePool", default)]
     scrape_pool: String,
     #[serde(default)]
@@ -162,6 +164,7 @@ pub fn observe(api: &str, job: &str, timeout: Duration) -> Result<NodeObservatio
                 .labels
                 .get("instance")
                 .and_then(|i| series.get(i.as_str()).copied()),
+            labels: t.labels,
             health: t.health,
             last_scrape: t.last_scrape.filter(|s| !s.starts_with("0001-")),
             last_error: t.last_error,
@@ -212,7 +215,7 @@ fn get<T: for<'de> Deserialize<'de>>(
 }
 
 /// Percent-encode a query parameter value.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

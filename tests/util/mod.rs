@@ -16,7 +16,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod browser;
 pub mod child;
+pub mod daemon;
+pub mod exporters;
+pub mod prom;
 pub mod tools;
 
 /// Path of the binary under test.

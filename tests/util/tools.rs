@@ -29,6 +29,11 @@ pub fn ansible_playbook() -> PathBuf {
     )
 }
 
+/// `chromium`: `PROMSHARD_CHROMIUM`, else `PATH`.
+pub fn chromium() -> PathBuf {
+    find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
+}
+
 /// The Python interpreter that runs `ansible-playbook`'s modules.
 pub fn ansible_python() -> PathBuf {
     let playbook = ansible_playbook();

@@ -1,0 +1,160 @@
+//! Real Prometheus servers for end-to-end tests: each on a free loopback
+//! port with its own TSDB directory, scraping one job whose targets come
+//! from `file_sd` files in its own directory (which promshard fills).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::child::{ChildGuard, free_port, poll};
+use super::tools::prometheus;
+
+/// One Prometheus process.
+pub struct Prom {
+    /// `127.0.0.1:port`, also its node name in promshard.
+    pub addr: String,
+    /// Its directory, `<root>/<addr>`: config, TSDB, log; sd files go to
+    /// [`Prom::sd_dir`].
+    pub dir: PathBuf,
+    pub proc: ChildGuard,
+}
+
+impl Prom {
+    /// Start a server scraping job `job` every `interval` from
+    /// `<dir>/sd/*.json`; returns once it answers `/-/ready`.
+    pub fn start(root: &Path, job: &str, interval: &str) -> Prom {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = root.join(&addr);
+        fs::create_dir_all(dir.join("sd")).expect("prometheus dir");
+        let config = format!(
+            "global: {{scrape_interval: {interval}, scrape_timeout: {interval}, evaluation_interval: {interval}}}\n\
+             scrape_configs:\n  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{}/sd/*.json\"]\n",
+            dir.display()
+        );
+        fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
+        let log = fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
+        let child = Command::new(prometheus())
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.enable-lifecycle")
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus");
+        let mut p = Prom {
+            addr,
+            dir,
+            proc: ChildGuard::new(format!("prometheus {port}"), child),
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&mut self) {
+        let url = format!("http://{}/-/ready", self.addr);
+        let result = poll("prometheus ready", Duration::from_secs(30), || {
+            if let Some(status) = self.proc.exited() {
+                return Err(format!("exited: {status}: {}", self.log_tail()));
+            }
+            match get(&url) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        result.unwrap_or_else(|e| panic!("prometheus {}: {e}", self.addr));
+    }
+
+    /// The directory its `file_sd` glob reads.
+    pub fn sd_dir(&self) -> PathBuf {
+        self.dir.join("sd")
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().rev().take(5).collect();
+        lines.join("\n")
+    }
+
+    /// `(address, health)` of every active target, by `__address__`.
+    pub fn active(&self) -> Result<Vec<(String, String)>, String> {
+        let v = self.api("/api/v1/targets?state=active")?;
+        let list = v["activeTargets"]
+            .as_array()
+            .ok_or_else(|| format!("no activeTargets: {v}"))?;
+        let mut out: Vec<(String, String)> = list
+            .iter()
+            .map(|t| {
+                (
+                    t["discoveredLabels"]["__address__"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// An instant query's result vector.
+    pub fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let q: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let v = self.api(&format!("/api/v1/query?query={q}"))?;
+        Ok(v["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `data` of a Prometheus API answer.
+    pub fn api(&self, path: &str) -> Result<Value, String> {
+        let body = get(&format!("http://{}{path}", self.addr))?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{path}: {e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{path}: {v}"));
+        }
+        Ok(v["data"].clone())
+    }
+}
+
+/// GET `url` (3 s limit); the body of a 2xx answer.
+pub fn get(url: &str) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url}: {status}: {body}"))
+    }
+}
