@@ -62,6 +62,10 @@ pub struct PlanArgs {
     /// Print a machine-readable JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also say how many nodes each service needs when a node holds this
+    /// much weight (series, with weights: {from: series}; else targets).
+    #[arg(long, value_name = "WEIGHT_PER_NODE")]
+    pub capacity: Option<u64>,
 }
 
 /// Arguments of `once`.
@@ -246,6 +250,7 @@ async fn pass_command(
                     sandbox: &sandbox,
                     node_filter: None,
                     node_script: None,
+                    learned_weights: None,
                 };
                 run_pass(input, options, &cancel).await
             }
@@ -268,7 +273,14 @@ async fn pass_command(
     } else {
         for (name, r) in &outcomes {
             match r {
-                Ok(report) => print_table(report),
+                Ok(report) => {
+                    print_table(report);
+                    if let (Some(c), Some(s)) =
+                        (args.capacity, services.iter().find(|s| &s.name == name))
+                    {
+                        print_capacity(report, c, s.ring.load_factor);
+                    }
+                }
                 Err(e) => println!("service {name}: ERROR: {e}\n"),
             }
         }
@@ -351,35 +363,65 @@ fn print_table(r: &PassReport) {
     for bad in &r.invalid_samples {
         println!("  invalid: {bad}");
     }
-    let width = r
+    // Columns: the weight only when targets are weighted, the delivery
+    // result only when there was a delivery.
+    let weighted = r.nodes.iter().any(|n| n.weight.is_some());
+    let mut header = vec!["NODE", "TARGETS"];
+    if weighted {
+        header.push("WEIGHT");
+    }
+    header.extend(["IN", "OUT"]);
+    if !r.dry_run {
+        header.push("RESULT");
+    }
+    header.push("FILE");
+    let rows: Vec<Vec<String>> = r
         .nodes
         .iter()
-        .map(|n| n.node.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let result_width = if r.dry_run { 0 } else { 17 };
-    println!(
-        "  {:<width$}  {:>7}  {:>6}  {:>6}  {:<result_width$}{}FILE",
-        "NODE",
-        "TARGETS",
-        "IN",
-        "OUT",
-        if r.dry_run { "" } else { "RESULT" },
-        if r.dry_run { "" } else { "  " },
-    );
-    for n in &r.nodes {
-        let result = n.result.map(|r| r.as_str()).unwrap_or("ok");
-        println!(
-            "  {:<width$}  {:>7}  {:>6}  {:>6}  {:<result_width$}{}{}",
-            n.node,
-            n.count,
-            n.moved_in,
-            n.moved_out,
-            if r.dry_run { "" } else { result },
-            if r.dry_run { "" } else { "  " },
-            n.file
-        );
+        .map(|n| {
+            let mut row = vec![n.node.clone(), n.count.to_string()];
+            if weighted {
+                row.push(n.weight.unwrap_or(0).to_string());
+            }
+            row.extend([n.moved_in.to_string(), n.moved_out.to_string()]);
+            if !r.dry_run {
+                row.push(n.result.map(|r| r.as_str()).unwrap_or("ok").into());
+            }
+            row.push(n.file.clone());
+            row
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|row| row[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // Counts align right; names, results and files left.
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let w = widths[c];
+                let numeric = (1..=if weighted { 4 } else { 3 }).contains(&c);
+                if c == cells.len() - 1 {
+                    cell.to_string()
+                } else if numeric {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        println!("  {}", text.join("  "));
+    };
+    line(header.clone());
+    for (n, row) in r.nodes.iter().zip(&rows) {
+        line(row.iter().map(String::as_str).collect());
         if let Some(e) = &n.error {
             println!("    error: {e}");
         }
@@ -387,7 +429,31 @@ fn print_table(r: &PassReport) {
     for d in &r.departed {
         println!("  left the ring: {} ({})", d.node, d.result.as_str());
     }
+    if r.oversized_count > 0 {
+        println!(
+            "  oversized (heavier than a node's fair share, each placed whole): {} target(s): {}",
+            r.oversized_count,
+            r.oversized.join(" ")
+        );
+    }
     println!();
+}
+
+/// `plan --capacity C`: how many nodes of `C` weight (series) each the
+/// service needs at its load factor, against how many it has.
+fn print_capacity(r: &PassReport, capacity: u64, load_factor: f64) {
+    let total: u64 = r
+        .nodes
+        .iter()
+        .map(|n| n.weight.unwrap_or(n.count as u64))
+        .sum();
+    let needed = ((total as f64 * load_factor) / capacity.max(1) as f64).ceil() as u64;
+    println!(
+        "service {}: total weight {total} (×{load_factor} headroom) at {capacity} per node needs {} node(s); it has {}\n",
+        r.name,
+        needed.max(r.replicas as u64),
+        r.nodes.len()
+    );
 }
 
 fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
@@ -613,6 +679,7 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
             sandbox: &sandbox,
             node_filter: None,
             node_script: None,
+            learned_weights: None,
         };
         let options = PassOptions {
             dry_run: true,

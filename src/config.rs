@@ -125,6 +125,21 @@ struct RawService {
     health: Option<RawHealth>,
     #[serde(default)]
     observe: Option<RawObserve>,
+    #[serde(default)]
+    weights: Option<RawWeights>,
+}
+
+/// `weights:`; `from` is required, the rest take the defaults of
+/// [`SeriesWeights`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeights {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    smoothing: Option<f64>,
+    #[serde(default)]
+    threshold: Option<f64>,
 }
 
 /// `observe:`; unset keys take the defaults of [`Observe`].
@@ -321,6 +336,27 @@ pub struct Service {
     pub health: Option<Health>,
     /// Ask each node what it really scrapes (`observe:`; see `observe`).
     pub observe: Option<Observe>,
+    /// Weigh targets by the series observed (`weights: {from: series}`).
+    pub weights: Option<SeriesWeights>,
+}
+
+/// `weights: {from: series}`: each target weighs the series it feeds, as
+/// observed (see `observe::weights`); placement is bounded by weight.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesWeights {
+    /// Weight of a new observation in the moving average (0 < s ≤ 1).
+    pub smoothing: f64,
+    /// Relative change of the average that changes the weight in use.
+    pub threshold: f64,
+}
+
+impl Default for SeriesWeights {
+    fn default() -> Self {
+        SeriesWeights {
+            smoothing: 0.5,
+            threshold: 0.2,
+        }
+    }
 }
 
 /// `observe:` of a service: how each node's Prometheus API is asked what it
@@ -755,7 +791,15 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         }
     };
     let health = rs.health.as_ref().map(|h| check_health(h, &mut p));
-    let observe = rs.observe.as_ref().map(|o| check_observe(o, &mut p));
+    let mut observe = rs.observe.as_ref().map(|o| check_observe(o, &mut p));
+    let weights = rs.weights.as_ref().map(|w| check_weights(w, &mut p));
+    let mut ring = ring;
+    if weights.is_some() {
+        // Series come from observation, and only bounded placement uses
+        // target weights.
+        observe.get_or_insert_with(Observe::default);
+        ring.balance = crate::ring::Balance::Bounded;
+    }
     if !p.is_empty() {
         return Err(p);
     }
@@ -763,6 +807,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         resync_interval,
         health,
         observe,
+        weights,
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
         drop_in: false,
@@ -803,6 +848,7 @@ impl RawService {
         or(&mut self.resync_interval, &d.resync_interval);
         or(&mut self.health, &d.health);
         or(&mut self.observe, &d.observe);
+        or(&mut self.weights, &d.weights);
         self
     }
 }
@@ -929,6 +975,34 @@ fn check_ansible(
         timeout,
         retries,
         ansible_playbook,
+    }
+}
+
+/// Check `weights:`; problems are pushed under `weights.<key>`.
+fn check_weights(raw: &RawWeights, p: &mut KeyProblems) -> SeriesWeights {
+    let d = SeriesWeights::default();
+    match raw.from.as_deref() {
+        Some("series") => {}
+        Some(other) => p.push((
+            "weights.from",
+            format!("{other:?}: the only source is \"series\""),
+        )),
+        None => p.push((
+            "weights.from",
+            "missing; write weights: {from: series}".into(),
+        )),
+    }
+    let mut fraction = |key: &'static str, v: Option<f64>, default: f64, min: f64| match v {
+        None => default,
+        Some(x) if x > min && x <= 1.0 => x,
+        Some(x) => {
+            p.push((key, format!("{x} must be above {min} and at most 1")));
+            default
+        }
+    };
+    SeriesWeights {
+        smoothing: fraction("weights.smoothing", raw.smoothing, d.smoothing, 0.0),
+        threshold: fraction("weights.threshold", raw.threshold, d.threshold, 0.0),
     }
 }
 

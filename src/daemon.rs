@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::config::{Config, Schedule, Service};
 use crate::membership::{Membership, NodeStatus};
 use crate::metrics::Metrics;
+use crate::observe::weights::Weights;
 use crate::observe::{self, ServiceObservation, TargetState};
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::cache::ScriptState;
@@ -103,6 +104,8 @@ pub struct Shared {
     runners: tokio::sync::Mutex<BTreeMap<String, Runner>>,
     status: RwLock<BTreeMap<String, ServiceStatus>>,
     pass_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Target weights learned from the servers, per service.
+    weights: Mutex<HashMap<String, Weights>>,
     /// Compiled scripts; the last good version of each survives bad edits.
     cache: Arc<ScriptCache>,
     scheduler: JobScheduler,
@@ -158,6 +161,42 @@ impl Shared {
             .cloned()?;
         s.health = self.membership.status(name);
         Some(s)
+    }
+
+    /// The weights a pass of `service` uses (`weights: {from: series}`):
+    /// what the observer learned, starting from the state file.
+    fn learned_weights(&self, service: &Service) -> Option<Arc<BTreeMap<String, u32>>> {
+        service.weights?;
+        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let learned = all.entry(service.name.clone()).or_insert_with(|| {
+            let state = crate::state::ServiceState::load(&self.config().out_dir, &service.name);
+            Weights::from_applied(&state.weights)
+        });
+        Some(Arc::new(learned.applied()))
+    }
+
+    /// Feed an observation into `name`'s learned weights; whether a weight
+    /// in use changed (then the placement should follow).
+    fn learn_weights(
+        &self,
+        service: &Service,
+        settings: crate::config::SeriesWeights,
+        observed: &ServiceObservation,
+    ) -> usize {
+        let seen = observed
+            .nodes
+            .iter()
+            .filter_map(|n| n.observed.as_ref())
+            .flat_map(|o| o.targets.iter())
+            .filter_map(|t| Some((t.address.as_str(), t.series?)));
+        // Make sure the state file's weights are the starting point.
+        let _ = self.learned_weights(service);
+        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let learned = all.entry(service.name.clone()).or_default();
+        let changed = learned.observe(seen, settings.smoothing, settings.threshold);
+        let assignment = &observed.assignment;
+        learned.retain(|a| !assignment.nodes_of(a).is_empty());
+        changed
     }
 
     /// The running settings of service `name`.
@@ -259,6 +298,7 @@ impl Shared {
                         sandbox: &sandbox,
                         node_filter: self.script_node_filter(service),
                         node_script,
+                        learned_weights: self.learned_weights(service),
                     };
                     run_pass(input, PassOptions::default(), &self.shutdown).await
                 }
@@ -317,11 +357,11 @@ impl Shared {
     /// `stop`; never blocks a pass (it only reads the plan).
     async fn observe_loop(
         self: Arc<Self>,
-        name: String,
+        service: Arc<Service>,
         settings: crate::config::Observe,
-        replicas: usize,
         stop: CancellationToken,
     ) {
+        let (name, replicas) = (service.name.clone(), service.replicas);
         let mut last_counts = None;
         let mut failing = std::collections::BTreeSet::new();
         loop {
@@ -367,11 +407,21 @@ impl Shared {
                     );
                     last_counts = Some(counts.clone());
                 }
-                let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(s) = status.get_mut(&name) {
-                    s.audit = Some(counts);
-                    s.observed_at = Some(observed.at);
-                    s.observation = Some(Arc::new(observed));
+                let relearned = service
+                    .weights
+                    .map(|w| self.learn_weights(&service, w, &observed))
+                    .unwrap_or(0);
+                {
+                    let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(s) = status.get_mut(&name) {
+                        s.audit = Some(counts);
+                        s.observed_at = Some(observed.at);
+                        s.observation = Some(Arc::new(observed));
+                    }
+                }
+                if relearned > 0 {
+                    tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
+                    self.trigger(&name, "weights learned").await;
                 }
             }
             tokio::select! {
@@ -450,8 +500,8 @@ impl Shared {
         };
         if let Some(settings) = service.observe.clone() {
             let shared = Arc::clone(self);
-            let (name, replicas, stop) = (service.name.clone(), service.replicas, stop.clone());
-            tokio::spawn(async move { shared.observe_loop(name, settings, replicas, stop).await });
+            let (service, stop) = (Arc::clone(&service), stop.clone());
+            tokio::spawn(async move { shared.observe_loop(service, settings, stop).await });
         }
         wake.notify_one();
         tracing::info!(service = %service.name, schedule = %service.schedule, nodes = service.nodes.len(), "service started");
@@ -726,6 +776,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         runners: tokio::sync::Mutex::new(BTreeMap::new()),
         status: RwLock::new(BTreeMap::new()),
         pass_locks: Mutex::new(HashMap::new()),
+        weights: Mutex::new(HashMap::new()),
         cache: Arc::new(ScriptCache::new()),
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),

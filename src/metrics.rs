@@ -65,6 +65,8 @@ pub struct Metrics {
     pub live_nodes: Family<Labels, Gauge>,
     pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
     pub audit_targets: Family<Labels, Gauge>,
+    pub node_weight: Family<Labels, Gauge>,
+    pub oversized_targets: Family<Labels, Gauge>,
     pub node_series: Family<Labels, Gauge>,
     pub node_head_series: Family<Labels, Gauge>,
     pub observe_errors: Family<Labels, Counter>,
@@ -99,6 +101,8 @@ impl Metrics {
             live_nodes: Family::default(),
             delivery_run_duration: Family::new_with_constructor(pass_histogram),
             audit_targets: Family::default(),
+            node_weight: Family::default(),
+            oversized_targets: Family::default(),
             node_series: Family::default(),
             node_head_series: Family::default(),
             observe_errors: Family::default(),
@@ -184,6 +188,16 @@ impl Metrics {
             "delivery_run_duration_seconds",
             "Duration of one batched delivery run (e.g. ansible-playbook)",
             m.delivery_run_duration.clone(),
+        );
+        registry.register(
+            "node_weight",
+            "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
+            m.node_weight.clone(),
+        );
+        registry.register(
+            "oversized_targets",
+            "Targets heavier than a node's fair share of the weight, each placed whole",
+            m.oversized_targets.clone(),
         );
         registry.register(
             "audit_targets",
@@ -274,9 +288,14 @@ impl Metrics {
                 self.files_written
                     .get_or_create(&service(name))
                     .inc_by(r.changed_files() as u64);
+                self.oversized_targets
+                    .get_or_create(&service(name))
+                    .set(r.oversized_count as i64);
                 for n in &r.nodes {
                     let node = vec![("service", name.to_string()), ("node", n.node.clone())];
                     self.node_targets.get_or_create(&node).set(n.count as i64);
+                    let weight = n.weight.unwrap_or(n.count as u64);
+                    self.node_weight.get_or_create(&node).set(weight as i64);
                     if n.delivered
                         && let Some(res) = n.result
                     {
@@ -317,6 +336,7 @@ impl Metrics {
         ];
         self.node_targets.remove(&l);
         self.node_series.remove(&l);
+        self.node_weight.remove(&l);
     }
 
     /// Forget a removed service: its gauges (a stale `last_success` would
@@ -332,6 +352,7 @@ impl Metrics {
         self.delivery_run_duration.remove(&svc);
         self.files_written.remove(&svc);
         self.mass_drop_refusals.remove(&svc);
+        self.oversized_targets.remove(&svc);
         let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
         for result in PASS_OUTCOMES {
             self.passes.remove(&with("result", result));
@@ -351,6 +372,7 @@ impl Metrics {
             let l = with("node", node);
             self.node_targets.remove(&l);
             self.node_series.remove(&l);
+            self.node_weight.remove(&l);
             self.observe_errors.remove(&l);
             self.node_up.remove(&l);
             for result in crate::push::DeliveryResult::ALL {
@@ -481,6 +503,8 @@ mod tests {
             duration_ms: 0,
             phases_ms: Default::default(),
             delivery_runs_s: vec![1.5, 0.5],
+            oversized: Vec::new(),
+            oversized_count: 0,
             assignment: Default::default(),
         };
         m.record_pass("s", 2.0, &Ok(report));

@@ -91,6 +91,10 @@ pub struct NodeReport {
     pub changed: bool,
     pub moved_in: usize,
     pub moved_out: usize,
+    /// Sum of its targets' weights (expected series), when targets are
+    /// weighted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u64>,
     /// A delivery was attempted.
     pub delivered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +125,12 @@ pub struct PassReport {
     pub phases_ms: Phases,
     /// Seconds of each external delivery run (`ansible-playbook`).
     pub delivery_runs_s: Vec<f64>,
+    /// Targets heavier than a node's fair share of the weight: each placed
+    /// whole where it fits best, never dropped (the first 20).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oversized: Vec<String>,
+    /// How many targets are oversized.
+    pub oversized_count: usize,
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
@@ -170,6 +180,9 @@ pub struct PassInput<'a> {
     /// The service's compiled `node_script` (the daemon's last good
     /// version); `None` compiles it afresh.
     pub node_script: Option<CompiledScript>,
+    /// Target weights learned from the servers (`weights: {from: series}`):
+    /// address → series. `None` reads them from the service state.
+    pub learned_weights: Option<Arc<BTreeMap<String, u32>>>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -253,6 +266,7 @@ fn compute(
     nodes: &[NodeSpec],
     sandbox: &Sandbox,
     node_filter: Option<&NodeFilter>,
+    learned: Option<&BTreeMap<String, u32>>,
 ) -> Result<Computed, PassError> {
     let from_script = match script_nodes(service, script, node_script, sandbox) {
         Some(r) => Some(r?),
@@ -278,7 +292,19 @@ fn compute(
     let (groups, mut invalid) = run.targets(script_ctx(service, nodes))?;
     phases.script = ms_since(t);
     let t = Instant::now();
-    let normalized = normalize(groups);
+    // A weight the script sets wins over a learned one.
+    let explicit: HashSet<String> = match learned {
+        Some(_) => groups
+            .iter()
+            .filter(|g| g.weight.is_some())
+            .flat_map(|g| g.targets.iter().cloned())
+            .collect(),
+        None => HashSet::new(),
+    };
+    let mut normalized = normalize(groups);
+    if let Some(learned) = learned {
+        apply_learned(&mut normalized.targets, &explicit, learned);
+    }
     invalid.extend(normalized.invalid);
     invalid.sort_by_key(|i| i.group);
     let targets = normalized.targets;
@@ -318,6 +344,36 @@ fn compute(
         plan,
         phases,
     })
+}
+
+/// Give every target without a script weight its learned weight (the
+/// median of the known ones for a target never observed).
+fn apply_learned(
+    targets: &mut [Target],
+    explicit: &HashSet<String>,
+    learned: &BTreeMap<String, u32>,
+) {
+    let open: Vec<usize> = (0..targets.len())
+        .filter(|&i| !explicit.contains(&*targets[i].addr))
+        .collect();
+    let addrs: Vec<&str> = open.iter().map(|&i| &*targets[i].addr).collect();
+    let weights = crate::observe::weights::weights_for(&addrs, learned);
+    for (i, w) in open.into_iter().zip(weights) {
+        targets[i].weight = w;
+    }
+}
+
+/// Targets heavier than a node's fair share of the total weight.
+fn oversized_targets<'a>(targets: &'a [Target], plan: &Plan) -> Vec<&'a Target> {
+    if plan.nodes.is_empty() {
+        return Vec::new();
+    }
+    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+    let fair = total * plan.replicas as u64 / plan.nodes.len() as u64;
+    targets
+        .iter()
+        .filter(|t| u64::from(t.weight) > fair.max(1))
+        .collect()
 }
 
 /// Whether dropping from `previous` to `now` targets must be refused.
@@ -478,14 +534,23 @@ pub async fn run_pass(
     let service = input.service;
     let out_dir = input.config.out_dir.clone();
     let dir = out_dir.join(&service.name);
+    // Learned weights: the daemon's, or (once, plan) those the last pass
+    // saved, so that every command places alike.
+    let learned = service.weights.map(|_| {
+        input
+            .learned_weights
+            .clone()
+            .unwrap_or_else(|| Arc::new(ServiceState::load(&out_dir, &service.name).weights))
+    });
     let computed = {
-        let (svc, script, node_script, nodes, sandbox, filter) = (
+        let (svc, script, node_script, nodes, sandbox, filter, learned) = (
             Arc::new(service.clone()),
             input.script.clone(),
             input.node_script.clone(),
             input.nodes.to_vec(),
             input.sandbox.clone(),
             input.node_filter.clone(),
+            learned.clone(),
         );
         tokio::task::spawn_blocking(move || {
             compute(
@@ -495,6 +560,7 @@ pub async fn run_pass(
                 &nodes,
                 &sandbox,
                 filter.as_ref(),
+                learned.as_deref(),
             )
         })
         .await
@@ -567,6 +633,12 @@ pub async fn run_pass(
     };
     let emitted = emitted?;
     let hashes: Vec<String> = emitted.files.iter().map(|f| f.hash.clone()).collect();
+    let weighted = computed.targets.iter().any(|t| t.weight != 1);
+    let oversized = oversized_targets(&computed.targets, &computed.plan);
+    if !oversized.is_empty() {
+        let first: Vec<&str> = oversized.iter().take(5).map(|t| &*t.addr).collect();
+        tracing::warn!(service = %service.name, count = oversized.len(), first = %first.join(" "), "targets heavier than a node's fair share: each placed whole on the node where it fits best");
+    }
     let mut nodes: Vec<NodeReport> = computed
         .plan
         .nodes
@@ -586,6 +658,12 @@ pub async fn run_pass(
             },
             moved_in: f.moved_in,
             moved_out: f.moved_out,
+            weight: weighted.then(|| {
+                n.targets
+                    .iter()
+                    .map(|&i| u64::from(computed.targets[i as usize].weight))
+                    .sum()
+            }),
             delivered: false,
             result: None,
             attempts: 0,
@@ -605,6 +683,12 @@ pub async fn run_pass(
         duplicates: computed.duplicates,
         replicas: computed.plan.replicas,
         assignment: Arc::clone(&computed.assignment),
+        oversized: oversized
+            .iter()
+            .take(20)
+            .map(|t| t.addr.to_string())
+            .collect(),
+        oversized_count: oversized.len(),
         nodes: Vec::new(),
         departed: Vec::new(),
         removed: Vec::new(),
@@ -696,6 +780,9 @@ pub async fn run_pass(
 
     // Remember what was done.
     state.targets = now_count;
+    if let Some(learned) = &learned {
+        state.weights = (**learned).clone();
+    }
     for (n, hash) in nodes.iter().zip(&hashes) {
         let entry = state.nodes.entry(n.node.clone()).or_default();
         entry.file = n.file.clone();

@@ -43,6 +43,10 @@ pub struct ServiceState {
     /// Target count of the last successful pass.
     pub targets: usize,
     pub nodes: BTreeMap<String, NodeState>,
+    /// Target weights learned from the servers (`weights: {from: series}`),
+    /// by address: a restart places exactly as before.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, u32>,
 }
 
 /// Path of a service's state file.

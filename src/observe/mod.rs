@@ -17,6 +17,7 @@
 pub mod assignment;
 pub mod audit;
 pub mod prom;
+pub mod weights;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
