@@ -253,7 +253,11 @@ impl Shared {
         s.passes += 1;
         let (outcome, error) = crate::metrics::pass_outcome(&result);
         if let Some(e) = &error {
-            tracing::error!(service = %service.name, error = %e, "pass {outcome}; last good files kept");
+            let files = match &result {
+                Err(e) if e.files_kept() => "last good files kept",
+                _ => "files changed",
+            };
+            tracing::error!(service = %service.name, error = %e, "pass {outcome}; {files}");
         }
         s.last_pass = Some(LastPass {
             finished_at: unix_now(),

@@ -406,6 +406,7 @@ mod tests {
             duration_ms: 0,
             phases_ms: Default::default(),
             delivery_runs_s: vec![1.5, 0.5],
+            sd: None,
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();
