@@ -961,3 +961,50 @@ fn a_pass_waits_for_the_service_lock() {
     child.join().unwrap().success();
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
 }
+
+/// Labels are limited in size and reserved names are refused: such a
+/// target is reported and skipped like any invalid one, the rest is
+/// written. `instance` and the `__` names Prometheus reads from a target
+/// pass.
+#[test]
+fn oversized_labels_and_reserved_names_are_invalid_targets() {
+    let data = vec![
+        json!({"targets": ["10.0.0.1:9100"], "labels": {"big": "x".repeat(60_000)}}),
+        json!({"targets": ["10.0.0.2:9100"], "labels": {"job": "other"}}),
+        json!({"targets": ["10.0.0.3:9100"], "labels": {"__address__": "10.6.6.6:1"}}),
+        json!({"targets": ["10.0.0.4:9100"], "labels": {"__hidden": "x"}}),
+        json!({"targets": ["10.0.0.5:9100"], "labels": {"instance": "web-5", "__scheme__": "https",
+               "__metrics_path__": "/m", "__param_module": "m", "__meta_rack": "r1"}}),
+    ];
+    let dir = one_service(2, "", &data);
+    let report = dir.run(&["once", "--json"]).success().json();
+    let svc = &report["services"][0];
+    assert_eq!(svc["targets"], 1, "{report:#}");
+    assert_eq!(svc["invalid"], 4, "{report:#}");
+    let reasons: Vec<String> = svc["invalid_samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{} {}", i["value"], i["reason"]))
+        .collect();
+    for want in [
+        "label value is 60000 bytes, at most 4096",
+        "label job is reserved",
+        "label __address__ is reserved",
+        "starting with '__' are reserved",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:#?}"
+        );
+    }
+    assert!(reasons.iter().all(|r| r.len() < 400), "{reasons:#?}");
+    let entries: Vec<_> = dir
+        .files("out/svc")
+        .values()
+        .flat_map(|b| sd_entries(b))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].0, "10.0.0.5:9100");
+    assert_eq!(entries[0].1["__scheme__"], "https");
+}
