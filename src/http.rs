@@ -48,13 +48,70 @@ pub async fn serve(
     }
 }
 
+/// A JSON answer, every URL in it redacted ([`redact_urls`]): these
+/// answers need no token, and error messages quote the URLs scripts fetched.
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut value = serde_json::to_value(value).unwrap_or_default();
+    redact_strings(&mut value);
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(value).unwrap_or_default(),
+        serde_json::to_vec(&value).unwrap_or_default(),
     )
         .into_response()
+}
+
+fn redact_strings(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains("://") => *s = redact_urls(s),
+        Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        Value::Object(map) => map.values_mut().for_each(redact_strings),
+        _ => {}
+    }
+}
+
+/// `text` with the credentials of every URL in it replaced by `***`: the
+/// user and password (`https://***@host/`) and the query string
+/// (`/api?***`), where tokens usually travel.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let url_len = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(rest.len() - at);
+        // Punctuation right after a URL in a message is not part of it.
+        let url = rest[scheme_start..at + url_len].trim_end_matches([')', ']', ',', ';', ':', '.']);
+        out.push_str(&rest[..scheme_start]);
+        let (head, after) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+        let authority_len = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, path) = after.split_at(authority_len);
+        out.push_str(head);
+        match authority.rfind('@') {
+            Some(i) => {
+                out.push_str("***");
+                out.push_str(&authority[i..]);
+            }
+            None => out.push_str(authority),
+        }
+        match path.split_once('?') {
+            Some((p, query)) => {
+                out.push_str(p);
+                out.push_str("?***");
+                if let Some(i) = query.find('#') {
+                    out.push_str(&query[i..]);
+                }
+            }
+            None => out.push_str(path),
+        }
+        rest = &rest[scheme_start + url.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -209,5 +266,31 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
             format!("service {service:?} has no node {node:?}"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn urls_lose_credentials_and_query_strings() {
+        assert_eq!(
+            redact_urls(
+                "http_get(https://bob:s3cret@cmdb.internal:8443/api/hosts?app=web&token=t0k): HTTP 503: down"
+            ),
+            "http_get(https://***@cmdb.internal:8443/api/hosts?***): HTTP 503: down"
+        );
+        assert_eq!(
+            redact_urls(
+                "GET http://10.0.0.1:9090/-/healthy: connection refused; see http://x/y?a=1#frag."
+            ),
+            "GET http://10.0.0.1:9090/-/healthy: connection refused; see http://x/y?***#frag."
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(
+            redact_urls("\"h://u@x\" and ://odd"),
+            "\"h://***@x\" and ://odd"
+        );
     }
 }

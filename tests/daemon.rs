@@ -1916,3 +1916,37 @@ fn every_node_has_exactly_one_sd_file_at_every_sample() {
         eprintln!("{naming}: {samples} samples over {passes} passes, one file per node in each");
     }
 }
+
+/// The API needs no token to read, so it never shows credentials: a
+/// script whose `http_get` fails on a URL with a password and a token in
+/// its query string has its error shown with both redacted.
+#[test]
+fn api_answers_never_show_url_credentials() {
+    let s = Setup::new();
+    let closed = free_port();
+    s.write_script(
+        "web",
+        &format!(
+            "fn targets(ctx) {{\n    http_get(\"http://bob:s3cret@127.0.0.1:{closed}/hosts?token=t0k3n\")\n}}\n"
+        ),
+    );
+    s.write_config("", &[service_yaml("web", &NODES, "")]);
+    let d = s.start();
+    let shown = format!("http://***@127.0.0.1:{closed}/hosts?***");
+    let body = d.wait(
+        "web's failed pass in the API",
+        Duration::from_secs(20),
+        || {
+            let r = d.get("/api/v1/services")?;
+            if r.body.contains(&format!("127.0.0.1:{closed}")) {
+                Ok(r.body)
+            } else {
+                Err(r.body)
+            }
+        },
+    );
+    for secret in ["bob", "s3cret", "t0k3n"] {
+        assert!(!body.contains(secret), "{secret} shown: {body}");
+    }
+    assert!(body.contains(&shown), "{body}");
+}
