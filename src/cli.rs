@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::effective_services;
 use crate::config::{Config, Service};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::ring::NodeSpec;
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::sim::SimArgs;
 
@@ -399,22 +400,22 @@ fn check_service_scripts(
         );
     }
     if !script.has_fn("file_name", 1) {
-        check_default_file_names(s)?;
+        check_default_file_names(s, &s.nodes)?;
     }
     Ok(script)
 }
 
-/// The names the first pass will give the static nodes' files must be
-/// valid and fit in a file name (a long service name and a long node name
+/// The names the first pass will give the files of `nodes` must be valid
+/// and fit in a file name (a long service name and a long node name
 /// together may not). A counted name is checked with a 7-digit count.
-fn check_default_file_names(s: &Service) -> anyhow::Result<()> {
+fn check_default_file_names(s: &Service, nodes: &[NodeSpec]) -> anyhow::Result<()> {
     use crate::plan::{FileNameArgs, check_file_name, default_file_name};
-    for (i, node) in s.nodes.iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         let args = FileNameArgs {
             service: s.name.clone(),
             node: node.addr.clone(),
             index: i + 1,
-            total: s.nodes.len(),
+            total: nodes.len(),
             count: 9_999_999,
             file_type: s.file_type,
         };
@@ -445,6 +446,12 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
             return false;
         }
     };
+    if !script.has_fn("file_name", 1)
+        && let Err(e) = check_default_file_names(s, &nodes)
+    {
+        eprintln!("  {e} (service {})", s.name);
+        return false;
+    }
     let run = ScriptRun::new(script, sandbox);
     match run.targets(crate::pass::script_ctx(s, &nodes)) {
         Err(e) => {

@@ -903,15 +903,28 @@ fn check_refuses_names_too_long_for_the_file_system() {
         .failure()
         .stderr_has(&["for node", "is too long"]);
     dir.run(&["once"]).failure().stderr_has(&["is too long"]);
-    // The same long service name is fine with a script's own short names.
+    // Nodes from `fn nodes(ctx)` are known to `check --run` only.
+    dir.config(&format!(
+        "out_dir: out\nservices:\n  - name: {name}\n    script: scripts/svc.rhai\n"
+    ));
+    let nodes_fn = format!("fn nodes(ctx) {{ [\"{node}\"] }}\n");
+    dir.write(
+        "scripts/svc.rhai",
+        format!("{}{nodes_fn}", json_script("data.json")),
+    );
+    dir.run(&["check"]).success();
+    dir.run(&["check", "--run"])
+        .failure()
+        .stderr_has(&["for node", "is too long"]);
+    // The same long names are fine with a script's own short file names.
     dir.write(
         "scripts/svc.rhai",
         format!(
-            "{}fn file_name(f) {{ \"n.json\" }}\n",
+            "{}{nodes_fn}fn file_name(f) {{ \"n.json\" }}\n",
             json_script("data.json")
         ),
     );
-    dir.run(&["check"]).success();
+    dir.run(&["check", "--run"]).success();
     dir.run(&["once"]).success();
 }
 
