@@ -254,10 +254,10 @@ impl Shared {
         let (outcome, error) = crate::metrics::pass_outcome(&result);
         if let Some(e) = &error {
             let files = match &result {
-                Err(e) if e.files_kept() => "last good files kept",
-                _ => "files changed",
+                Err(e) if e.files_kept() => "; last good files kept",
+                _ => " after changing files",
             };
-            tracing::error!(service = %service.name, error = %e, "pass {outcome}; {files}");
+            tracing::error!(service = %service.name, error = %e, "pass {outcome}{files}");
         }
         s.last_pass = Some(LastPass {
             finished_at: unix_now(),
