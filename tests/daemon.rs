@@ -1745,10 +1745,19 @@ fn http_sd_answers_empty_for_a_node_that_left() {
     let d = s.start();
     wait_sharded(&d, &s.service_dir("web"), 3, &h, Duration::from_secs(20));
     let gone = NODES[2];
-    let before = d
-        .get(&format!("/sd/web/{gone}"))
-        .unwrap_or_else(|e| d.fail(&e));
-    assert_eq!(before.status, 200, "{}", before.body);
+    // The files are written before the pass ends; /sd answers 503 until then.
+    d.wait(
+        "/sd of the node to answer 200",
+        Duration::from_secs(10),
+        || {
+            let r = d.get(&format!("/sd/web/{gone}"))?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        },
+    );
 
     s.write_config("", &[service_yaml("web", &NODES[..2], "")]);
     wait_sharded(&d, &s.service_dir("web"), 2, &h, Duration::from_secs(20));
