@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use promshard::config::FileType;
+use promshard::config::{FileNaming, FileType};
 use promshard::observe::audit::{NodeInput, audit};
 use promshard::observe::{ActiveTarget, Assignment, NodeObservation, locate};
 use promshard::plan::{Plan, PlanInput, default_file_name, make_plan};
@@ -42,7 +42,7 @@ fn fleet() -> (Vec<Target>, Plan) {
             ring: &RingSettings::default(),
             file_type: FileType::Json,
         },
-        |a| Ok(default_file_name(a)),
+        |a| Ok(default_file_name(a, FileNaming::Stable)),
     )
     .expect("plan");
     (targets, plan)

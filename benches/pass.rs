@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use promshard::config::FileType;
+use promshard::config::{FileNaming, FileType};
 use promshard::output::render_into;
 use promshard::plan::{PlanInput, default_file_name, make_plan};
 use promshard::ring::{NodeSpec, RingSettings};
@@ -46,7 +46,7 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
             ring,
             file_type: FileType::Json,
         },
-        |a| Ok(default_file_name(a)),
+        |a| Ok(default_file_name(a, FileNaming::Stable)),
     )
     .expect("plan");
     let mut buf = Vec::new();

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::effective_services;
 use crate::config::{Config, Service};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::ring::NodeSpec;
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::sim::SimArgs;
 
@@ -261,9 +262,13 @@ async fn pass_command(
                 tracing::error!(service = %service.name, failed = r.failed_deliveries(), "pass wrote its files but some deliveries failed");
             }
             Ok(_) => {}
-            Err(e) => {
+            Err(e) if e.files_kept() => {
                 all_ok = false;
                 tracing::error!(service = %service.name, error = %e, "pass failed; files left as they were");
+            }
+            Err(e) => {
+                all_ok = false;
+                tracing::error!(service = %service.name, error = %e, "pass failed after changing files");
             }
         }
         outcomes.push((service.name.clone(), result));
@@ -472,6 +477,10 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
         eprintln!("{p}");
     }
     for s in &services {
+        if let Err(e) = check_service_dir(&config, s) {
+            ok = false;
+            eprintln!("{e} (service {})", s.name);
+        }
         match check_service_scripts(s, &cache) {
             Ok(script) => {
                 let nodes = match (&s.node_script, s.nodes.len()) {
@@ -510,6 +519,24 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// The service's directory must hold only files promshard wrote, as a
+/// pass requires.
+fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
+    let dir = config.out_dir.join(&s.name);
+    let state = crate::state::ServiceState::load(&config.out_dir, &s.name);
+    let owned = state.owned().into_keys().collect();
+    let foreign = crate::output::foreign_files(&dir, &owned, &Default::default())?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(crate::pass::PassError::ForeignFiles {
+        dir,
+        files: foreign,
+        state: crate::state::state_path(&config.out_dir, &s.name),
+    }
+    .into())
+}
+
 /// Compile a service's scripts and check the functions it needs exist.
 fn check_service_scripts(
     s: &Service,
@@ -535,7 +562,32 @@ fn check_service_scripts(
             }
         );
     }
+    if !script.has_fn("file_name", 1) {
+        check_default_file_names(s, &s.nodes)?;
+    }
     Ok(script)
+}
+
+/// The names the first pass will give the files of `nodes` must be valid
+/// and fit in a file name (a long service name and a long node name
+/// together may not). A counted name is checked with a 7-digit count.
+fn check_default_file_names(s: &Service, nodes: &[NodeSpec]) -> anyhow::Result<()> {
+    use crate::plan::{FileNameArgs, check_file_name, default_file_name};
+    for (i, node) in nodes.iter().enumerate() {
+        let args = FileNameArgs {
+            service: s.name.clone(),
+            node: node.addr.clone(),
+            index: i + 1,
+            total: nodes.len(),
+            count: 9_999_999,
+            file_type: s.file_type,
+        };
+        let name = default_file_name(&args, s.file_naming);
+        if let Err(why) = check_file_name(&name) {
+            anyhow::bail!("file name {name:?} for node {} {why}", node.addr);
+        }
+    }
+    Ok(())
 }
 
 /// How many invalid entries `check --run` shows.
@@ -557,6 +609,12 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
             return false;
         }
     };
+    if !script.has_fn("file_name", 1)
+        && let Err(e) = check_default_file_names(s, &nodes)
+    {
+        eprintln!("  {e} (service {})", s.name);
+        return false;
+    }
     let run = ScriptRun::new(script, sandbox);
     match run.targets(crate::pass::script_ctx(s, &nodes)) {
         Err(e) => {

@@ -112,6 +112,8 @@ struct RawService {
     #[serde(default)]
     file_type: Option<String>,
     #[serde(default)]
+    file_naming: Option<String>,
+    #[serde(default)]
     port: Option<i64>,
     #[serde(default)]
     push: Option<RawPush>,
@@ -263,6 +265,17 @@ impl FileType {
     }
 }
 
+/// How sd files are named when the script defines no `fn file_name(f)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileNaming {
+    /// `{service}_{node}.{ext}`: a node keeps one name, so it never has two
+    /// files, even for an instant.
+    Stable,
+    /// `{service}_{node}_{index}_{total}_{count}.{ext}`, the names of the
+    /// tool promshard replaces; the name changes with the count.
+    Counted,
+}
+
 /// When a service's pass runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
@@ -325,6 +338,7 @@ pub struct Service {
     pub drop_in: bool,
     pub replicas: usize,
     pub file_type: FileType,
+    pub file_naming: FileNaming,
     pub port: Option<u16>,
     pub push: Push,
     pub ring: RingSettings,
@@ -579,6 +593,13 @@ impl Config {
                 }
             }
         }
+        let out_dir = base_dir.join(raw.out_dir);
+        if let Err(message) = check_out_dir(&out_dir) {
+            problems.push(ConfigProblem {
+                location: "out_dir".into(),
+                message,
+            });
+        }
         if !problems.is_empty() {
             return Err(ConfigError {
                 file: path.to_path_buf(),
@@ -587,7 +608,7 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
-            out_dir: base_dir.join(raw.out_dir),
+            out_dir,
             allowed_dirs: raw.allowed_dirs.iter().map(|d| base_dir.join(d)).collect(),
             api_token,
             scripts_dir: base_dir.join(raw.scripts_dir),
@@ -666,10 +687,20 @@ impl Config {
     }
 }
 
+/// The longest service name: it becomes a directory and part of file
+/// names, which a file system limits to 255 bytes.
+pub const MAX_SERVICE_NAME: usize = 200;
+
 /// Check a service name: it becomes a directory and a file-name part.
 pub fn check_service_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
+    }
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(format!(
+            "is {} characters long, at most {MAX_SERVICE_NAME} (it becomes a directory and part of file names)",
+            name.len()
+        ));
     }
     if name.starts_with('.')
         || !name
@@ -681,6 +712,70 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Directories `out_dir` must not be: promshard creates and removes files
+/// in `<out_dir>/<service>/`, and a service called `etc` must never find
+/// `/etc` there.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+];
+
+/// Refuse an `out_dir` that is `/` or a system directory, as written (with
+/// `.` and `..` resolved) or once links are followed.
+fn check_out_dir(out_dir: &Path) -> Result<(), String> {
+    let mut lexical = PathBuf::new();
+    for c in out_dir.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let real = std::fs::canonicalize(out_dir).ok();
+    match [Some(lexical), real]
+        .into_iter()
+        .flatten()
+        .find(|p| SYSTEM_DIRS.iter().any(|d| Path::new(d) == p))
+    {
+        Some(system) => Err(format!(
+            "{} is the system directory {}: promshard creates and removes files below out_dir; give it a directory of its own (e.g. /var/lib/promshard/sd)",
+            out_dir.display(),
+            system.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 type KeyProblems = Vec<(&'static str, String)>;
@@ -739,6 +834,14 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         other => {
             p.push(("file_type", format!("{other:?} is not json or yaml")));
             FileType::Json
+        }
+    };
+    let file_naming = match rs.file_naming.as_deref().unwrap_or("stable") {
+        "stable" => FileNaming::Stable,
+        "counted" => FileNaming::Counted,
+        other => {
+            p.push(("file_naming", format!("{other:?} is not stable or counted")));
+            FileNaming::Stable
         }
     };
     let port = match rs.port {
@@ -816,6 +919,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         nodes,
         replicas,
         file_type,
+        file_naming,
         port,
         push,
         ring,
@@ -841,6 +945,7 @@ impl RawService {
         or(&mut self.schedule, &d.schedule);
         or(&mut self.replicas, &d.replicas);
         or(&mut self.file_type, &d.file_type);
+        or(&mut self.file_naming, &d.file_naming);
         or(&mut self.port, &d.port);
         or(&mut self.push, &d.push);
         or(&mut self.ring, &d.ring);

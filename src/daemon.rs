@@ -319,8 +319,13 @@ impl Shared {
             (Ok(_), Some(e)) => {
                 tracing::error!(service = %service.name, error = %e, "pass wrote its files but deliveries failed; they are retried next pass");
             }
-            (Err(_), Some(e)) => {
-                tracing::error!(service = %service.name, error = %e, "pass {outcome}; last good files kept");
+            (Err(err), Some(e)) => {
+                let files = if err.files_kept() {
+                    "; last good files kept"
+                } else {
+                    " after changing files"
+                };
+                tracing::error!(service = %service.name, error = %e, "pass {outcome}{files}");
             }
             _ => {}
         }

@@ -3,8 +3,9 @@
 //! `POST /api/v1/services/{name}/dispatch`, `/sd/{service}/{node}` for
 //! Prometheus `http_sd_configs`, and the status page at `/`.
 //!
-//! Reads only: every handler looks at [`Shared`] or at the files a pass
-//! wrote; the one mutating call only wakes a runner. Mutating calls need
+//! Reads only: every handler looks at [`Shared`] (`/sd` at the plan of the
+//! last successful pass, kept in memory); the one mutating call only wakes a
+//! runner. Mutating calls need
 //! `Authorization: Bearer <api_token>` when a token is configured, and are
 //! refused outright on a non-loopback listener without one.
 
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{ServiceStatus, Shared};
 use crate::observe;
-use crate::output;
 
 type App = State<Arc<Shared>>;
 
@@ -53,13 +53,70 @@ pub async fn serve(
     }
 }
 
+/// A JSON answer, every URL in it redacted ([`redact_urls`]): these
+/// answers need no token, and error messages quote the URLs scripts fetched.
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut value = serde_json::to_value(value).unwrap_or_default();
+    redact_strings(&mut value);
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(value).unwrap_or_default(),
+        serde_json::to_vec(&value).unwrap_or_default(),
     )
         .into_response()
+}
+
+fn redact_strings(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains("://") => *s = redact_urls(s),
+        Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        Value::Object(map) => map.values_mut().for_each(redact_strings),
+        _ => {}
+    }
+}
+
+/// `text` with the credentials of every URL in it replaced by `***`: the
+/// user and password (`https://***@host/`) and the query string
+/// (`/api?***`), where tokens usually travel.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let url_len = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .unwrap_or(rest.len() - at);
+        // Punctuation right after a URL in a message is not part of it.
+        let url = rest[scheme_start..at + url_len].trim_end_matches([')', ']', ',', ';', ':', '.']);
+        out.push_str(&rest[..scheme_start]);
+        let (head, after) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+        let authority_len = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, path) = after.split_at(authority_len);
+        out.push_str(head);
+        match authority.rfind('@') {
+            Some(i) => {
+                out.push_str("***");
+                out.push_str(&authority[i..]);
+            }
+            None => out.push_str(authority),
+        }
+        match path.split_once('?') {
+            Some((p, query)) => {
+                out.push_str(p);
+                out.push_str("?***");
+                if let Some(i) = query.find('#') {
+                    out.push_str(&query[i..]);
+                }
+            }
+            None => out.push_str(path),
+        }
+        rest = &rest[scheme_start + url.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -266,82 +323,74 @@ async fn dispatch(State(shared): App, Path(name): Path<String>, headers: HeaderM
     }
 }
 
-/// The node's current targets, as its file holds them, in http_sd format.
+/// The node's targets in the plan in effect, in http_sd format. Served
+/// from the last successful pass in memory, never from the files, which the
+/// next pass may be replacing at this very moment.
 async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String)>) -> Response {
     let Some(status) = shared.status(&service) else {
         return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
     };
-    let Some(current) = status.current else {
+    let Some(snapshot) = status.current.and_then(|c| c.sd) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("service {service:?} has no successful pass yet"),
         );
     };
     let config = shared.config();
-    let out_dir = config.out_dir.clone();
-    let dir = out_dir.join(&service);
-    let planned = current
-        .nodes
-        .iter()
-        .find(|n| n.node == node)
-        .map(|n| n.file.clone());
-    let (service_name, node_name) = (service.clone(), node.clone());
     let seen = status.nodes_seen.contains(&node)
         || config
             .service(&service)
             .is_some_and(|s| s.nodes.iter().any(|n| n.addr == node));
-    // File reads and the state lookup are blocking I/O.
-    let read = tokio::task::spawn_blocking(move || {
-        let state = crate::state::ServiceState::load(&out_dir, &service_name);
-        let known = seen || state.nodes.contains_key(&node_name);
-        let Some(file) = planned else {
-            return Ok((None, known));
-        };
-        match std::fs::read(dir.join(&file)) {
-            Ok(b) => Ok((Some(b), true)),
-            // A pass renamed the file (its count changed) and has not
-            // finished yet: the state already names the new file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => state
+    let (out_dir, service_name, node_name) =
+        (config.out_dir.clone(), service.clone(), node.clone());
+    // Rendering a big node and reading the state are blocking work.
+    let answer = tokio::task::spawn_blocking(move || match snapshot.render(&node_name) {
+        Some(body) => Some(body),
+        // A node out of the ring (down, or lost its targets) gets an empty
+        // list, not an error: Prometheus keeps its last targets when a
+        // refresh fails, and would scrape them twice.
+        None if seen
+            || crate::state::ServiceState::load(&out_dir, &service_name)
                 .nodes
-                .get(&node_name)
-                .map(|n| dir.join(&n.file))
-                .and_then(|p| std::fs::read(&p).ok())
-                .map(|b| (Some(b), true))
-                .ok_or_else(|| format!("{}: {e}", dir.join(&file).display())),
-            Err(e) => Err(format!("{}: {e}", dir.join(&file).display())),
+                .contains_key(&node_name) =>
+        {
+            Some(b"[]".to_vec())
         }
+        None => None,
     })
     .await;
-    let bytes = match read {
-        Ok(Ok((Some(b), _))) => b,
-        // A node that is out of the ring (down, or lost its targets) gets
-        // an empty list, not an error: Prometheus keeps its last targets
-        // when a refresh fails, and would scrape them twice.
-        Ok(Ok((None, true))) => {
-            return ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
-        }
-        Ok(Ok((None, false))) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("service {service:?} has no node {node:?}"),
-            );
-        }
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    // file_name() may pick any extension: decide by content.
-    let body = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
-        bytes
-    } else {
-        match output::yaml_to_json(&bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{service}/{node}: {e}"),
-                );
-            }
-        }
-    };
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    match answer {
+        Ok(Some(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("service {service:?} has no node {node:?}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn urls_lose_credentials_and_query_strings() {
+        assert_eq!(
+            redact_urls(
+                "http_get(https://bob:s3cret@cmdb.internal:8443/api/hosts?app=web&token=t0k): HTTP 503: down"
+            ),
+            "http_get(https://***@cmdb.internal:8443/api/hosts?***): HTTP 503: down"
+        );
+        assert_eq!(
+            redact_urls(
+                "GET http://10.0.0.1:9090/-/healthy: connection refused; see http://x/y?a=1#frag."
+            ),
+            "GET http://10.0.0.1:9090/-/healthy: connection refused; see http://x/y?***#frag."
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(
+            redact_urls("\"h://u@x\" and ://odd"),
+            "\"h://***@x\" and ://odd"
+        );
+    }
 }

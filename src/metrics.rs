@@ -506,6 +506,7 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             assignment: Default::default(),
+            sd: None,
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();

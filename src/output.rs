@@ -5,8 +5,10 @@
 //! so the same input gives the same bytes. Writing is atomic: a temp file in
 //! the same directory (`.{name}.tmp`, which no `*.json`/`*.yml` glob
 //! matches), fsync, rename, fsync of the directory. A reader sees the old
-//! file or the new one, never a torn one. Only files inside the service's
-//! own directory are ever created or removed.
+//! file or the new one, never a torn one. Files are created only inside the
+//! service's own directory, and only files promshard wrote there (recorded
+//! in its state) are ever removed: a directory holding anything else is
+//! refused ([`foreign_files`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -123,37 +125,6 @@ pub fn parse_addresses(bytes: &[u8], file_type: FileType) -> Result<BTreeSet<Str
     Ok(groups.into_iter().flat_map(|g| g.targets).collect())
 }
 
-/// Distinct target addresses in the sd files already in `dir` (regular,
-/// non-hidden files that parse as file_sd JSON or YAML; others are
-/// ignored). The mass-drop baseline when no state remembers the last pass.
-pub fn count_existing_targets(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut all = BTreeSet::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        let Ok(bytes) = fs::read(entry.path()) else {
-            continue;
-        };
-        let parsed = parse_addresses(&bytes, FileType::Json)
-            .or_else(|_| parse_addresses(&bytes, FileType::Yaml));
-        if let Ok(addrs) = parsed {
-            all.extend(addrs);
-        }
-    }
-    all.len()
-}
-
-/// Convert file_sd YAML content to the equivalent JSON (for http_sd).
-pub fn yaml_to_json(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let value: serde_json::Value = serde_yaml_ng::from_slice(bytes).map_err(|e| e.to_string())?;
-    serde_json::to_vec(&value).map_err(|e| e.to_string())
-}
-
 /// Content hash used to detect changes (hex xxh3).
 pub fn content_hash(bytes: &[u8]) -> String {
     format!("{:016x}", XxHash3_64::oneshot(bytes))
@@ -194,62 +165,72 @@ pub struct OutputError {
     pub source: std::io::Error,
 }
 
-/// What [`sync_dir`] did.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct SyncResult {
-    /// Names that were (re)written because their content changed.
-    pub written: Vec<String>,
-    /// Stale files removed.
-    pub removed: Vec<String>,
-}
-
-/// Make `dir` hold exactly `files`: write those whose content differs,
-/// remove every other regular file (stale names, leftover temp files).
-/// Subdirectories and links are left alone.
-pub fn sync_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<SyncResult, OutputError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| OutputError { path, source }
+/// The entries of `dir` promshard did not write: everything but
+/// directories that is neither in `owned` nor the temp file of an `owned`
+/// or `planned` name. Sorted; none when `dir` does not exist yet.
+pub fn foreign_files(
+    dir: &Path,
+    owned: &BTreeSet<&str>,
+    planned: &BTreeSet<&str>,
+) -> Result<Vec<String>, OutputError> {
+    let err = |source| OutputError {
+        path: dir.to_path_buf(),
+        source,
     };
-    fs::create_dir_all(dir).map_err(err(dir))?;
-    let mut result = SyncResult::default();
-    for (name, bytes) in files {
-        let path = dir.join(name);
-        if fs::read(&path).ok().as_deref() == Some(bytes.as_slice()) {
-            continue;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir && !owned.contains(name.as_str()) && !is_temp_of(&name, owned, planned) {
+            foreign.push(name);
         }
-        write_atomic(dir, name, bytes).map_err(err(&path))?;
-        result.written.push(name.clone());
     }
-    let keep: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-    result.removed = remove_stale(dir, &keep)?;
-    Ok(result)
+    foreign.sort();
+    Ok(foreign)
 }
 
-/// Remove every regular file of `dir` not named in `keep` (stale names,
-/// leftover temp files); returns the removed names, sorted.
-pub fn remove_stale(dir: &Path, keep: &BTreeSet<&str>) -> Result<Vec<String>, OutputError> {
+/// Whether `name` is the temp file [`write_atomic`] uses for a name in
+/// `a` or `b`.
+fn is_temp_of(name: &str, a: &BTreeSet<&str>, b: &BTreeSet<&str>) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .is_some_and(|n| a.contains(n) || b.contains(n))
+}
+
+/// Remove the regular files of `dir` that promshard wrote (`owned`, and
+/// temp files of `owned` or `keep` names) and that are not in `keep`.
+/// Nothing else is ever removed. Returns the removed names, sorted.
+pub fn remove_stale(
+    dir: &Path,
+    owned: &BTreeSet<&str>,
+    keep: &BTreeSet<&str>,
+) -> Result<Vec<String>, OutputError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| OutputError { path, source }
     };
-    let mut removed = Vec::new();
     let mut stale = Vec::new();
     for entry in fs::read_dir(dir).map_err(err(dir))? {
         let entry = entry.map_err(err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if is_file && !keep.contains(name.as_str()) {
+        let ours = owned.contains(name.as_str()) || is_temp_of(&name, owned, keep);
+        if is_file && ours && !keep.contains(name.as_str()) {
             stale.push(name);
         }
     }
     stale.sort();
-    for name in stale {
-        let path = dir.join(&name);
+    for name in &stale {
+        let path = dir.join(name);
         fs::remove_file(&path).map_err(err(&path))?;
-        removed.push(name);
     }
-    Ok(removed)
+    Ok(stale)
 }
 
 #[cfg(test)]
@@ -301,21 +282,22 @@ mod tests {
     }
 
     #[test]
-    fn sync_writes_changed_and_removes_stale() {
+    fn only_files_promshard_wrote_are_foreign_free_and_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("svc");
-        let first = vec![
-            ("a.json".to_string(), b"[]\n".to_vec()),
-            ("b.json".to_string(), b"[]\n".to_vec()),
-        ];
-        let r = sync_dir(&dir, &first).unwrap();
-        assert_eq!(r.written, ["a.json", "b.json"]);
-        fs::write(dir.join(".x.json.tmp"), "junk").unwrap();
-        fs::write(tmp.path().join("outside.json"), "keep").unwrap();
-        let second = vec![("a.json".to_string(), b"[]\n".to_vec())];
-        let r = sync_dir(&dir, &second).unwrap();
-        assert!(r.written.is_empty());
-        assert_eq!(r.removed, [".x.json.tmp", "b.json"]);
-        assert!(tmp.path().join("outside.json").exists());
+        let dir = tmp.path();
+        for f in ["a.json", "b.json", ".a.json.tmp", ".c.json.tmp", "passwd"] {
+            fs::write(dir.join(f), "x").unwrap();
+        }
+        fs::create_dir(dir.join("sub")).unwrap();
+        let owned: BTreeSet<&str> = ["a.json", "b.json"].into();
+        let keep: BTreeSet<&str> = ["b.json", "c.json"].into();
+        assert_eq!(foreign_files(dir, &owned, &keep).unwrap(), ["passwd"]);
+        let removed = remove_stale(dir, &owned, &keep).unwrap();
+        assert_eq!(removed, [".a.json.tmp", ".c.json.tmp", "a.json"]);
+        for kept in ["b.json", "passwd", "sub"] {
+            assert!(dir.join(kept).exists(), "{kept}");
+        }
+        let missing = dir.join("missing");
+        assert!(foreign_files(&missing, &owned, &keep).unwrap().is_empty());
     }
 }

@@ -59,6 +59,25 @@ pub enum PassError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "files written and delivered, but saving the state {path} failed: {source}; the next pass delivers them again"
+    )]
+    StateNotSaved {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{dir}: holds {} file(s) promshard did not write ({}); refusing to write or clean up there, nothing changed: move them away or set another out_dir (files promshard wrote are recorded in {state})",
+        files.len(),
+        sample(files),
+        dir = dir.display(),
+        state = state.display()
+    )]
+    ForeignFiles {
+        dir: PathBuf,
+        files: Vec<String>,
+        state: PathBuf,
+    },
     #[error("internal task failed: {0}")]
     Join(String),
     #[error(
@@ -74,11 +93,37 @@ impl PassError {
             PassError::Script(e) => e.kind(),
             PassError::Plan(_) => "plan",
             PassError::MassDrop { .. } => "mass_drop",
-            PassError::Output(_) | PassError::State { .. } => "io",
+            PassError::Output(_) | PassError::State { .. } | PassError::StateNotSaved { .. } => {
+                "io"
+            }
+            PassError::ForeignFiles { .. } => "foreign_files",
             PassError::Join(_) => "internal",
             PassError::AllNodesDown { .. } => "all_nodes_down",
         }
     }
+}
+
+impl PassError {
+    /// Whether every file is as the last good pass left it (false when
+    /// the pass failed part-way through writing, or after it).
+    pub fn files_kept(&self) -> bool {
+        !matches!(self, PassError::Output(_) | PassError::StateNotSaved { .. })
+    }
+}
+
+/// The first few of `names`, for a message.
+fn sample(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(", …");
+    }
+    text
 }
 
 /// What happened to one node in a pass.
@@ -134,6 +179,26 @@ pub struct PassReport {
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
+    /// What each node holds after this pass (not in dry runs), for `/sd`.
+    #[serde(skip)]
+    pub sd: Option<Arc<SdSnapshot>>,
+}
+
+/// The targets and plan of a pass, kept in memory so that `/sd` answers
+/// from them: re-reading the files raced with the next pass renaming or
+/// removing them (HTTP 500 mid-pass).
+#[derive(Debug, PartialEq)]
+pub struct SdSnapshot {
+    targets: Vec<Target>,
+    plan: Plan,
+}
+
+impl SdSnapshot {
+    /// `node`'s targets as http_sd JSON, or `None` when it is not planned.
+    pub fn render(&self, node: &str) -> Option<Vec<u8>> {
+        let n = self.plan.nodes.iter().find(|n| n.node == node)?;
+        Some(render(&self.targets, &n.targets, FileType::Json))
+    }
 }
 
 /// Milliseconds spent in each phase of a pass (see `--json` and debug logs).
@@ -321,7 +386,7 @@ fn compute(
             file_type: service.file_type,
         },
         |args| match run.file_name(file_name_map(args)) {
-            None => Ok(default_file_name(args)),
+            None => Ok(default_file_name(args, service.file_naming)),
             Some(Ok(name)) => Ok(name),
             Some(Err(e)) => {
                 let msg = e.to_string();
@@ -426,13 +491,21 @@ fn node_movement(next: &HashSet<&str>, old: Option<&[u8]>, file_type: FileType) 
 /// Render every node's file, one at a time, hash it, count how its
 /// addresses moved against the file the node had (from `old`: node → file
 /// name, per the state) and, when `write`, write it if its content changed
-/// and remove stale files. Movement needs no parsing when a node's file is
+/// and remove stale files (only names in `owned`: file → node, the files
+/// promshard wrote). Movement needs no parsing when a node's file is
 /// unchanged (the usual case). Only one file's content is in memory at once.
+///
+/// A node has one file at every instant: when its name changes, its old
+/// file is renamed to the new name before the new content replaces it, and
+/// files a crash left under other names for it go as soon as it has one.
+/// (Except when a script's names move between nodes: then every old file is
+/// read first and stale ones go at the end.)
 fn emit(
     dir: &Path,
     targets: &[Target],
     plan: &Plan,
     old: &BTreeMap<String, String>,
+    owned: &BTreeMap<String, String>,
     write: bool,
 ) -> Result<Emitted, OutputError> {
     let started = Instant::now();
@@ -448,6 +521,7 @@ fn emit(
             .collect()
     };
     let read_old = |node: &str| old.get(node).and_then(|f| std::fs::read(dir.join(f)).ok());
+    let planned: BTreeSet<&str> = plan.nodes.iter().map(|n| n.file.as_str()).collect();
     // A node's new file may carry the name another node's old file had
     // (custom file names): then read every old file before writing any.
     let shared_name = plan
@@ -463,34 +537,67 @@ fn emit(
     let mut render_time = Duration::ZERO;
     let mut bytes = Vec::new();
     let mut files = Vec::with_capacity(plan.nodes.len());
+    let mut removed = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let t = Instant::now();
         output::render_into(&mut bytes, targets, &n.targets, file_type);
         render_time += t.elapsed();
         let hash = content_hash(&bytes);
-        let mut on_disk = None;
+        let prev = if early.is_some() {
+            None
+        } else {
+            read_old(&n.node)
+        };
         let (moved_in, moved_out) = match &early {
             Some(moves) => moves[i],
-            None => {
-                let prev = read_old(&n.node);
-                let moves = if prev.as_deref() == Some(bytes.as_slice()) {
-                    (0, 0)
-                } else {
-                    node_movement(&next_set(n), prev.as_deref(), file_type)
-                };
-                if old.get(&n.node) == Some(&n.file) {
-                    on_disk = Some(prev);
-                }
-                moves
-            }
+            None if prev.as_deref() == Some(bytes.as_slice()) => (0, 0),
+            None => node_movement(&next_set(n), prev.as_deref(), file_type),
         };
         let mut written = false;
         if write {
             let path = dir.join(&n.file);
-            let current = on_disk.unwrap_or_else(|| std::fs::read(&path).ok());
+            let mut current = if old.get(&n.node) == Some(&n.file) {
+                prev
+            } else {
+                std::fs::read(&path).ok()
+            };
+            let renamed_from = old.get(&n.node).filter(|f| **f != n.file);
+            if let (None, false, Some(from)) = (&current, shared_name, renamed_from) {
+                match std::fs::rename(dir.join(from), &path) {
+                    Ok(()) => current = std::fs::read(&path).ok(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(err(dir.join(from))(e)),
+                }
+            }
+            // The node's files under other names (only after a crash, or
+            // when the rename above found nothing): removed while the node
+            // still has a file, or right after it got one.
+            let drop_leftovers = |removed: &mut Vec<String>| -> Result<(), OutputError> {
+                if shared_name {
+                    return Ok(());
+                }
+                let leftovers = owned.iter().filter(|(f, node)| {
+                    **node == n.node && **f != n.file && !planned.contains(f.as_str())
+                });
+                for (f, _) in leftovers {
+                    match std::fs::remove_file(dir.join(f)) {
+                        Ok(()) => removed.push(f.clone()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(err(dir.join(f))(e)),
+                    }
+                }
+                Ok(())
+            };
+            let had_file = current.is_some();
+            if had_file {
+                drop_leftovers(&mut removed)?;
+            }
             if current.as_deref() != Some(bytes.as_slice()) {
                 output::write_atomic(dir, &n.file, &bytes).map_err(err(path))?;
                 written = true;
+            }
+            if !had_file {
+                drop_leftovers(&mut removed)?;
             }
         }
         files.push(NodeFile {
@@ -500,12 +607,11 @@ fn emit(
             written,
         });
     }
-    let removed = if write {
-        let keep: BTreeSet<&str> = plan.nodes.iter().map(|n| n.file.as_str()).collect();
-        output::remove_stale(dir, &keep)?
-    } else {
-        Vec::new()
-    };
+    if write {
+        let owned: BTreeSet<&str> = owned.keys().map(String::as_str).collect();
+        removed.extend(output::remove_stale(dir, &owned, &planned)?);
+        removed.sort();
+    }
     let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
     Ok(Emitted {
         files,
@@ -566,15 +672,23 @@ pub async fn run_pass(
         .await
         .map_err(|e| PassError::Join(e.to_string()))??
     };
-    // One pass per service across processes too; state and counts are
-    // read under the lock. Blocking I/O: off the runtime.
-    let (lock, mut state, previous) = {
+    // One pass per service across processes too; the state is read, and
+    // the directory checked for files promshard did not write, under the
+    // lock. Blocking I/O: off the runtime.
+    let planned: BTreeMap<String, String> = computed
+        .plan
+        .nodes
+        .iter()
+        .map(|n| (n.file.clone(), n.node.clone()))
+        .collect();
+    let (lock, mut state) = {
         let (out_dir, dir, name, write) = (
             out_dir.clone(),
             dir.clone(),
             service.name.clone(),
             !options.dry_run,
         );
+        let planned = planned.clone();
         tokio::task::spawn_blocking(move || -> Result<_, PassError> {
             let lock = if write {
                 Some(
@@ -586,23 +700,23 @@ pub async fn run_pass(
             } else {
                 None
             };
-            Ok(match ServiceState::load_existing(&out_dir, &name) {
-                Some(state) => {
-                    let previous = state.targets;
-                    (lock, state, previous)
-                }
-                // No memory of the last pass: the files in place (an earlier
-                // run, or the tool promshard replaces) are the baseline.
-                None => (
-                    lock,
-                    ServiceState::default(),
-                    output::count_existing_targets(&dir),
-                ),
-            })
+            let state = ServiceState::load_existing(&out_dir, &name).unwrap_or_default();
+            let owned: BTreeSet<&str> = state.owned().into_keys().collect();
+            let planned: BTreeSet<&str> = planned.keys().map(String::as_str).collect();
+            let foreign = output::foreign_files(&dir, &owned, &planned)?;
+            if !foreign.is_empty() {
+                return Err(PassError::ForeignFiles {
+                    dir,
+                    files: foreign,
+                    state: crate::state::state_path(&out_dir, &name),
+                });
+            }
+            Ok((lock, state))
         })
         .await
         .map_err(|e| PassError::Join(e.to_string()))??
     };
+    let previous = state.targets;
     let now_count = computed.targets.len();
     if !options.force && is_mass_drop(previous, now_count, service.max_drop_ratio) {
         return Err(PassError::MassDrop {
@@ -622,10 +736,34 @@ pub async fn run_pass(
         .map(|(node, ns)| (node.clone(), ns.file.clone()))
         .collect();
     let write = !options.dry_run;
+    // Record the names about to be written before writing them, so that a
+    // crash part-way still leaves every file known as promshard's own.
+    let new_names = planned
+        .iter()
+        .any(|(file, node)| state.files.get(file) != Some(node));
+    if write && new_names {
+        state.files.extend(planned.clone());
+        let (saved, out_dir, name) = (state.clone(), out_dir.clone(), service.name.clone());
+        tokio::task::spawn_blocking(move || {
+            saved
+                .save(&out_dir, &name)
+                .map_err(|source| PassError::State {
+                    path: crate::state::state_path(&out_dir, &name),
+                    source,
+                })
+        })
+        .await
+        .map_err(|e| PassError::Join(e.to_string()))??;
+    }
+    let owned: BTreeMap<String, String> = state
+        .owned()
+        .into_iter()
+        .map(|(f, n)| (f.to_string(), n.to_string()))
+        .collect();
     let (computed, emitted) = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || {
-            let e = emit(&dir, &computed.targets, &computed.plan, &old, write);
+            let e = emit(&dir, &computed.targets, &computed.plan, &old, &owned, write);
             (computed, e)
         })
         .await
@@ -696,6 +834,7 @@ pub async fn run_pass(
         duration_ms: 0,
         phases_ms: computed.phases.clone(),
         delivery_runs_s: Vec::new(),
+        sd: None,
     };
     report.phases_ms.render = emitted.render_ms;
     if options.dry_run {
@@ -710,11 +849,11 @@ pub async fn run_pass(
 
     let pusher = Pusher::for_service(service);
     let now = unix_now();
-    let planned: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let planned_nodes: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
     let departed: Vec<String> = state
         .nodes
         .keys()
-        .filter(|n| !planned.contains(n.as_str()))
+        .filter(|n| !planned_nodes.contains(n.as_str()))
         .cloned()
         .collect();
     if pusher.delivers() {
@@ -810,13 +949,15 @@ pub async fn run_pass(
         .filter(|d| d.result.is_success())
         .map(|d| d.node.as_str())
         .collect();
-    state.settle_departed(&planned, pusher.delivers().then_some(&told), now);
+    state.settle_departed(&planned_nodes, pusher.delivers().then_some(&told), now);
+    // Every other file promshard had here was removed by `emit`.
+    state.files = planned;
     {
         let (out_dir, name) = (out_dir.clone(), service.name.clone());
         tokio::task::spawn_blocking(move || {
             let saved = state.save(&out_dir, &name);
             drop(lock);
-            saved.map_err(|source| PassError::State {
+            saved.map_err(|source| PassError::StateNotSaved {
                 path: crate::state::state_path(&out_dir, &name),
                 source,
             })
@@ -826,6 +967,10 @@ pub async fn run_pass(
     }
 
     report.nodes = nodes;
+    report.sd = Some(Arc::new(SdSnapshot {
+        targets: computed.targets,
+        plan: computed.plan,
+    }));
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);
     Ok(report)

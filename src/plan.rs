@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::config::FileType;
+use crate::config::{FileNaming, FileType};
 use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
 use crate::target::Target;
 
@@ -25,18 +25,35 @@ pub struct FileNameArgs {
     pub file_type: FileType,
 }
 
-/// The seed's naming rule: `{service}_{node}_{index}_{total}_{count}.{ext}`.
-pub fn default_file_name(a: &FileNameArgs) -> String {
-    format!(
-        "{}_{}_{}_{}_{}.{}",
-        a.service,
-        a.node,
-        a.index,
-        a.total,
-        a.count,
-        a.file_type.ext()
-    )
+/// The file name of a node when the script defines no `fn file_name(f)`.
+pub fn default_file_name(a: &FileNameArgs, naming: FileNaming) -> String {
+    let ext = a.file_type.ext();
+    match naming {
+        FileNaming::Stable => format!("{}_{}.{ext}", a.service, filename_safe(&a.node)),
+        FileNaming::Counted => format!(
+            "{}_{}_{}_{}_{}.{ext}",
+            a.service, a.node, a.index, a.total, a.count
+        ),
+    }
 }
+
+/// `node` with every character but letters, digits, `.`, `-` and `_`
+/// replaced by `_` (`10.0.0.1:9090` → `10.0.0.1_9090`), so that the name
+/// needs no quoting in a shell, a glob or another file system.
+fn filename_safe(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The longest file name a file system takes (`NAME_MAX` on Linux).
+const NAME_MAX: usize = 255;
 
 /// Check a file name before anything is written under it.
 pub fn check_file_name(name: &str) -> Result<(), &'static str> {
@@ -50,6 +67,10 @@ pub fn check_file_name(name: &str) -> Result<(), &'static str> {
         Err("contains a NUL or control character")
     } else if name.starts_with('.') {
         Err("starts with '.' (reserved for temporary files)")
+    } else if crate::output::temp_name(name).len() > NAME_MAX {
+        Err(
+            "is too long: with its temporary file's '.' and '.tmp' it exceeds the 255 bytes a file name may have",
+        )
     } else {
         Ok(())
     }
@@ -253,7 +274,7 @@ mod tests {
                 ring: &RingSettings::default(),
                 file_type: FileType::Json,
             },
-            |a| Ok(default_file_name(a)),
+            |a| Ok(default_file_name(a, FileNaming::Stable)),
         )
     }
 
@@ -262,9 +283,22 @@ mod tests {
         let p = plan_of(&targets(1), &nodes(3), 1).unwrap();
         assert_eq!(p.nodes.len(), 3);
         assert_eq!(p.nodes.iter().filter(|n| n.count == 0).count(), 2);
+        assert_eq!(p.nodes[0].file, "svc_prom1_9090.json");
+        let counted = FileNameArgs {
+            service: "svc".into(),
+            node: "[::1]:9090".into(),
+            index: 2,
+            total: 3,
+            count: 7,
+            file_type: FileType::Yaml,
+        };
         assert_eq!(
-            p.nodes[0].file,
-            format!("svc_prom1:9090_1_3_{}.json", p.nodes[0].count)
+            default_file_name(&counted, FileNaming::Counted),
+            "svc_[::1]:9090_2_3_7.yaml"
+        );
+        assert_eq!(
+            default_file_name(&counted, FileNaming::Stable),
+            "svc____1__9090.yaml"
         );
     }
 
@@ -288,6 +322,7 @@ mod tests {
             ring: &RingSettings::default(),
             file_type: FileType::Json,
         };
+        let long = "x".repeat(251);
         for bad in [
             "../x.json",
             "a/b.json",
@@ -295,6 +330,7 @@ mod tests {
             "x\0.json",
             ".hidden.json",
             "a\\b",
+            long.as_str(),
         ] {
             let r = make_plan(&input, |_| Ok(bad.to_string()));
             assert!(matches!(r, Err(PlanError::BadFileName { .. })), "{bad:?}");

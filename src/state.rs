@@ -1,6 +1,7 @@
 //! What promshard remembers between passes and restarts, per service:
-//! the last good target count (for the mass-drop guard) and, per node, its
-//! file, the file's content hash and the last delivery. Stored as
+//! the last good target count (for the mass-drop guard), per node its file,
+//! the file's content hash and the last delivery, and every file it created
+//! in the service directory (cleanup removes those and nothing else). Stored as
 //! `<out_dir>/.promshard/<service>.state` (JSON, written atomically; the
 //! name ends in `.state` so no Prometheus sd glob ever matches it).
 
@@ -47,6 +48,11 @@ pub struct ServiceState {
     /// by address: a restart places exactly as before.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, u32>,
+    /// Files promshard created in the service directory and has not
+    /// removed yet, by name, with the node each was for. A name is added
+    /// (and saved) before its file is first written, so that after a crash
+    /// at any point every file promshard left is still known as its own.
+    pub files: BTreeMap<String, String>,
 }
 
 /// Path of a service's state file.
@@ -72,6 +78,20 @@ impl ServiceState {
                 tracing::warn!(path = %path.display(), error = %e, "state file unreadable, starting fresh");
             })
             .ok()
+    }
+
+    /// Every file promshard wrote in the service directory, with its node:
+    /// [`ServiceState::files`] and each node's last file (the one record
+    /// that states saved before `files` existed have).
+    pub fn owned(&self) -> BTreeMap<&str, &str> {
+        let mut owned: BTreeMap<&str, &str> = self
+            .nodes
+            .iter()
+            .filter(|(_, ns)| !ns.file.is_empty())
+            .map(|(node, ns)| (ns.file.as_str(), node.as_str()))
+            .collect();
+        owned.extend(self.files.iter().map(|(f, n)| (f.as_str(), n.as_str())));
+        owned
     }
 
     /// Take the service's lock, waiting for another promshard process (e.g.

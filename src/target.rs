@@ -340,15 +340,11 @@ pub fn normalize(groups: Vec<RawGroup>) -> Normalized {
         .reserve(groups.iter().map(|g| g.targets.len()).sum::<usize>());
     for group in groups {
         let gi = group.index;
-        if let Some((name, reason)) = group
-            .labels
-            .keys()
-            .find_map(|k| check_label_name(k).err().map(|e| (k.to_string(), e)))
-        {
+        if let Err((value, reason)) = check_labels(&group.labels) {
             out.invalid.push(Invalid {
                 group: gi,
-                value: format!("label {name}"),
-                reason: reason.to_string(),
+                value,
+                reason,
             });
             continue;
         }
@@ -441,6 +437,86 @@ fn check_host(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Most labels one target may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label name, in bytes.
+pub const MAX_LABEL_NAME: usize = 128;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 4096;
+
+/// `__`-prefixed label names Prometheus reads from a discovered target; every
+/// other `__` name is reserved. `__param_<name>` and `__meta_<name>` (for
+/// relabelling) are allowed too.
+const PROMETHEUS_TARGET_LABELS: [&str; 4] = [
+    "__scheme__",
+    "__metrics_path__",
+    "__scrape_interval__",
+    "__scrape_timeout__",
+];
+
+/// Check a group's labels: their number, each name (syntax, reserved
+/// names) and the size of names and values. The error is the offending
+/// label, quoted short, and why.
+pub fn check_labels(labels: &Labels) -> Result<(), (String, String)> {
+    if labels.len() > MAX_LABELS {
+        return Err((
+            format!("{} labels", labels.len()),
+            format!("at most {MAX_LABELS} labels per target"),
+        ));
+    }
+    for (name, value) in labels {
+        let quoted = || {
+            let short: String = name.chars().take(40).collect();
+            let more = if short.len() < name.len() { "…" } else { "" };
+            format!("label {short}{more}")
+        };
+        if name.len() > MAX_LABEL_NAME {
+            return Err((
+                quoted(),
+                format!(
+                    "label name is {} bytes, at most {MAX_LABEL_NAME}",
+                    name.len()
+                ),
+            ));
+        }
+        check_label_name(name)
+            .and_then(|()| check_reserved_label(name))
+            .map_err(|reason| (quoted(), reason.to_string()))?;
+        if value.len() > MAX_LABEL_VALUE {
+            return Err((
+                quoted(),
+                format!(
+                    "label value is {} bytes, at most {MAX_LABEL_VALUE}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse label names that would change what promshard planned: `job`
+/// (Prometheus would use it instead of the scrape config's job name),
+/// `__address__` (the address is the target itself, what promshard shards
+/// on) and `__` names Prometheus does not read from a target.
+fn check_reserved_label(name: &str) -> Result<(), &'static str> {
+    if name == "job" {
+        Err("label job is reserved: Prometheus sets it from the scrape config's job_name")
+    } else if name == "__address__" {
+        Err("label __address__ is reserved: a target's address is its entry in targets")
+    } else if name.starts_with("__")
+        && !PROMETHEUS_TARGET_LABELS.contains(&name)
+        && !name.starts_with("__param_")
+        && !name.starts_with("__meta_")
+    {
+        Err(
+            "label names starting with '__' are reserved; allowed: __scheme__, __metrics_path__, __scrape_interval__, __scrape_timeout__, __param_<name>, __meta_<name>",
+        )
+    } else {
+        Ok(())
+    }
+}
+
 /// Check a Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
 pub fn check_label_name(name: &str) -> Result<(), &'static str> {
     let mut chars = name.chars();
@@ -510,6 +586,39 @@ mod tests {
         assert!(check_label_name("1abc").is_err());
         assert!(check_label_name("a-b").is_err());
         assert!(check_label_name("").is_err());
+    }
+
+    #[test]
+    fn label_limits_and_reserved_names() {
+        let ok: Labels = [
+            ("instance", "web-1"),
+            ("__scheme__", "https"),
+            ("__metrics_path__", "/m"),
+            ("__param_module", "http_2xx"),
+            ("__meta_rack", "r1"),
+            ("v", &"x".repeat(MAX_LABEL_VALUE)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(check_labels(&ok), Ok(()));
+        let long_value = "x".repeat(MAX_LABEL_VALUE + 1);
+        let long_name = "n".repeat(MAX_LABEL_NAME + 1);
+        for (name, value, why) in [
+            ("job", "x", "job is reserved"),
+            ("__address__", "h:1", "__address__ is reserved"),
+            ("__tmp", "x", "starting with '__' are reserved"),
+            ("v", long_value.as_str(), "4097 bytes, at most 4096"),
+            (long_name.as_str(), "x", "129 bytes, at most 128"),
+        ] {
+            let labels: Labels = [(name, value)].into_iter().collect();
+            let (quoted, reason) = check_labels(&labels).unwrap_err();
+            assert!(reason.contains(why), "{name}: {reason}");
+            assert!(quoted.len() < 50, "{quoted}");
+        }
+        let many: Labels = (0..=MAX_LABELS)
+            .map(|i| (format!("l{i}"), "x".to_string()))
+            .collect();
+        assert_eq!(check_labels(&many).unwrap_err().0, "65 labels");
     }
 
     #[test]

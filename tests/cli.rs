@@ -155,8 +155,20 @@ fn one_target_three_nodes_gives_two_empty_files() {
         sd_entries(full[0]),
         [("10.0.0.1:9100".to_string(), BTreeMap::new())]
     );
-    // Default naming rule: {service}_{node}_{index}_{total}_{count}.json,
-    // index in sorted node order.
+    // Default naming rule: {service}_{node}.json, the node's ':' made '_'.
+    for node in nodes(3) {
+        let name = format!("svc_{}.json", node.replace(':', "_"));
+        assert!(files.contains_key(&name), "no {name}: {:?}", files.keys());
+    }
+    // The counted rule, {service}_{node}_{index}_{total}_{count}.json,
+    // index in sorted node order, on request; its files replace the others.
+    dir.config(&config_yaml(
+        &strs(&nodes(3)),
+        &[("svc", "scripts/svc.rhai", "file_naming: counted")],
+    ));
+    dir.run(&["once"]).success();
+    let files = dir.files("out/svc");
+    assert_eq!(files.len(), 3, "{:?}", files.keys());
     for (i, node) in nodes(3).iter().enumerate() {
         let count = |c: usize| format!("svc_{node}_{}_3_{c}.json", i + 1);
         assert!(
@@ -473,25 +485,23 @@ fn stale_files_are_removed_and_files_outside_the_service_dir_survive() {
     dir.run(&["once"]).success();
     let first = dir.files("out/svc");
     assert_eq!(first.len(), 5);
-    // A leftover of some older pass, with the service's own naming rule.
-    dir.write("out/svc/svc_127.0.0.1:9099_9_9_0.json", "[]\n");
 
     let n3 = nodes(3);
     dir.config(&config_yaml(&strs(&n3), &[("svc", "scripts/svc.rhai", "")]));
     let report = dir.run(&["once", "--json"]).success().json();
     let files = dir.files("out/svc");
     assert_eq!(files.len(), 3, "{:?}", files.keys());
-    for name in files.keys() {
-        assert!(name.contains("_3_"), "{name} is not from the 3-node pass");
+    for node in &n3 {
+        let name = format!("svc_{}.json", node.replace(':', "_"));
+        assert!(files.contains_key(&name), "no {name}: {:?}", files.keys());
     }
     for old in first.keys() {
         if !files.contains_key(old) {
             assert!(!dir.join("out/svc").join(old).exists());
         }
     }
-    assert!(!dir.join("out/svc/svc_127.0.0.1:9099_9_9_0.json").exists());
     let removed = report["services"][0]["removed"].as_array().unwrap();
-    assert!(removed.len() >= 3, "report lists removed files: {report:#}");
+    assert_eq!(removed.len(), 2, "report lists removed files: {report:#}");
     // The union is still the whole input.
     let seen = occurrences(&files);
     assert_eq!(
@@ -764,11 +774,12 @@ fn help_is_available_everywhere() {
     assert_eq!(bad.code, Some(2), "usage errors exit 2: {}", bad.stderr);
 }
 
-/// With no state file (first run of promshard over files an earlier run or
-/// another tool left, or a lost `.promshard/`), the files in place are the
-/// mass-drop baseline: an empty CMDB answer must not empty the shards.
+/// With no state file (a lost `.promshard/`, or files another tool left),
+/// promshard cannot tell its own files from anyone else's: the pass is
+/// refused and names them, so neither an empty CMDB answer nor cleanup can
+/// empty the shards, `--force` included.
 #[test]
-fn mass_drop_guard_uses_existing_files_when_the_state_is_missing() {
+fn a_lost_state_refuses_the_pass_and_keeps_the_files() {
     let targets: Vec<serde_json::Value> = (1..=20)
         .map(|i| json!(format!("10.0.0.{i}:9100")))
         .collect();
@@ -777,14 +788,171 @@ fn mass_drop_guard_uses_existing_files_when_the_state_is_missing() {
     let before = dir.files("out/svc");
     std::fs::remove_dir_all(dir.join("out/.promshard")).unwrap();
     dir.write("scripts/data.json", "[]");
+    for args in [&["once"][..], &["once", "--force"]] {
+        dir.run(args).failure().stderr_has(&[
+            "holds 3 file(s) promshard did not write",
+            "svc_127.0.0.1_9091.json",
+        ]);
+        assert_eq!(dir.files("out/svc"), before, "files must be kept");
+    }
+}
+
+/// Cleanup deletes only what promshard wrote. A service directory holding
+/// other files (a service called `etc` in a fake root) is refused, with
+/// the names, and nothing in it is deleted: before the service's first
+/// pass, and after, when a file appears among its own. Directories in it
+/// are left alone and do not count.
+#[test]
+fn a_service_dir_with_foreign_files_is_refused_and_never_emptied() {
+    let dir = Dir::new();
+    dir.config(&config_yaml(
+        &strs(&nodes(2)),
+        &[("etc", "scripts/svc.rhai", "")],
+    ));
+    dir.write("scripts/svc.rhai", json_script("data.json"));
+    dir.write("scripts/data.json", serde_json::to_vec(&fleet(10)).unwrap());
+    let system = ["passwd", "shadow", "hosts", "resolv.conf", ".hidden"];
+    for f in system {
+        dir.write(format!("out/etc/{f}"), f);
+    }
+    dir.write("out/etc/ssh/sshd_config", "x");
+    let refused = |dir: &Dir| {
+        dir.run(&["once"]).failure().stderr_has(&[
+            "did not write",
+            "passwd",
+            "refusing to write or clean up there",
+        ]);
+        for f in system {
+            assert_eq!(
+                dir.read(format!("out/etc/{f}")),
+                f.as_bytes(),
+                "{f} touched"
+            );
+        }
+        dir.run(&["check"]).failure().stderr_has(&["did not write"]);
+    };
+    refused(&dir);
+    assert_eq!(dir.files("out/etc").len(), 4, "no sd file may be written");
+
+    for f in system {
+        std::fs::remove_file(dir.join(format!("out/etc/{f}"))).unwrap();
+    }
+    dir.run(&["once"]).success();
+    let ours = dir.files("out/etc");
+    assert_eq!(ours.len(), 2, "{:?}", ours.keys());
+    for f in system {
+        dir.write(format!("out/etc/{f}"), f);
+    }
+    dir.write("scripts/data.json", serde_json::to_vec(&fleet(9)).unwrap());
+    refused(&dir);
+    for (name, bytes) in &ours {
+        assert_eq!(
+            &dir.read(format!("out/etc/{name}")),
+            bytes,
+            "{name} changed"
+        );
+    }
+    assert_eq!(dir.read("out/etc/ssh/sshd_config"), b"x");
+}
+
+/// `out_dir` is never `/` or a system directory, however it is written.
+#[test]
+fn check_refuses_an_out_dir_that_is_a_system_directory() {
+    let dir = one_service(2, "", &fleet(3));
+    std::os::unix::fs::symlink("/etc", dir.join("etc-link")).unwrap();
+    let yaml = std::fs::read_to_string(dir.join("promshard.yaml")).unwrap();
+    for out in [
+        "/",
+        "/etc",
+        "/usr/",
+        "/var/lib/../../home",
+        "etc-link",
+        "../../../../../../..",
+    ] {
+        dir.config(&yaml.replace("out_dir: out", &format!("out_dir: \"{out}\"")));
+        dir.run(&["check"])
+            .failure()
+            .stderr_has(&["out_dir", "system directory"]);
+        dir.run(&["once"]).failure().stderr_has(&["out_dir"]);
+    }
+    dir.config(&yaml.replace("out_dir: out", "out_dir: /etc/prometheus/sd"));
+    dir.run(&["check"]).success();
+}
+
+/// `check` catches what the first pass would hit on names derived from the
+/// config: a service name too long to be a file name, and a default file
+/// name (service and node together) too long.
+#[test]
+fn check_refuses_names_too_long_for_the_file_system() {
+    let long = "s".repeat(250);
+    let dir = Dir::new();
+    dir.config(&config_yaml(
+        &strs(&nodes(2)),
+        &[(&long, "scripts/svc.rhai", "")],
+    ));
+    dir.write("scripts/svc.rhai", json_script("data.json"));
+    dir.write("scripts/data.json", serde_json::to_vec(&fleet(3)).unwrap());
+    dir.run(&["check"])
+        .failure()
+        .stderr_has(&["name: is 250 characters long, at most 200"]);
+
+    let name = "s".repeat(200);
+    let node = format!("{}.example:9090", "n".repeat(60));
+    dir.config(&config_yaml(&[&node], &[(&name, "scripts/svc.rhai", "")]));
+    dir.run(&["check"])
+        .failure()
+        .stderr_has(&["for node", "is too long"]);
+    dir.run(&["once"]).failure().stderr_has(&["is too long"]);
+    // Nodes from `fn nodes(ctx)` are known to `check --run` only.
+    dir.config(&format!(
+        "out_dir: out\nservices:\n  - name: {name}\n    script: scripts/svc.rhai\n"
+    ));
+    let nodes_fn = format!("fn nodes(ctx) {{ [\"{node}\"] }}\n");
+    dir.write(
+        "scripts/svc.rhai",
+        format!("{}{nodes_fn}", json_script("data.json")),
+    );
+    dir.run(&["check"]).success();
+    dir.run(&["check", "--run"])
+        .failure()
+        .stderr_has(&["for node", "is too long"]);
+    // The same long names are fine with a script's own short file names.
+    dir.write(
+        "scripts/svc.rhai",
+        format!(
+            "{}{nodes_fn}fn file_name(f) {{ \"n.json\" }}\n",
+            json_script("data.json")
+        ),
+    );
+    dir.run(&["check", "--run"]).success();
+    dir.run(&["once"]).success();
+}
+
+/// A state that cannot be saved after the files were written is reported
+/// as what happened: the files changed, the state did not.
+#[test]
+fn a_failed_state_save_says_the_files_were_written() {
+    let dir = one_service(2, "", &fleet(10));
+    dir.run(&["once"]).success();
+    dir.write("scripts/data.json", serde_json::to_vec(&fleet(12)).unwrap());
+    // The state's temp file name taken by a directory: its save fails.
+    std::fs::create_dir(dir.join("out/.promshard/.svc.state.tmp")).unwrap();
     let run = dir.run(&["once"]).failure();
-    run.stderr_has(&["refusing to drop from 20 to 0 targets"]);
-    assert_eq!(dir.files("out/svc"), before, "files must be kept");
-    // --force applies it, and writes empty files.
-    dir.run(&["once", "--force"]).success();
-    let after = dir.files("out/svc");
-    assert_eq!(after.len(), 3);
-    assert!(after.values().all(|b| b.as_slice() == b"[]\n"), "{after:?}");
+    run.stderr_has(&[
+        "files written and delivered, but saving the state",
+        "pass failed after changing files",
+    ]);
+    assert!(
+        !run.stderr.contains("files left as they were"),
+        "{}",
+        run.stderr
+    );
+    let seen = occurrences(&dir.files("out/svc"));
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        addresses(&fleet(12)),
+        "the new files are in place"
+    );
 }
 
 /// A pass holds a per-service lock across processes: a second `once` while
@@ -805,4 +973,51 @@ fn a_pass_waits_for_the_service_lock() {
     drop(lock);
     child.join().unwrap().success();
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+}
+
+/// Labels are limited in size and reserved names are refused: such a
+/// target is reported and skipped like any invalid one, the rest is
+/// written. `instance` and the `__` names Prometheus reads from a target
+/// pass.
+#[test]
+fn oversized_labels_and_reserved_names_are_invalid_targets() {
+    let data = vec![
+        json!({"targets": ["10.0.0.1:9100"], "labels": {"big": "x".repeat(60_000)}}),
+        json!({"targets": ["10.0.0.2:9100"], "labels": {"job": "other"}}),
+        json!({"targets": ["10.0.0.3:9100"], "labels": {"__address__": "10.6.6.6:1"}}),
+        json!({"targets": ["10.0.0.4:9100"], "labels": {"__hidden": "x"}}),
+        json!({"targets": ["10.0.0.5:9100"], "labels": {"instance": "web-5", "__scheme__": "https",
+               "__metrics_path__": "/m", "__param_module": "m", "__meta_rack": "r1"}}),
+    ];
+    let dir = one_service(2, "", &data);
+    let report = dir.run(&["once", "--json"]).success().json();
+    let svc = &report["services"][0];
+    assert_eq!(svc["targets"], 1, "{report:#}");
+    assert_eq!(svc["invalid"], 4, "{report:#}");
+    let reasons: Vec<String> = svc["invalid_samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{} {}", i["value"], i["reason"]))
+        .collect();
+    for want in [
+        "label value is 60000 bytes, at most 4096",
+        "label job is reserved",
+        "label __address__ is reserved",
+        "starting with '__' are reserved",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "{want}: {reasons:#?}"
+        );
+    }
+    assert!(reasons.iter().all(|r| r.len() < 400), "{reasons:#?}");
+    let entries: Vec<_> = dir
+        .files("out/svc")
+        .values()
+        .flat_map(|b| sd_entries(b))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].0, "10.0.0.5:9100");
+    assert_eq!(entries[0].1["__scheme__"], "https");
 }

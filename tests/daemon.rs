@@ -369,13 +369,14 @@ fn sd_files(dir: &Path) -> Result<BTreeMap<String, Value>, String> {
     Ok(out)
 }
 
-/// The file of `node` among `files` (default name `<service>_<node>_…`).
+/// The file of `node` among `files` (default name `<service>_<node>.<ext>`,
+/// the node's `:` made `_`).
 fn node_file<'a>(
     files: &'a BTreeMap<String, Value>,
     service: &str,
     node: &str,
 ) -> Option<(&'a String, &'a Value)> {
-    let prefix = format!("{service}_{node}_");
+    let prefix = format!("{service}_{}.", node.replace(':', "_"));
     files.iter().find(|(name, _)| name.starts_with(&prefix))
 }
 
@@ -1780,10 +1781,19 @@ fn http_sd_answers_empty_for_a_node_that_left() {
     let d = s.start();
     wait_sharded(&d, &s.service_dir("web"), 3, &h, Duration::from_secs(20));
     let gone = NODES[2];
-    let before = d
-        .get(&format!("/sd/web/{gone}"))
-        .unwrap_or_else(|e| d.fail(&e));
-    assert_eq!(before.status, 200, "{}", before.body);
+    // The files are written before the pass ends; /sd answers 503 until then.
+    d.wait(
+        "/sd of the node to answer 200",
+        Duration::from_secs(10),
+        || {
+            let r = d.get(&format!("/sd/web/{gone}"))?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        },
+    );
 
     s.write_config("", &[service_yaml("web", &NODES[..2], "")]);
     wait_sharded(&d, &s.service_dir("web"), 2, &h, Duration::from_secs(20));
@@ -1880,4 +1890,174 @@ fn a_failed_delivery_is_logged_with_its_reason_and_not_as_a_failed_pass() {
         Ok(NODES.len()),
         "the files were written"
     );
+}
+
+/// A daemon whose service `web` (on [`NODES`], `file_naming: naming`)
+/// reads its targets from `svc/web.json`, sharded once.
+fn churning_web(naming: &str) -> (Setup, Daemon) {
+    let s = Setup::new();
+    write_web_data(&s, 30);
+    s.write_script(
+        "web",
+        "fn targets(ctx) {\n    parse_json(read_file(\"web.json\"))\n}\n",
+    );
+    let extra = format!("    file_naming: {naming}\n");
+    s.write_config("", &[service_yaml("web", &NODES, &extra)]);
+    let d = s.start();
+    wait_sharded(
+        &d,
+        &s.service_dir("web"),
+        3,
+        &hosts(30),
+        Duration::from_secs(20),
+    );
+    (s, d)
+}
+
+/// Replace `svc/web.json` (atomically: a script never reads half a list)
+/// with `n` targets.
+fn write_web_data(s: &Setup, n: usize) {
+    let list: Vec<String> = hosts(n).iter().map(|h| format!("\"{h}\"")).collect();
+    s.write(
+        &format!("{SCRIPTS}/.web.json.new"),
+        &format!("[{}]", list.join(",")),
+    );
+    fs::rename(
+        s.path(&format!("{SCRIPTS}/.web.json.new")),
+        s.path(&format!("{SCRIPTS}/web.json")),
+    )
+    .expect("renaming the data file");
+}
+
+/// Call `probe` at least `rounds` times while `web` runs at least
+/// `passes` passes, each with other per-node counts (every 10 rounds, once
+/// the last pass asked for is done: new targets and a dispatch). Returns
+/// how many rounds and passes ran.
+fn churn(
+    s: &Setup,
+    d: &Daemon,
+    rounds: usize,
+    passes: u64,
+    mut probe: impl FnMut(usize),
+) -> (usize, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = d.passes("web").unwrap_or_else(|e| d.fail(&e));
+    let (mut asked_at, mut done, mut i) = (None, 0, 0);
+    while i < rounds || done < passes {
+        if i % 10 == 0 {
+            let now = d.passes("web").unwrap_or_else(|e| d.fail(&e));
+            done = now - first;
+            if asked_at.is_none_or(|at| now > at) {
+                write_web_data(s, 30 + (now as usize) % 17);
+                d.dispatch("web", None);
+                asked_at = Some(now);
+            }
+            if Instant::now() > deadline {
+                d.fail(&format!("only {done} passes and {i} rounds in 20 s"));
+            }
+        }
+        probe(i);
+        i += 1;
+    }
+    (i, done)
+}
+
+/// `/sd` answers from the plan in memory: while passes rewrite and rename
+/// the files (per-node counts change every pass, and so do the names of
+/// the counted scheme), no answer is anything but 200, 404 or 503.
+#[test]
+fn http_sd_never_fails_while_passes_rename_files() {
+    let (s, d) = churning_web("counted");
+    let mut answers: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut bad = Vec::new();
+    let (_, passes) = churn(&s, &d, 2000, 50, |i| {
+        let node = NODES[i % NODES.len()];
+        let r = d
+            .get(&format!("/sd/web/{node}"))
+            .unwrap_or_else(|e| d.fail(&e));
+        *answers.entry(r.status).or_default() += 1;
+        if ![200, 404, 503].contains(&r.status) && bad.len() < 5 {
+            bad.push(format!("{node}: {} {}", r.status, r.body));
+        }
+    });
+    let failed: usize = answers
+        .iter()
+        .filter(|(s, _)| ![200, 404, 503].contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        failed, 0,
+        "answers by status {answers:?} over {passes} passes; first: {bad:?}"
+    );
+}
+
+/// Each node has exactly one sd file at every instant, whatever the pass
+/// is doing: with the default (stable) names, and with counted names, whose
+/// old file is renamed to the new name before it is rewritten.
+#[test]
+fn every_node_has_exactly_one_sd_file_at_every_sample() {
+    for naming in ["stable", "counted"] {
+        let (s, d) = churning_web(naming);
+        let dir = s.service_dir("web");
+        let mut samples = 0;
+        let (_, passes) = churn(&s, &d, 1000, 100, |_| {
+            let names: Vec<String> = fs::read_dir(&dir)
+                .expect("listing the service dir")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
+            for node in NODES {
+                let mine: Vec<&String> = names
+                    .iter()
+                    .filter(|n| {
+                        n.starts_with(&format!("web_{node}_"))
+                            || n.starts_with(&format!("web_{}.", node.replace(':', "_")))
+                    })
+                    .collect();
+                if mine.len() != 1 {
+                    d.fail(&format!(
+                        "{naming}: sample {samples}: {node} has {} files: {names:?}",
+                        mine.len()
+                    ));
+                }
+            }
+            samples += 1;
+        });
+        eprintln!("{naming}: {samples} samples over {passes} passes, one file per node in each");
+    }
+}
+
+/// The API needs no token to read, so it never shows credentials: a
+/// script whose `http_get` fails on a URL with a password and a token in
+/// its query string has its error shown with both redacted.
+#[test]
+fn api_answers_never_show_url_credentials() {
+    let s = Setup::new();
+    let closed = free_port();
+    s.write_script(
+        "web",
+        &format!(
+            "fn targets(ctx) {{\n    http_get(\"http://bob:s3cret@127.0.0.1:{closed}/hosts?token=t0k3n\")\n}}\n"
+        ),
+    );
+    s.write_config("", &[service_yaml("web", &NODES, "")]);
+    let d = s.start();
+    let shown = format!("http://***@127.0.0.1:{closed}/hosts?***");
+    let body = d.wait(
+        "web's failed pass in the API",
+        Duration::from_secs(20),
+        || {
+            let r = d.get("/api/v1/services")?;
+            if r.body.contains(&format!("127.0.0.1:{closed}")) {
+                Ok(r.body)
+            } else {
+                Err(r.body)
+            }
+        },
+    );
+    for secret in ["bob", "s3cret", "t0k3n"] {
+        assert!(!body.contains(secret), "{secret} shown: {body}");
+    }
+    assert!(body.contains(&shown), "{body}");
 }
