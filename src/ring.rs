@@ -506,16 +506,47 @@ impl Ring {
         // so refuses its heaviest keys, which sheds the load with the fewest
         // moves, and a weight that drifts within its power of two keeps its
         // place in the order.
+        let mut g = Grants::new(n, m, replicas);
+        // An oversized key (heavier than any node's capacity) fits nowhere:
+        // it takes its own top choices first, whole, and lighter keys then
+        // flow around it instead of being squeezed in beside it.
+        let largest = caps.iter().copied().max().unwrap_or(0);
+        let oversized = |k: usize| weight(k) > largest;
+        for k in (0..m).filter(|&k| oversized(k)) {
+            for &node in &natural[k * replicas..(k + 1) * replicas] {
+                g.grant(k, node, weight(k));
+            }
+        }
+        // A big key (more than an eighth of the smallest capacity) would
+        // not fit in the gaps small keys leave: big keys go first, heaviest
+        // first, each to its first choices with room (first-fit decreasing
+        // along its own preference list). Few keys are big, so this hardly
+        // changes who moves.
+        let smallest = caps.iter().copied().min().unwrap_or(0);
+        let big = |k: usize| !oversized(k) && weight(k).saturating_mul(8) > smallest;
+        let mut heavy: Vec<(std::cmp::Reverse<u64>, u64, usize)> = (0..m)
+            .filter(|&k| big(k))
+            .map(|k| (std::cmp::Reverse(weight(k)), hashes[k], k))
+            .collect();
+        heavy.sort_unstable();
+        let mut spill = Vec::new();
+        let mut prefs = Vec::with_capacity(n);
+        for &(_, _, k) in &heavy {
+            self.walk_preferences(k, hashes[k], weight(k), &caps, &mut g, &mut prefs);
+            if !g.complete(k) {
+                spill.push(k);
+            }
+        }
         let mut order: Vec<(u64, u32)> = hashes
             .iter()
             .enumerate()
+            .filter(|&(k, _)| !oversized(k) && !big(k))
             .map(|(k, &h)| {
                 let class = u64::from(64 - weight(k).leading_zeros());
                 ((class << 56) | (h >> 8), k as u32)
             })
             .collect();
         order.sort_unstable();
-        let mut g = Grants::new(n, m, replicas);
 
         // Round 1: every key asks its own top choices.
         let mut refused = Vec::new();
@@ -535,25 +566,36 @@ impl Ring {
 
         // Round 2: refused keys walk down their own preference lists, in
         // the same order, to the first nodes with room.
-        let mut spill = Vec::new();
-        let mut prefs = Vec::with_capacity(n);
         for &k in &refused {
-            let w = weight(k);
-            self.preferences(hashes[k], &mut prefs);
-            for &(_, node) in &prefs {
-                if g.complete(k) {
-                    break;
-                }
-                if !g.has(k, node) && g.load[node as usize] + w <= caps[node as usize] {
-                    g.grant(k, node, w);
-                }
-            }
+            self.walk_preferences(k, hashes[k], weight(k), &caps, &mut g, &mut prefs);
             if !g.complete(k) {
                 spill.push(k);
             }
         }
         place_stranded(&spill, &weight, &caps, &mut g);
         self.collect(&g.chosen, m, replicas)
+    }
+
+    /// Grant key `k` the first nodes with room in its own preference order
+    /// until it has all its replicas (or no node has room).
+    fn walk_preferences(
+        &self,
+        k: usize,
+        hash: u64,
+        w: u64,
+        caps: &[u64],
+        g: &mut Grants,
+        prefs: &mut Vec<(u64, u32)>,
+    ) {
+        self.preferences(hash, prefs);
+        for &(_, node) in prefs.iter() {
+            if g.complete(k) {
+                break;
+            }
+            if !g.has(k, node) && g.load[node as usize] + w <= caps[node as usize] {
+                g.grant(k, node, w);
+            }
+        }
     }
 }
 
@@ -761,6 +803,37 @@ mod tests {
             assert!(load <= caps[i], "node {i}: {load} > {}", caps[i]);
         }
         assert!(counts(&a, keys.len()).iter().all(|&c| c == 1));
+    }
+
+    #[test]
+    fn an_oversized_key_sits_alone_and_the_rest_stay_within_capacity() {
+        let keys = keys(3000);
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // 2999 keys of 10 and one of 20000: a fair share is 10000.
+        let mut weights = vec![10u32; keys.len()];
+        weights[1234] = 20_000;
+        let s = RingSettings {
+            balance: Balance::Bounded,
+            load_factor: 1.02,
+        };
+        let ring = Ring::new(&nodes(5), &s).unwrap();
+        let a = ring.assign(&refs, Some(&weights), 1).unwrap();
+        assert!(
+            counts(&a, keys.len()).iter().all(|&c| c == 1),
+            "every key placed once"
+        );
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let caps = ring.capacities(total, 1);
+        let heavy = a
+            .per_node
+            .iter()
+            .position(|l| l.contains(&1234))
+            .expect("the oversized key is placed");
+        assert_eq!(a.per_node[heavy], vec![1234], "it sits alone");
+        for (i, list) in a.per_node.iter().enumerate().filter(|&(i, _)| i != heavy) {
+            let load: u64 = list.iter().map(|&k| u64::from(weights[k as usize])).sum();
+            assert!(load <= caps[i], "node {i}: {load} > {}", caps[i]);
+        }
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct SimArgs {
     /// balance load instead of target count.
     #[arg(long)]
     pub target_weights: bool,
+    /// Target weights (series per target) from a distribution,
+    /// `lognormal:MU,SIGMA` (of ln series, e.g. `lognormal:6,1.5`), or from
+    /// a file, `file:PATH` (one number per line, repeated over the targets).
+    #[arg(long, value_name = "lognormal:MU,SIGMA|file:PATH")]
+    pub weights: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -82,6 +87,85 @@ pub struct SimConfig {
     pub node_weights: Vec<u32>,
     /// Synthetic target weights instead of weight 1.
     pub target_weights: bool,
+    /// Target weights from a distribution or a list (wins over
+    /// `target_weights`).
+    pub weight_dist: Option<WeightDist>,
+}
+
+/// Where simulated target weights come from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum WeightDist {
+    /// `exp(N(mu, sigma))`: series counts are roughly log-normal.
+    LogNormal { mu: f64, sigma: f64 },
+    /// Given weights, repeated over the targets.
+    List {
+        count: usize,
+        #[serde(skip)]
+        weights: Vec<u32>,
+    },
+}
+
+impl WeightDist {
+    /// Parse `lognormal:MU,SIGMA` or `file:PATH`.
+    pub fn parse(spec: &str) -> Result<WeightDist, String> {
+        if let Some(rest) = spec.strip_prefix("lognormal:") {
+            let (mu, sigma) = rest
+                .split_once(',')
+                .ok_or_else(|| format!("{spec:?}: want lognormal:MU,SIGMA"))?;
+            let num = |v: &str| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|e| format!("{spec:?}: {v:?}: {e}"))
+            };
+            let (mu, sigma) = (num(mu)?, num(sigma)?);
+            if !(sigma >= 0.0 && sigma.is_finite() && mu.is_finite()) {
+                return Err(format!("{spec:?}: sigma must be >= 0 and both finite"));
+            }
+            return Ok(WeightDist::LogNormal { mu, sigma });
+        }
+        if let Some(path) = spec.strip_prefix("file:") {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let weights = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    l.trim()
+                        .parse::<u32>()
+                        .map(|w| w.max(1))
+                        .map_err(|e| format!("{path}:{}: {l:?}: {e}", i + 1))
+                })
+                .collect::<Result<Vec<u32>, String>>()?;
+            if weights.is_empty() {
+                return Err(format!("{path}: no weights"));
+            }
+            return Ok(WeightDist::List {
+                count: weights.len(),
+                weights,
+            });
+        }
+        Err(format!("{spec:?}: want lognormal:MU,SIGMA or file:PATH"))
+    }
+
+    /// `n` weights, reproducible from `seed`.
+    pub fn sample(&self, n: usize, seed: u64) -> Vec<u32> {
+        match self {
+            WeightDist::List { weights, .. } => weights.iter().copied().cycle().take(n).collect(),
+            WeightDist::LogNormal { mu, sigma } => {
+                let mut rng = SplitMix64(seed ^ 0x6c6f_676e_6f72);
+                let mut unit = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                (0..n)
+                    .map(|_| {
+                        // Box–Muller: one standard normal from two uniforms.
+                        let z = (-2.0 * unit().ln()).sqrt()
+                            * (2.0 * std::f64::consts::PI * unit()).cos();
+                        (mu + sigma * z).exp().clamp(1.0, f64::from(u32::MAX)) as u32
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 impl SimConfig {
@@ -95,6 +179,7 @@ impl SimConfig {
             settings: RingSettings::default(),
             node_weights: Vec::new(),
             target_weights: false,
+            weight_dist: None,
         }
     }
 }
@@ -396,9 +481,12 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
     let addrs = synthetic_addresses(cfg.targets, cfg.seed);
     let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
-    let tw = cfg
-        .target_weights
-        .then(|| synthetic_weights(keys.len(), cfg.seed));
+    let tw = match &cfg.weight_dist {
+        Some(d) => Some(d.sample(keys.len(), cfg.seed)),
+        None => cfg
+            .target_weights
+            .then(|| synthetic_weights(keys.len(), cfg.seed)),
+    };
     let tw = tw.as_deref();
 
     // The fleet plus one spare node; weights follow the generator order.
@@ -534,17 +622,14 @@ pub fn render_text(r: &SimReport) -> String {
         Balance::Consistent => "consistent".to_string(),
         Balance::Bounded => format!("bounded (load factor {})", c.settings.load_factor),
     };
-    let unit = if c.target_weights {
-        "target weight"
-    } else {
-        "targets"
-    };
+    let weighted = c.target_weights || c.weight_dist.is_some();
+    let unit = if weighted { "target weight" } else { "targets" };
     [
         format!(
             "ring: {} nodes, {} targets{}, replicas {}, balance {balance}, seed {}{}",
             c.nodes,
             c.targets,
-            if c.target_weights { " (weighted)" } else { "" },
+            if weighted { " (weighted)" } else { "" },
             c.replicas,
             c.seed,
             weight_summary(c)
@@ -585,6 +670,12 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
         },
         node_weights: args.node_weights.clone(),
         target_weights: args.target_weights,
+        weight_dist: args
+            .weights
+            .as_deref()
+            .map(WeightDist::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--weights {e}"))?,
     };
     let started = std::time::Instant::now();
     let report = simulate(&cfg)?;

@@ -401,3 +401,45 @@ proptest! {
         }
     }
 }
+
+/// Series-weighted fleets (`--weights lognormal:5.5,1.2`: median ≈ 245
+/// series, a long tail into the tens of thousands), bounded at 1.02: each
+/// node within the factor plus one target's weight, and on removing or
+/// adding a node at most 1.15× the ideal movement, almost nothing between
+/// nodes that stayed.
+#[test]
+fn series_weighted_fleets_stay_balanced_and_move_little() {
+    use promshard::sim::WeightDist;
+    for nodes in [10usize, 100] {
+        for seed in 1..=4 {
+            let r = simulate(&SimConfig {
+                seed,
+                settings: bounded(1.02),
+                weight_dist: Some(WeightDist::LogNormal {
+                    mu: 5.5,
+                    sigma: 1.2,
+                }),
+                ..SimConfig::new(nodes, 100_000)
+            })
+            .unwrap();
+            let heaviest = WeightDist::LogNormal {
+                mu: 5.5,
+                sigma: 1.2,
+            }
+            .sample(100_000, seed)
+            .into_iter()
+            .max()
+            .unwrap_or(1) as f64;
+            assert!(
+                r.load.max_over_mean <= 1.02 + heaviest / r.load.mean,
+                "{nodes} nodes, seed {seed}: {:?}",
+                r.load
+            );
+            for m in [&r.remove, &r.add] {
+                let case = format!("{nodes} nodes, seed {seed}: {m:?}");
+                assert!(m.ratio <= 1.15, "{case}");
+                assert!(m.between_others_frac <= 0.02, "{case}");
+            }
+        }
+    }
+}
