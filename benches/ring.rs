@@ -8,13 +8,20 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use promshard::ring::{Balance, Ring, RingSettings, assign, hash_key};
-use promshard::sim::{synthetic_addresses, synthetic_nodes, synthetic_weights};
+use promshard::sim::{WeightDist, synthetic_addresses, synthetic_nodes, synthetic_weights};
 
 fn bench_ring(c: &mut Criterion) {
     let addrs = synthetic_addresses(100_000, 1);
     let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
     let target_weights = synthetic_weights(keys.len(), 1);
+    // Series per target as `weights: {from: series}` learns them: median
+    // about 245, a long tail into the tens of thousands.
+    let series = WeightDist::LogNormal {
+        mu: 5.5,
+        sigma: 1.2,
+    }
+    .sample(keys.len(), 1);
     let consistent = RingSettings::default();
     let bounded = RingSettings {
         balance: Balance::Bounded,
@@ -64,6 +71,9 @@ fn bench_ring(c: &mut Criterion) {
         });
         g.bench_function(format!("bounded_target_weights/{n}_nodes"), |b| {
             b.iter(|| assign(black_box(&nodes), &keys, Some(&target_weights), 1, &bounded))
+        });
+        g.bench_function(format!("bounded_lognormal_series/{n}_nodes"), |b| {
+            b.iter(|| assign(black_box(&nodes), &keys, Some(&series), 1, &bounded))
         });
     }
     let nodes = synthetic_nodes(10, 1);
