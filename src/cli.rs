@@ -243,16 +243,7 @@ async fn pass_command(
         let result = match cache.get(&service.script) {
             Err(e) => Err(e.into()),
             Ok(script) => {
-                let input = PassInput {
-                    config: &config,
-                    service,
-                    script: &script,
-                    nodes: &service.nodes,
-                    sandbox: &sandbox,
-                    node_filter: None,
-                    node_script: None,
-                    learned_weights: None,
-                };
+                let input = static_input(&config, service, &script, &sandbox);
                 run_pass(input, options, &cancel).await
             }
         };
@@ -291,6 +282,26 @@ async fn pass_command(
         }
     }
     Ok(all_ok)
+}
+
+/// A pass as the commands run it: the nodes as configured (no health
+/// probes), node scripts compiled afresh, weights from the state file.
+fn static_input<'a>(
+    config: &'a Config,
+    service: &'a Service,
+    script: &'a crate::script::CompiledScript,
+    sandbox: &'a Sandbox,
+) -> PassInput<'a> {
+    PassInput {
+        config,
+        service,
+        script,
+        nodes: &service.nodes,
+        sandbox,
+        node_filter: None,
+        node_script: None,
+        learned_weights: None,
+    }
 }
 
 /// `--json`: every service's report. A dry run delivers nothing, so its
@@ -729,16 +740,7 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
                 continue;
             }
         };
-        let input = PassInput {
-            config,
-            service,
-            script: &script,
-            nodes: &service.nodes,
-            sandbox: &sandbox,
-            node_filter: None,
-            node_script: None,
-            learned_weights: None,
-        };
+        let input = static_input(config, service, &script, &sandbox);
         let options = PassOptions {
             dry_run: true,
             force: true,

@@ -1083,6 +1083,35 @@ fn check_ansible(
     }
 }
 
+/// A duration key: `default` when unset; a problem under `key` (and the
+/// default) when it does not parse or is shorter than `min`.
+fn checked_duration(
+    p: &mut KeyProblems,
+    key: &'static str,
+    value: &Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Duration {
+    match value.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(t)) if t >= min => t,
+        Some(Ok(_)) => {
+            p.push((
+                key,
+                format!(
+                    "{:?} must be at least {min:?}",
+                    value.as_deref().unwrap_or("")
+                ),
+            ));
+            default
+        }
+        Some(Err(e)) => {
+            p.push((key, e));
+            default
+        }
+    }
+}
+
 /// Check `weights:`; problems are pushed under `weights.<key>`.
 fn check_weights(raw: &RawWeights, p: &mut KeyProblems) -> SeriesWeights {
     let d = SeriesWeights::default();
@@ -1114,27 +1143,16 @@ fn check_weights(raw: &RawWeights, p: &mut KeyProblems) -> SeriesWeights {
 /// Check `observe:`; problems are pushed under `observe.<key>`.
 fn check_observe(raw: &RawObserve, p: &mut KeyProblems) -> Observe {
     let d = Observe::default();
-    let mut duration = |key: &'static str, v: &Option<String>, default: Duration| match v
-        .as_deref()
-        .map(parse_duration)
-    {
-        None => default,
-        Some(Ok(t)) if t >= Duration::from_millis(100) => t,
-        Some(Ok(_)) => {
-            p.push((
-                key,
-                format!("{:?} must be at least 100ms", v.as_deref().unwrap_or("")),
-            ));
-            default
-        }
-        Some(Err(e)) => {
-            p.push((key, e));
-            default
-        }
-    };
-    let interval = duration("observe.interval", &raw.interval, d.interval);
-    let timeout = duration("observe.timeout", &raw.timeout, d.timeout.min(interval));
-    let refresh = duration("observe.refresh", &raw.refresh, d.refresh);
+    let min = Duration::from_millis(100);
+    let interval = checked_duration(p, "observe.interval", &raw.interval, d.interval, min);
+    let timeout = checked_duration(
+        p,
+        "observe.timeout",
+        &raw.timeout,
+        d.timeout.min(interval),
+        min,
+    );
+    let refresh = checked_duration(p, "observe.refresh", &raw.refresh, d.refresh, min);
     if timeout > interval {
         p.push((
             "observe.timeout",
@@ -1172,26 +1190,15 @@ fn check_health(raw: &RawHealth, p: &mut KeyProblems) -> Health {
             format!("{path:?} must start with '/' and contain no spaces or control characters"),
         ));
     }
-    let mut duration = |key: &'static str, v: &Option<String>, default: Duration| match v
-        .as_deref()
-        .map(parse_duration)
-    {
-        None => default,
-        Some(Ok(t)) if t >= Duration::from_millis(10) => t,
-        Some(Ok(_)) => {
-            p.push((
-                key,
-                format!("{:?} must be at least 10ms", v.as_deref().unwrap_or("")),
-            ));
-            default
-        }
-        Some(Err(e)) => {
-            p.push((key, e));
-            default
-        }
-    };
-    let interval = duration("health.interval", &raw.interval, d.interval);
-    let timeout = duration("health.timeout", &raw.timeout, d.timeout.min(interval));
+    let min = Duration::from_millis(10);
+    let interval = checked_duration(p, "health.interval", &raw.interval, d.interval, min);
+    let timeout = checked_duration(
+        p,
+        "health.timeout",
+        &raw.timeout,
+        d.timeout.min(interval),
+        min,
+    );
     if timeout > interval {
         p.push((
             "health.timeout",

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use util::browser::{dump_dom, png_summary, screenshot};
-use util::child::free_port;
-use util::daemon::Promshard;
+use util::daemon::{Promshard, write_lab_config};
 use util::exporters::{Exporter, fleet};
 use util::prom::Prom;
 
@@ -61,20 +60,12 @@ impl Lab {
             ),
         )
         .expect("script");
-        let nodes: Vec<String> = proms.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-        let port = free_port();
-        fs::write(
-            root.path().join("promshard.yaml"),
-            format!(
-                "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {SERVICE}\n    \
-                 script: web.rhai\n    schedule: \"0 0 0 1 1 *\"\n    nodes: [{}]\n    \
-                 push: {{kind: local, dest: \"{}/{{node}}/sd/web.json\"}}\n    \
-                 observe: {{interval: 1s, timeout: 900ms}}\n",
-                nodes.join(", "),
-                root.path().display()
-            ),
-        )
-        .expect("config");
+        let port = write_lab_config(
+            root.path(),
+            SERVICE,
+            &proms,
+            "    observe: {interval: 1s, timeout: 900ms}\n",
+        );
         let d = Promshard::start(root.path(), port);
         Lab {
             root,

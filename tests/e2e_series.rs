@@ -18,8 +18,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::child::{free_port, holds};
-use util::daemon::Promshard;
+use util::child::holds;
+use util::daemon::{Promshard, write_lab_config};
 use util::exporters::{Exporter, fleet};
 use util::prom::Prom;
 
@@ -64,20 +64,12 @@ impl Lab {
             format!("fn targets(ctx) {{ [{}] }}", addrs.join(", ")),
         )
         .expect("script");
-        let nodes: Vec<String> = proms.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-        let port = free_port();
-        fs::write(
-            root.path().join("promshard.yaml"),
-            format!(
-                "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {SERVICE}\n    \
-                 script: heavy.rhai\n    schedule: \"0 0 0 1 1 *\"\n    nodes: [{}]\n    \
-                 push: {{kind: local, dest: \"{}/{{node}}/sd/heavy.json\"}}\n    \
-                 observe: {{interval: 2s, timeout: 1500ms}}\n    weights: {{from: series}}\n",
-                nodes.join(", "),
-                root.path().display()
-            ),
-        )
-        .expect("config");
+        let port = write_lab_config(
+            root.path(),
+            SERVICE,
+            &proms,
+            "    observe: {interval: 2s, timeout: 1500ms}\n    weights: {from: series}\n",
+        );
         Lab {
             root,
             proms,

@@ -313,22 +313,7 @@ mod tests {
         let a = assignment(&[("n1", &["a:1", "b:1", "c:1"]), ("n2", &["d:1", "e:1"])]);
         let n1 = seen(&[("a:1", "up"), ("b:1", "down"), ("e:1", "up"), ("z:1", "up")]);
         let n2 = seen(&[("e:1", "up")]);
-        let inputs = BTreeMap::from([
-            (
-                "n1".to_string(),
-                NodeInput {
-                    observed: Some(&n1),
-                    in_grace: false,
-                },
-            ),
-            (
-                "n2".to_string(),
-                NodeInput {
-                    observed: Some(&n2),
-                    in_grace: false,
-                },
-            ),
-        ]);
+        let inputs = inputs(&[("n1", Some(&n1), false), ("n2", Some(&n2), false)]);
         let audit = audit(&a, &inputs, 1);
         assert_eq!(
             states(&audit),
@@ -351,22 +336,7 @@ mod tests {
     fn a_silent_node_leaves_its_targets_unknown_and_others_alone() {
         let a = assignment(&[("n1", &["a:1"]), ("n2", &["b:1"])]);
         let n2 = seen(&[("b:1", "up")]);
-        let inputs = BTreeMap::from([
-            (
-                "n1".to_string(),
-                NodeInput {
-                    observed: None,
-                    in_grace: false,
-                },
-            ),
-            (
-                "n2".to_string(),
-                NodeInput {
-                    observed: Some(&n2),
-                    in_grace: false,
-                },
-            ),
-        ]);
+        let inputs = inputs(&[("n1", None, false), ("n2", Some(&n2), false)]);
         let audit = audit(&a, &inputs, 1);
         assert_eq!(
             states(&audit),
@@ -376,58 +346,34 @@ mod tests {
         assert_eq!(audit.nodes[0].active, None);
     }
 
+    /// Node inputs: (node, what it answered, whether in its grace).
+    fn inputs<'a>(
+        list: &[(&str, Option<&'a NodeObservation>, bool)],
+    ) -> BTreeMap<String, NodeInput<'a>> {
+        list.iter()
+            .map(|&(n, observed, in_grace)| (n.to_string(), NodeInput { observed, in_grace }))
+            .collect()
+    }
+
     #[test]
     fn missing_within_the_grace_is_pending_and_replicas_bound_duplicates() {
         let a = assignment(&[("n1", &["a:1"]), ("n2", &["a:1"]), ("n3", &[])]);
         let n1 = seen(&[("a:1", "up")]);
         let empty = seen(&[]);
         let n3 = seen(&[("a:1", "up")]);
-        let inputs = BTreeMap::from([
-            (
-                "n1".to_string(),
-                NodeInput {
-                    observed: Some(&n1),
-                    in_grace: false,
-                },
-            ),
-            (
-                "n2".to_string(),
-                NodeInput {
-                    observed: Some(&empty),
-                    in_grace: true,
-                },
-            ),
-            (
-                "n3".to_string(),
-                NodeInput {
-                    observed: Some(&n3),
-                    in_grace: false,
-                },
-            ),
-        ]);
         // Active on n1 and n3, assigned n1 and n2: extra beats pending.
+        let all = inputs(&[
+            ("n1", Some(&n1), false),
+            ("n2", Some(&empty), true),
+            ("n3", Some(&n3), false),
+        ]);
         assert_eq!(
-            states(&audit(&a, &inputs, 2)),
+            states(&audit(&a, &all, 2)),
             vec![(TargetState::Extra, vec!["a:1".into()])]
         );
-        let inputs = BTreeMap::from([
-            (
-                "n1".to_string(),
-                NodeInput {
-                    observed: Some(&n1),
-                    in_grace: false,
-                },
-            ),
-            (
-                "n2".to_string(),
-                NodeInput {
-                    observed: Some(&empty),
-                    in_grace: true,
-                },
-            ),
-        ]);
+        let two = inputs(&[("n1", Some(&n1), false), ("n2", Some(&empty), true)]);
         assert_eq!(
-            states(&audit(&a, &inputs, 2)),
+            states(&audit(&a, &two, 2)),
             vec![(TargetState::Pending, vec!["a:1".into()])]
         );
     }

@@ -11,6 +11,24 @@ use serde_json::Value;
 use super::child::{ChildGuard, poll};
 use super::prom::get;
 
+/// Write `<dir>/promshard.yaml` with one service `name` (script
+/// `<name>.rhai`, never on a schedule) sharding over `proms`, each node's
+/// file copied into its server's sd directory; `extra` adds service keys
+/// (YAML lines indented four spaces). Returns the API port.
+pub fn write_lab_config(dir: &Path, name: &str, proms: &[super::prom::Prom], extra: &str) -> u16 {
+    let nodes: Vec<String> = proms.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let port = super::child::free_port();
+    let config = format!(
+        "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {name}\n    \
+         script: {name}.rhai\n    schedule: \"0 0 0 1 1 *\"\n    nodes: [{}]\n    \
+         push: {{kind: local, dest: \"{}/{{node}}/sd/{name}.json\"}}\n{extra}",
+        nodes.join(", "),
+        dir.display()
+    );
+    fs::write(dir.join("promshard.yaml"), config).expect("promshard.yaml");
+    port
+}
+
 /// A running daemon.
 pub struct Promshard {
     pub proc: ChildGuard,
