@@ -173,25 +173,35 @@ fn problems(h: &mut String, services: &[ServiceStatus]) {
         if let Some(e) = &s.script_state.error {
             list.push(format!("<b>{name}</b>: script edit not in use: {}", esc(e)));
         }
-        for n in s.health.iter().flatten().filter(|n| n.state != "up") {
-            list.push(format!(
-                "<b>{name}</b>: node {} is {}{}",
-                esc(&n.node),
-                esc(n.state),
-                n.last_error
-                    .as_deref()
-                    .map(|e| format!(" ({})", esc(e)))
-                    .unwrap_or_default()
-            ));
-        }
-        if let Some(o) = &s.observation {
-            for n in o.nodes.iter().filter(|n| n.error.is_some()) {
-                list.push(format!(
-                    "<b>{name}</b>: cannot observe {}: {}",
+        let unhealthy: Vec<String> = s
+            .health
+            .iter()
+            .flatten()
+            .filter(|n| n.state != "up")
+            .map(|n| {
+                let why = n.last_error.as_deref().map(|e| format!(" ({})", esc(e)));
+                format!(
+                    "node {} is {}{}",
                     esc(&n.node),
-                    esc(n.error.as_deref().unwrap_or(""))
-                ));
-            }
+                    esc(n.state),
+                    why.unwrap_or_default()
+                )
+            })
+            .collect();
+        list.extend(summarized(&name, "nodes not up", unhealthy));
+        if let Some(o) = &s.observation {
+            let silent: Vec<String> = o
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    Some(format!(
+                        "cannot observe {}: {}",
+                        esc(&n.node),
+                        esc(n.error.as_deref()?)
+                    ))
+                })
+                .collect();
+            list.extend(summarized(&name, "nodes not answering observation", silent));
             for (state, samples) in &o.audit.samples {
                 if matches!(state, TargetState::Pending) {
                     continue;
@@ -216,6 +226,23 @@ fn problems(h: &mut String, services: &[ServiceStatus]) {
         }
         h.push_str("</ul>");
     }
+}
+
+/// One problem line per item, or, for many, one line with how many and the
+/// first few: a rack down must not push everything else off the page.
+fn summarized(service: &str, many: &str, items: Vec<String>) -> Vec<String> {
+    const FIRST: usize = 5;
+    if items.len() <= FIRST {
+        return items
+            .into_iter()
+            .map(|i| format!("<b>{service}</b>: {i}"))
+            .collect();
+    }
+    vec![format!(
+        "<b>{service}</b>: {} {many}: {}; …",
+        items.len(),
+        items[..FIRST].join("; ")
+    )]
 }
 
 fn audit_cell(counts: Option<&BTreeMap<TargetState, usize>>) -> String {
