@@ -9,6 +9,12 @@
 //! runners guarantees one pass per service at a time, even while a runner is
 //! being replaced after a config change.
 //!
+//! A reload never waits for a pass: a script can be stuck for its whole
+//! deadline (a hung source), and waiting would hold every other service's
+//! change — and the next reload — behind it. A changed or removed service's
+//! old runner is retired in the background: its pass in progress finishes,
+//! and the replacement's first pass queues on the pass lock behind it.
+//!
 //! Shutdown is a [`CancellationToken`] passed to every task: the scheduler
 //! stops, runners finish the pass they are in (file writes always complete;
 //! deliveries in flight are cancelled and their child processes killed), the
@@ -91,6 +97,9 @@ pub struct Shared {
     cache: Arc<ScriptCache>,
     scheduler: JobScheduler,
     shutdown: CancellationToken,
+    /// Runners of changed or removed services finishing their last pass;
+    /// shutdown waits for them too.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
 }
 
 use crate::state::unix_now;
@@ -381,6 +390,25 @@ impl Shared {
         let _ = runner.task.await;
     }
 
+    /// Stop a runner without waiting for its pass in progress; `then` runs
+    /// once that pass is over.
+    fn retire(self: &Arc<Self>, runner: Runner, then: impl FnOnce(&Shared) + Send + 'static) {
+        runner.stop.cancel();
+        let shared = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            shared.stop(runner).await;
+            then(&shared);
+        });
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        retiring.retain(|t| !t.is_finished());
+        retiring.push(task);
+    }
+
+    /// Whether a pass of `name` is running now.
+    fn busy(&self, name: &str) -> bool {
+        self.pass_lock(name).try_lock().is_err()
+    }
+
     /// Make the running services match `config`: start new ones, restart
     /// changed ones, stop removed ones (their files stay in place).
     pub async fn reconcile(self: &Arc<Self>, config: Arc<Config>) {
@@ -427,12 +455,9 @@ impl Shared {
             }
         }
         let names: Vec<String> = runners.keys().cloned().collect();
-        // Old runners are stopped after the lock is released: stopping waits
-        // for the pass in progress, and the API and triggers of every other
-        // service need the lock meanwhile. A replacement queues on the
-        // service's pass lock, so passes still never overlap.
-        let mut retired = Vec::new();
-        let mut removed = Vec::new();
+        // Old runners are retired, not awaited (see the module doc). A
+        // replacement queues on the service's pass lock, so passes still
+        // never overlap.
         for name in names {
             let keep = wanted
                 .get(&name)
@@ -440,38 +465,41 @@ impl Shared {
             if keep {
                 continue;
             }
-            if let Some(r) = runners.remove(&name) {
-                r.stop.cancel();
-                retired.push(r);
+            let Some(runner) = runners.remove(&name) else {
+                continue;
+            };
+            let busy = self.busy(&name);
+            if wanted.contains_key(&name) {
+                if busy {
+                    tracing::info!(service = %name, "service changed; new settings apply after the pass in progress");
+                } else {
+                    tracing::info!(service = %name, "service changed; re-planning");
+                }
+                self.retire(runner, |_| {});
+                continue;
             }
-            if !wanted.contains_key(&name) {
-                self.membership.unwatch(&name);
-                let gone = self
-                    .status
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
-                removed.push((name.clone(), gone.map(|s| s.nodes_seen).unwrap_or_default()));
-                tracing::warn!(
-                    service = %name,
-                    dir = %config.out_dir.join(&name).display(),
-                    "service removed; its files are left in place"
-                );
-            } else {
-                tracing::info!(service = %name, "service changed; re-planning");
-            }
+            self.membership.unwatch(&name);
+            let gone = self
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
+            tracing::warn!(
+                service = %name,
+                dir = %config.out_dir.join(&name).display(),
+                finishing_pass = busy,
+                "service removed; its files are left in place"
+            );
+            // Its metrics go once its last pass can no longer record any.
+            self.retire(runner, move |shared| {
+                shared.metrics.forget_service(&name, &nodes)
+            });
         }
         for (name, service) in wanted {
             if !runners.contains_key(&name) {
                 self.start(&mut runners, service).await;
             }
-        }
-        drop(runners);
-        for r in retired {
-            self.stop(r).await;
-        }
-        for (name, nodes) in &removed {
-            self.metrics.forget_service(name, nodes);
         }
     }
 
@@ -621,6 +649,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         cache: Arc::new(ScriptCache::new()),
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),
+        retiring: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -699,6 +728,10 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     let runners = std::mem::take(&mut *shared.runners.lock().await);
     for (_, r) in runners {
         shared.stop(r).await;
+    }
+    let retiring = std::mem::take(&mut *shared.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+    for task in retiring {
+        let _ = task.await;
     }
     let mut sched = scheduler.clone();
     let _ = sched.shutdown().await;

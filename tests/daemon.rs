@@ -1779,3 +1779,65 @@ fn http_sd_answers_empty_for_a_node_that_left() {
         .unwrap_or_else(|e| d.fail(&e));
     assert_eq!((r.status, r.body.trim()), (200, "[]"), "after restart");
 }
+
+// ------------------------------------------------ reloads during a pass
+
+/// Name of the file whose presence holds a [`gated_script`] pass.
+const GATE: &str = "hold";
+
+/// A script that logs [`SLOW_BEGINS`] and then does not return while
+/// `svc/hold` exists (checking it in a loop, within its deadline), the
+/// way a script waiting on a hung source never returns on its own.
+fn gated_script(hosts: &[String]) -> String {
+    let list: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "fn targets(ctx) {{\n    log_info(\"{SLOW_BEGINS}\");\n    loop {{ try {{ read_file(\"{GATE}\"); }} catch {{ break; }} }}\n    [{}]\n}}\n",
+        list.join(", ")
+    )
+}
+
+#[test]
+fn a_reload_applies_at_once_to_idle_services_while_another_pass_is_stuck() {
+    let s = Setup::new();
+    let (hs, hb) = (hosts(6), hosts(4));
+    s.write(&format!("{SCRIPTS}/{GATE}"), "");
+    s.write_script("stuck", &gated_script(&hs));
+    s.write_script("beta", &static_script(&hb, "b"));
+    s.write_config("", &[service_yaml("stuck", &NODES, "")]);
+    let d = s.start();
+    d.wait_slow_begun(1, Duration::from_secs(20));
+    d.wait_watching();
+
+    // Change the stuck service: it keeps its pass, and says when the new
+    // settings apply.
+    s.write_config("", &[service_yaml("stuck", &NODES[..2], "")]);
+    d.wait(
+        "the deferred change in the log",
+        Duration::from_secs(5),
+        || {
+            let lines = d.logged("service changed; new settings apply after the pass in progress");
+            if lines.iter().any(|l| l["fields"]["service"] == "stuck") {
+                Ok(())
+            } else {
+                Err(format!("{} such lines", lines.len()))
+            }
+        },
+    );
+
+    // Another edit adds beta: it starts at once, not after stuck's pass.
+    s.write_config(
+        "",
+        &[
+            service_yaml("stuck", &NODES[..2], ""),
+            service_yaml("beta", &NODES, ""),
+        ],
+    );
+    let edited = Instant::now();
+    wait_sharded(&d, &s.service_dir("beta"), 3, &hb, Duration::from_secs(2));
+    eprintln!("beta's files written {:?} after the edit", edited.elapsed());
+    assert!(!s.service_dir("stuck").exists(), "stuck's pass ended early");
+
+    // Released, stuck finishes and re-plans with its new settings.
+    fs::remove_file(s.path(&format!("{SCRIPTS}/{GATE}"))).expect("removing the gate");
+    wait_sharded(&d, &s.service_dir("stuck"), 2, &hs, Duration::from_secs(10));
+}
