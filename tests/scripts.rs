@@ -305,6 +305,45 @@ fn missing() { read_file("data/nope.json") }
 }
 
 #[test]
+fn reading_a_fifo_stops_at_the_calls_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo =
+        std::ffi::CString::new(dir.path().join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let s = compile(
+        dir.path(),
+        r#"
+fn text() { read_file("pipe") }
+fn json() { read_json("pipe") }
+fn targets() { targets_from_json_file("pipe") }
+"#,
+    );
+    let mut sandbox = Sandbox::default();
+    sandbox.limits.timeout = Duration::from_millis(500);
+    for function in ["text", "json", "targets"] {
+        // On a thread: a call that blocks on the FIFO must fail the test,
+        // not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, sandbox) = (s.clone(), sandbox.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = ScriptRun::new(&s, &sandbox).call(function, ());
+            let _ = tx.send((result.map(|v| v.to_string()), started.elapsed()));
+        });
+        let (result, took) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{function}() on a FIFO still blocked after 5 s"));
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("pipe") && e.contains("not a regular file"),
+            "{function}: {e}"
+        );
+        assert!(took < Duration::from_secs(1), "{function}: took {took:?}");
+    }
+}
+
+#[test]
 fn env_outside_allowlist_is_refused() {
     let default = Sandbox::default();
     let e = call_err(r#"env("HOME")"#, &default);
