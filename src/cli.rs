@@ -8,8 +8,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::effective_services;
 use crate::config::{Config, Service};
+use crate::config::{check_service_scripts, effective_services};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::sim::SimArgs;
@@ -345,34 +345,6 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
-}
-
-/// Compile a service's scripts and check the functions it needs exist.
-fn check_service_scripts(
-    s: &Service,
-    cache: &ScriptCache,
-) -> anyhow::Result<crate::script::CompiledScript> {
-    let script = cache.get(&s.script)?;
-    if !script.has_fn("targets", 1) {
-        anyhow::bail!("{}: fn targets(ctx) is not defined", s.script.display());
-    }
-    if let Some(n) = &s.node_script {
-        if !cache.get(n)?.has_fn("nodes", 1) {
-            anyhow::bail!(
-                "{}: fn nodes(ctx) is not defined (node_script)",
-                n.display()
-            );
-        }
-    } else if s.nodes.is_empty() && !script.has_fn("nodes", 1) {
-        anyhow::bail!(
-            "{}",
-            crate::script::ScriptError::NoNodes {
-                path: s.script.clone(),
-                service: s.name.clone()
-            }
-        );
-    }
-    Ok(script)
 }
 
 /// How many invalid entries `check --run` shows.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::ring::{NodeSpec, RingSettings};
 use crate::script::Limits;
-pub use crate::script::dropin::{DropInProblem, effective_services};
+pub use crate::script::dropin::{DropInProblem, check_service_scripts, effective_services};
 use crate::target::check_address;
 
 /// More copies of a target than this is a config mistake (and the ring
@@ -349,6 +349,15 @@ impl Config {
             file: path.to_path_buf(),
             problems: vec![ConfigProblem { location, message }],
         };
+        // An empty file would parse as "every default": a truncated or
+        // half-written file would silently replace the running config.
+        if is_empty_yaml(text) {
+            return Err(fail(
+                "file".into(),
+                "is empty; write at least `services: []` to run on defaults and drop-ins only"
+                    .into(),
+            ));
+        }
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
             let location = e
                 .location()
@@ -552,6 +561,15 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// Whether YAML text holds no content: only blank lines, comments and
+/// document markers.
+fn is_empty_yaml(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
 }
 
 /// Check a service name: it becomes a directory and a file-name part.

@@ -548,9 +548,32 @@ impl Shared {
         }
     }
 
-    /// Re-read the config file; on error keep the running config.
+    /// Re-read the config file; on error keep the running config. A new
+    /// config must pass what `check` checks: the file, and the scripts of
+    /// every service in it. (Drop-in scripts are checked as they change;
+    /// a broken one never blocks the config.)
     pub async fn reload_config(self: &Arc<Self>, why: &str) {
-        match Config::load(&self.config_path) {
+        let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
+        let checked = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path).map_err(|e| e.to_string())?;
+            let problems: Vec<String> = config
+                .services
+                .iter()
+                .filter_map(|s| {
+                    crate::config::check_service_scripts(s, &cache)
+                        .err()
+                        .map(|e| format!("{e} (service {})", s.name))
+                })
+                .collect();
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(problems.join("\n"))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));
+        match checked {
             Ok(config) => {
                 self.metrics.config_reload("ok");
                 tracing::info!(trigger = why, path = %self.config_path.display(), "config reloaded");
@@ -558,7 +581,7 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.config_reload("failed");
-                for line in e.to_string().lines() {
+                for line in e.lines() {
                     tracing::error!(
                         trigger = why,
                         "config rejected, running config kept: {line}"

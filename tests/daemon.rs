@@ -1743,6 +1743,8 @@ fn http_sd_answers_empty_for_a_node_that_left() {
     s.write_config("", &[service_yaml("web", &NODES, "")]);
     let d = s.start();
     wait_sharded(&d, &s.service_dir("web"), 3, &h, Duration::from_secs(20));
+    // The pass is recorded just after its files are written.
+    d.wait_passes("web", 1, Duration::from_secs(10));
     let gone = NODES[2];
     let before = d
         .get(&format!("/sd/web/{gone}"))
@@ -1840,4 +1842,98 @@ fn a_reload_applies_at_once_to_idle_services_while_another_pass_is_stuck() {
     // Released, stuck finishes and re-plans with its new settings.
     fs::remove_file(s.path(&format!("{SCRIPTS}/{GATE}"))).expect("removing the gate");
     wait_sharded(&d, &s.service_dir("stuck"), 2, &hs, Duration::from_secs(10));
+}
+
+// ------------------------------------------------ what a reload accepts
+
+/// `promshard check` on this setup's config: whether it passes, and its
+/// stderr.
+fn check(s: &Setup) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_promshard"))
+        .arg("-c")
+        .arg(s.config_path())
+        .arg("check")
+        .current_dir(s.dir.path())
+        .output()
+        .expect("running promshard check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_config_that_check_rejects_is_never_applied_by_the_running_daemon() {
+    let s = Setup::new();
+    let ha = hosts(6);
+    s.write_script("alpha", &static_script(&ha, "a"));
+    let alpha = service_yaml("alpha", &NODES, "");
+    s.write_config("", std::slice::from_ref(&alpha));
+    let d = s.start();
+    wait_sharded(&d, &s.service_dir("alpha"), 3, &ha, Duration::from_secs(20));
+    d.wait_passes("alpha", 1, Duration::from_secs(10));
+    d.wait_watching();
+
+    let extra = |script: &str| {
+        format!(
+            "  - name: beta\n    script: {script}\n    schedule: \"{NEVER}\"\n    nodes: [\"{}\"]\n",
+            NODES[0]
+        )
+    };
+    let bad = [
+        ("an empty file", String::new(), "empty"),
+        (
+            "a missing script",
+            config_yaml(
+                &format!("127.0.0.1:{}", s.port),
+                "",
+                &[alpha.clone(), extra("svc/nope.rhai")],
+            ),
+            "nope.rhai",
+        ),
+        (
+            "script: /etc/passwd",
+            config_yaml(
+                &format!("127.0.0.1:{}", s.port),
+                "",
+                &[alpha.clone(), extra("/etc/passwd")],
+            ),
+            "/etc/passwd",
+        ),
+    ];
+    for (what, text, named) in bad {
+        let failed = d.metric("promshard_config_reloads_total", &[("result", "failed")]);
+        s.write("promshard.yaml", &text);
+        let (ok, stderr) = check(&s);
+        assert!(!ok, "check passed {what}");
+        assert!(stderr.contains(named), "check on {what}: {stderr}");
+        d.wait(
+            &format!("{what} to be rejected"),
+            Duration::from_secs(10),
+            || {
+                let now = d.metric("promshard_config_reloads_total", &[("result", "failed")]);
+                if now > failed {
+                    Ok(())
+                } else {
+                    Err(format!("config_reloads_total{{result=\"failed\"}} = {now}"))
+                }
+            },
+        );
+        let rejected = d.log_lines().into_iter().any(|l| {
+            l["level"] == "ERROR"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("config rejected") && m.contains(named))
+        });
+        assert!(rejected, "no rejection naming {named:?} for {what}");
+        let listed = d.services().unwrap_or_else(|e| d.fail(&e));
+        assert_eq!(listed.keys().collect::<Vec<_>>(), ["alpha"], "after {what}");
+    }
+    // The running config is intact: alpha passes into the same out_dir.
+    let before = d.passes("alpha").unwrap_or_else(|e| d.fail(&e));
+    d.dispatch("alpha", None);
+    d.wait_passes("alpha", before + 1, Duration::from_secs(10));
+    let last = &d.services().unwrap_or_else(|e| d.fail(&e))["alpha"]["last_pass"];
+    assert_eq!(last["result"], "ok", "{last}");
+    wait_sharded(&d, &s.service_dir("alpha"), 3, &ha, Duration::from_secs(5));
 }
