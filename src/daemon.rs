@@ -509,7 +509,8 @@ impl Shared {
         match &event {
             ScriptEvent::Failed { path, error } => {
                 self.metrics.script_reload("failed");
-                tracing::error!(path = %path.display(), error = %error, "script does not compile; the last good version keeps running");
+                let (line, column) = error.position().unwrap_or((0, 0));
+                tracing::error!(script = %path.display(), line, column, kept_previous = self.cache.has_good(path), error = %error, "script rejected; the last good version keeps running");
                 return;
             }
             ScriptEvent::Reloaded { path } | ScriptEvent::Added { path } => {

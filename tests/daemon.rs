@@ -1937,3 +1937,92 @@ fn a_config_that_check_rejects_is_never_applied_by_the_running_daemon() {
     assert_eq!(last["result"], "ok", "{last}");
     wait_sharded(&d, &s.service_dir("alpha"), 3, &ha, Duration::from_secs(5));
 }
+
+// ------------------------------------------ a script that cannot be read
+
+#[test]
+fn a_script_deleted_or_unreadable_keeps_its_last_good_version_running() {
+    let (s, h) = web_setup("", 9);
+    let d = s.start();
+    let dir = s.service_dir("web");
+    wait_sharded(&d, &dir, 3, &h, Duration::from_secs(20));
+    d.wait_passes("web", 1, Duration::from_secs(10));
+    d.wait_watching();
+    let script = s.path(&format!("{SCRIPTS}/web.rhai"));
+    let pass_ok = |why: &str| {
+        let before = d.passes("web").unwrap_or_else(|e| d.fail(&e));
+        d.dispatch("web", None);
+        d.wait_passes("web", before + 1, Duration::from_secs(10));
+        let last = &d.services().unwrap_or_else(|e| d.fail(&e))["web"]["last_pass"];
+        if last["result"] != "ok" {
+            d.fail(&format!("pass {why}: {last}"));
+        }
+    };
+
+    // Deleted (a deploy that removes, then writes back).
+    fs::remove_file(&script).expect("removing the script");
+    d.wait("the removal in the log", Duration::from_secs(5), || {
+        let n = d.logged("script removed").len();
+        if n >= 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    pass_ok("while the script is deleted");
+
+    // Unreadable: mode 000 (root reads through that, so there the path
+    // becomes a directory, which no one can read as a script).
+    s.write_script("web", &static_script(&h, "v1"));
+    d.wait("the script to come back", Duration::from_secs(5), || {
+        let n = d.logged("script added").len() + d.logged("script reloaded").len();
+        if n >= 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let make_unreadable = || {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = fs::remove_file(&script);
+            fs::create_dir_all(&script).expect("a directory in the script's place");
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+        }
+    };
+    make_unreadable();
+    let read_errors = || {
+        d.logged("script rejected; the last good version keeps running")
+            .into_iter()
+            .filter(|l| {
+                l["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot read script"))
+            })
+            .count()
+    };
+    d.wait(
+        "the read error in the log",
+        Duration::from_secs(5),
+        || match read_errors() {
+            0 => Err("not yet".into()),
+            _ => Ok(()),
+        },
+    );
+    pass_ok("while the script is unreadable");
+    // Touched again, still unreadable: not reported again.
+    make_unreadable();
+    pass_ok("after another touch");
+    holds(
+        "the read error reported once",
+        Duration::from_millis(500),
+        || match read_errors() {
+            1 => Ok(()),
+            n => Err(format!("reported {n} times")),
+        },
+    )
+    .unwrap_or_else(|e| d.fail(&e));
+    wait_sharded(&d, &dir, 3, &h, Duration::from_secs(1));
+}
