@@ -241,6 +241,61 @@ fn operation_call_depth_and_size_limits_come_from_config() {
 }
 
 #[test]
+fn limit_errors_name_the_script_the_config_key_and_what_to_do() {
+    let mut sandbox = Sandbox::default();
+    let l = &mut sandbox.limits;
+    (l.max_operations, l.max_call_levels) = (1000, 8);
+    (l.max_string_size, l.max_array_size, l.max_map_size) = (100, 50, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "fn run() {\n  let i = 0;\n  while i < 100000 { i += 1; }\n}",
+            "script_limits.max_operations = 1000",
+        ),
+        (
+            "fn f(n) { f(n + 1) }\nfn run() {\n  f(0)\n}",
+            "script_limits.max_call_levels = 8",
+        ),
+        (
+            "fn run() {\n  let s = \"x\";\n  s.pad(200, \"y\");\n  s\n}",
+            "script_limits.max_string_size = 100",
+        ),
+        (
+            "fn run() {\n  let a = [];\n  a.pad(51, 0);\n  a\n}",
+            "script_limits.max_array_size = 50",
+        ),
+        (
+            "fn run() {\n  let m = #{};\n  for i in 0..10 { m[`k${i}`] = i; }\n  m\n}",
+            "script_limits.max_map_size = 5",
+        ),
+    ];
+    for (src, names) in cases {
+        let s = compile(dir.path(), src);
+        let e = ScriptRun::new(&s, &sandbox).call("run", ()).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.kind(), "limit", "{text}");
+        assert!(text.contains("t.rhai") && text.contains("run()"), "{text}");
+        assert!(text.contains(names), "{src}: {text}");
+        assert!(
+            text.contains("raise it") || text.contains("recursion"),
+            "says what to do: {text}"
+        );
+    }
+    // For big lists the message points at the native builders.
+    let s = compile(
+        dir.path(),
+        "fn run() {\n  [1, 2, 3].map(|x| {\n    let i = 0; while i < 100000 { i += 1; } x })\n}",
+    );
+    let text = ScriptRun::new(&s, &sandbox)
+        .call("run", ())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("targets_from_json"), "{text}");
+    // Where Rhai keeps the position, the message starts file:line:column.
+    assert!(text.contains("t.rhai:2:"), "{text}");
+}
+
+#[test]
 fn scripts_cannot_import_eval_or_print_to_stdout() {
     let sandbox = Sandbox::default();
     let e = call_err(r#"import "/etc/passwd" as p; 1"#, &sandbox);

@@ -132,6 +132,21 @@ pub enum ScriptError {
         message: String,
     },
     #[error(
+        "{path}{}: {function}() stopped: {}, more than script_limits.{} = {value}; {}",
+        place(.line, .column), .limit.what, .limit.key, .limit.hint
+    )]
+    Limit {
+        path: PathBuf,
+        function: String,
+        /// Where the limit tripped; 0 when Rhai did not keep it (it drops
+        /// the position of limit errors at script-function boundaries).
+        line: usize,
+        column: usize,
+        limit: &'static Limit,
+        /// The limit's configured value.
+        value: u64,
+    },
+    #[error(
         "{path}: {function}() made the process grow by more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
     )]
     Memory {
@@ -159,6 +174,14 @@ pub enum ScriptError {
     },
 }
 
+fn place(line: &usize, column: &usize) -> String {
+    if *line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
+}
+
 fn at(line: &usize, column: &usize) -> String {
     if *line == 0 {
         "failed".into()
@@ -174,6 +197,7 @@ impl ScriptError {
             ScriptError::Read { path, .. }
             | ScriptError::Compile { path, .. }
             | ScriptError::Runtime { path, .. }
+            | ScriptError::Limit { path, .. }
             | ScriptError::Timeout { path, .. }
             | ScriptError::Memory { path, .. }
             | ScriptError::Missing { path, .. }
@@ -186,16 +210,18 @@ impl ScriptError {
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
             ScriptError::Compile { line, column, .. }
-            | ScriptError::Runtime { line, column, .. } => Some((*line, *column)),
+            | ScriptError::Runtime { line, column, .. }
+            | ScriptError::Limit { line, column, .. } => Some((*line, *column)),
             _ => None,
         }
     }
 
     /// Every value [`ScriptError::kind`] gives.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "read",
         "compile",
         "runtime",
+        "limit",
         "timeout",
         "memory",
         "missing",
@@ -209,6 +235,7 @@ impl ScriptError {
             ScriptError::Read { .. } => "read",
             ScriptError::Compile { .. } => "compile",
             ScriptError::Runtime { .. } => "runtime",
+            ScriptError::Limit { .. } => "limit",
             ScriptError::Timeout { .. } => "timeout",
             ScriptError::Memory { .. } => "memory",
             ScriptError::Missing { .. } => "missing",
@@ -280,6 +307,71 @@ fn terminated(err: &EvalAltResult) -> Option<String> {
     }
 }
 
+/// A sandbox limit as messages name it.
+#[derive(Debug)]
+pub struct Limit {
+    /// What went over, e.g. "too many operations".
+    pub what: &'static str,
+    /// The config key under `script_limits`.
+    pub key: &'static str,
+    /// What to do about it.
+    pub hint: &'static str,
+    /// Its configured value.
+    value: fn(&Limits) -> u64,
+}
+
+const BIG_LISTS: &str = "raise it, or for big inventories use targets_from_json / targets_from_json_file, which build targets natively";
+
+const OPERATIONS: Limit = Limit {
+    what: "too many operations",
+    key: "max_operations",
+    hint: "raise it or do less work per call (for big lists, targets_from_json / targets_from_json_file build targets natively)",
+    value: |l| l.max_operations,
+};
+const CALL_LEVELS: Limit = Limit {
+    what: "too many nested function calls",
+    key: "max_call_levels",
+    hint: "look for unbounded recursion, or raise it",
+    value: |l| l.max_call_levels as u64,
+};
+const STRING_SIZE: Limit = Limit {
+    what: "a string too long",
+    key: "max_string_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_string_size as u64,
+};
+const ARRAY_SIZE: Limit = Limit {
+    what: "an array too large (counted over the whole value)",
+    key: "max_array_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_array_size as u64,
+};
+const MAP_SIZE: Limit = Limit {
+    what: "a map too large (counted over the whole value)",
+    key: "max_map_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_map_size as u64,
+};
+
+/// The limit behind a Rhai limit error, if `err` is or wraps one, and the
+/// position Rhai kept (the innermost one that is known).
+fn limit_hit(err: &EvalAltResult) -> Option<(&'static Limit, Position)> {
+    let limit = match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, pos) => {
+            return limit_hit(inner).map(|(l, p)| (l, if p.is_none() { *pos } else { p }));
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => &OPERATIONS,
+        EvalAltResult::ErrorStackOverflow(_) => &CALL_LEVELS,
+        EvalAltResult::ErrorDataTooLarge(what, _) => match what.as_str() {
+            "Length of string" => &STRING_SIZE,
+            "Size of object map" => &MAP_SIZE,
+            _ => &ARRAY_SIZE,
+        },
+        _ => return None,
+    };
+    Some((limit, err.position()))
+}
+
 /// Resident memory of this process in bytes (Linux; `None` elsewhere).
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -296,8 +388,7 @@ pub struct ScriptRun {
     deadline: Arc<Mutex<Instant>>,
     /// Resident memory when the current call started (0: unknown).
     rss_start: Arc<std::sync::atomic::AtomicU64>,
-    timeout: Duration,
-    max_memory: u64,
+    limits: Limits,
 }
 
 impl ScriptRun {
@@ -367,8 +458,7 @@ impl ScriptRun {
             script: script.clone(),
             deadline,
             rss_start,
-            timeout: limits.timeout,
-            max_memory: limits.max_memory,
+            limits: limits.clone(),
         }
     }
 
@@ -380,7 +470,8 @@ impl ScriptRun {
                 function: name.into(),
             });
         }
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.timeout;
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now() + self.limits.timeout;
         self.rss_start.store(
             resident_bytes().unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
@@ -404,14 +495,25 @@ impl ScriptRun {
             return ScriptError::Memory {
                 path: self.script.path.clone(),
                 function: function.into(),
-                limit_mb: self.max_memory >> 20,
+                limit_mb: self.limits.max_memory >> 20,
             };
         }
         if terminated(&err).is_some() {
             return ScriptError::Timeout {
                 path: self.script.path.clone(),
                 function: function.into(),
-                timeout: self.timeout,
+                timeout: self.limits.timeout,
+            };
+        }
+        if let Some((limit, pos)) = limit_hit(&err) {
+            let value = (limit.value)(&self.limits);
+            return ScriptError::Limit {
+                path: self.script.path.clone(),
+                function: function.into(),
+                line: pos.line().unwrap_or(0),
+                column: pos.position().unwrap_or(0),
+                limit,
+                value,
             };
         }
         let pos: Position = err.position();
