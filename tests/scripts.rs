@@ -760,6 +760,52 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_script_is_a_failed_reload_and_the_last_good_version_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.rhai");
+    let key = normalize(&path);
+    std::fs::write(&path, r#"fn targets(ctx) { ["a:1"] }"#).unwrap();
+    let cache = Arc::new(ScriptCache::new());
+    cache.get(&path).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let task = watch(
+        vec![dir.path().to_path_buf()],
+        cache.clone(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
+    for empty in ["", "\n  \n", "// nothing here yet\n"] {
+        tokio::task::block_in_place(|| {
+            std::fs::write(&path, empty).unwrap();
+            let ev = wait_for(&mut rx, Duration::from_secs(1), "an event", |e| {
+                e.path() == key
+            });
+            let ScriptEvent::Failed { error, .. } = ev else {
+                panic!("{empty:?} gave {ev:?}, not a failed reload")
+            };
+            assert!(error.to_string().contains("defines no function"), "{error}");
+        });
+        let s = cache.get(&path).unwrap();
+        let (groups, _) = ScriptRun::new(&s, &Sandbox::default())
+            .targets(Map::new())
+            .unwrap();
+        assert_eq!(groups[0].targets, ["a:1"], "after {empty:?}");
+    }
+    let site = Site::new(ONE_SERVICE);
+    site.write("scripts/web.rhai", "");
+    let o = site.run(&["check"], &[]);
+    assert!(!o.status.success(), "check passed an empty script");
+    assert!(text(&o).contains("defines no function"), "{}", text(&o));
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("watcher stops when cancelled")
+        .unwrap();
+}
+
 // ------------------------------------------------------------------ mass-drop guard
 
 #[test]

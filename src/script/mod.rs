@@ -163,6 +163,10 @@ pub enum ScriptError {
     #[error("{path}: {function}() is not defined")]
     Missing { path: PathBuf, function: String },
     #[error(
+        "{path}: defines no function (a script needs fn targets(ctx), a node script fn nodes(ctx)); an empty file is not taken as a new version"
+    )]
+    Empty { path: PathBuf },
+    #[error(
         "{path}: service {service} has no nodes: set nodes: or node_script: in the config, or define fn nodes(ctx) in the script"
     )]
     NoNodes { path: PathBuf, service: String },
@@ -201,6 +205,7 @@ impl ScriptError {
             | ScriptError::Timeout { path, .. }
             | ScriptError::Memory { path, .. }
             | ScriptError::Missing { path, .. }
+            | ScriptError::Empty { path }
             | ScriptError::NoNodes { path, .. }
             | ScriptError::BadResult { path, .. } => path,
         }
@@ -233,7 +238,8 @@ impl ScriptError {
     pub fn kind(&self) -> &'static str {
         match self {
             ScriptError::Read { .. } => "read",
-            ScriptError::Compile { .. } => "compile",
+            // Never serves, like a script that does not compile.
+            ScriptError::Compile { .. } | ScriptError::Empty { .. } => "compile",
             ScriptError::Runtime { .. } => "runtime",
             ScriptError::Limit { .. } => "limit",
             ScriptError::Timeout { .. } => "timeout",
@@ -282,6 +288,13 @@ impl CompiledScript {
             column: e.position().position().unwrap_or(0),
             message: e.err_type().to_string(),
         })?;
+        // A file truncated by a failed deploy or saved empty by mistake
+        // compiles; it must not replace the version that works.
+        if ast.iter_functions().next().is_none() {
+            return Err(ScriptError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Self {
             path: path.to_path_buf(),
             ast: Arc::new(ast),
