@@ -301,6 +301,9 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
+    if let Some(warning) = config.exposure_warning() {
+        eprintln!("warning: {warning}");
+    }
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);
     let (services, problems) = effective_services(&config, &cache);

@@ -658,6 +658,9 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
+    if let Some(warning) = config.exposure_warning() {
+        tracing::warn!("{warning}");
+    }
     let scheduler = JobScheduler::new()
         .await
         .context("starting the cron scheduler")?;
