@@ -18,6 +18,7 @@
 //! returns the Prometheus nodes; `fn service()` (optional, drop-ins) returns
 //! the service's settings.
 
+mod alloc;
 pub mod cache;
 mod convert;
 pub mod dropin;
@@ -54,9 +55,9 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall-clock deadline of one call.
     pub timeout: Duration,
-    /// How much the process may grow (resident memory) during one call.
-    /// A backstop for growth the size limits cannot see (a map filled key
-    /// by key is only measured when a function is called on it).
+    /// How much one call may allocate (net of what it frees). A backstop
+    /// for growth the size limits cannot see (a map filled key by key is
+    /// only measured when a function is called on it); see `alloc`.
     pub max_memory: u64,
 }
 
@@ -147,7 +148,7 @@ pub enum ScriptError {
         value: u64,
     },
     #[error(
-        "{path}: {function}() made the process grow by more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
+        "{path}: {function}() allocated more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
     )]
     Memory {
         path: PathBuf,
@@ -385,22 +386,13 @@ fn limit_hit(err: &EvalAltResult) -> Option<(&'static Limit, Position)> {
     Some((limit, err.position()))
 }
 
-/// Resident memory of this process in bytes (Linux; `None` elsewhere).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}
-
 /// A sandboxed engine bound to one script, for the calls of one pass.
 pub struct ScriptRun {
     engine: Engine,
     script: CompiledScript,
     deadline: Arc<Mutex<Instant>>,
-    /// Resident memory when the current call started (0: unknown).
-    rss_start: Arc<std::sync::atomic::AtomicU64>,
+    /// What the calling thread had allocated when the current call started.
+    alloc_start: Arc<std::sync::atomic::AtomicI64>,
     limits: Limits,
 }
 
@@ -422,9 +414,9 @@ impl ScriptRun {
         let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
         let watched = Arc::clone(&deadline);
         let ticks = std::sync::atomic::AtomicU32::new(0);
-        let rss_start = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let rss_watched = Arc::clone(&rss_start);
-        let max_memory = limits.max_memory;
+        let alloc_start = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let alloc_watched = Arc::clone(&alloc_start);
+        let max_memory = i64::try_from(limits.max_memory).unwrap_or(i64::MAX);
         engine.on_progress(move |_ops| {
             // Reading the clock on every operation would cost more than the
             // operation; every 256th is precise enough for a deadline in
@@ -432,14 +424,10 @@ impl ScriptRun {
             // from native functions (`map`, `filter`, …) restart Rhai's
             // operation count, which would never reach a multiple of 256.
             let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Reading /proc costs a few microseconds: every 8192nd call.
-            if n % 8192 == 8191
-                && let Some(now) = resident_bytes()
-            {
-                let start = rss_watched.load(std::sync::atomic::Ordering::Relaxed);
-                if start > 0 && now.saturating_sub(start) > max_memory {
-                    return Some(Dynamic::from("memory"));
-                }
+            // A thread-local read: cheap enough for every operation.
+            let start = alloc_watched.load(std::sync::atomic::Ordering::Relaxed);
+            if alloc::allocated().wrapping_sub(start) > max_memory {
+                return Some(Dynamic::from("memory"));
             }
             if n.is_multiple_of(256) {
                 let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
@@ -470,7 +458,7 @@ impl ScriptRun {
             engine,
             script: script.clone(),
             deadline,
-            rss_start,
+            alloc_start,
             limits: limits.clone(),
         }
     }
@@ -485,10 +473,8 @@ impl ScriptRun {
         }
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
             Instant::now() + self.limits.timeout;
-        self.rss_start.store(
-            resident_bytes().unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.alloc_start
+            .store(alloc::allocated(), std::sync::atomic::Ordering::Relaxed);
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false);
         let value = self
