@@ -491,9 +491,17 @@ impl Shared {
                 finishing_pass = busy,
                 "service removed; its files are left in place"
             );
-            // Its metrics go once its last pass can no longer record any.
+            // Its metrics go once its last pass can no longer record any,
+            // unless it was added back meanwhile.
             self.retire(runner, move |shared| {
-                shared.metrics.forget_service(&name, &nodes)
+                let back = shared
+                    .status
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&name);
+                if !back {
+                    shared.metrics.forget_service(&name, &nodes)
+                }
             });
         }
         for (name, service) in wanted {
