@@ -8,8 +8,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::effective_services;
 use crate::config::{Config, Service};
+use crate::config::{check_service_scripts, effective_services};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
 use crate::ring::NodeSpec;
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
@@ -480,6 +480,9 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
+    if let Some(warning) = config.exposure_warning() {
+        eprintln!("warning: {warning}");
+    }
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);
     let (services, problems) = effective_services(&config, &cache);
@@ -492,7 +495,15 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
             ok = false;
             eprintln!("{e} (service {})", s.name);
         }
-        match check_service_scripts(s, &cache) {
+        let usable = check_service_scripts(s, &cache)
+            .map_err(anyhow::Error::from)
+            .and_then(|script| {
+                if !script.has_fn("file_name", 1) {
+                    check_default_file_names(s, &s.nodes)?;
+                }
+                Ok(script)
+            });
+        match usable {
             Ok(script) => {
                 let nodes = match (&s.node_script, s.nodes.len()) {
                     (Some(n), _) => format!("nodes from {}", n.display()),
@@ -546,37 +557,6 @@ fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
         state: crate::state::state_path(&config.out_dir, &s.name),
     }
     .into())
-}
-
-/// Compile a service's scripts and check the functions it needs exist.
-fn check_service_scripts(
-    s: &Service,
-    cache: &ScriptCache,
-) -> anyhow::Result<crate::script::CompiledScript> {
-    let script = cache.get(&s.script)?;
-    if !script.has_fn("targets", 1) {
-        anyhow::bail!("{}: fn targets(ctx) is not defined", s.script.display());
-    }
-    if let Some(n) = &s.node_script {
-        if !cache.get(n)?.has_fn("nodes", 1) {
-            anyhow::bail!(
-                "{}: fn nodes(ctx) is not defined (node_script)",
-                n.display()
-            );
-        }
-    } else if s.nodes.is_empty() && !script.has_fn("nodes", 1) {
-        anyhow::bail!(
-            "{}",
-            crate::script::ScriptError::NoNodes {
-                path: s.script.clone(),
-                service: s.name.clone()
-            }
-        );
-    }
-    if !script.has_fn("file_name", 1) {
-        check_default_file_names(s, &s.nodes)?;
-    }
-    Ok(script)
 }
 
 /// The names the first pass will give the files of `nodes` must be valid

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::ring::{NodeSpec, RingSettings};
 use crate::script::Limits;
-pub use crate::script::dropin::{DropInProblem, effective_services};
+pub use crate::script::dropin::{DropInProblem, check_service_scripts, effective_services};
 use crate::target::check_address;
 
 /// More copies of a target than this is a config mistake (and the ring
@@ -447,21 +447,32 @@ fn config_dir(path: &Path) -> PathBuf {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let tried = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-            let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                "; run promshard from the directory that holds it, or name it with -c FILE"
-            } else {
-                ""
-            };
-            ConfigError {
-                file: path.to_path_buf(),
-                problems: vec![ConfigProblem {
-                    location: "file".into(),
-                    message: format!("cannot read {}: {e}{hint}", tried.display()),
-                }],
-            }
-        })?;
+        let fail = |message: String| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![ConfigProblem {
+                location: "file".into(),
+                message,
+            }],
+        };
+        // Read at most one byte past the cap: a huge file is refused
+        // without being held in memory.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(f, MAX_CONFIG_BYTES as u64 + 1),
+                    &mut text,
+                )
+            })
+            .map_err(|e| {
+                let tried = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+                let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                    "; run promshard from the directory that holds it, or name it with -c FILE"
+                } else {
+                    ""
+                };
+                fail(format!("cannot read {}: {e}{hint}", tried.display()))
+            })?;
         Self::parse(path, &text)
     }
 
@@ -471,6 +482,18 @@ impl Config {
             file: path.to_path_buf(),
             problems: vec![ConfigProblem { location, message }],
         };
+        if let Err((location, message)) = check_shape(text) {
+            return Err(fail(location, message));
+        }
+        // An empty file would parse as "every default": a truncated or
+        // half-written file would silently replace the running config.
+        if is_empty_yaml(text) {
+            return Err(fail(
+                "file".into(),
+                "is empty; write at least `services: []` to run on defaults and drop-ins only"
+                    .into(),
+            ));
+        }
         let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
             let message = e.to_string();
             match e.location() {
@@ -681,6 +704,19 @@ impl Config {
         Ok(service)
     }
 
+    /// Why the HTTP API is open to more than this host, if it is: a
+    /// non-loopback `listen` without `api_token`.
+    pub fn exposure_warning(&self) -> Option<String> {
+        if self.listen.ip().is_loopback() || self.api_token.is_some() {
+            return None;
+        }
+        Some(format!(
+            "{}: listen {} is not a loopback address and no api_token is set: anyone who reaches it can read the services, their status and every sd file, and POST calls are refused; set api_token_file, or listen on 127.0.0.1",
+            self.path.display(),
+            self.listen
+        ))
+    }
+
     /// The service called `name`.
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| s.name == name)
@@ -690,6 +726,78 @@ impl Config {
 /// The longest service name: it becomes a directory and part of file
 /// names, which a file system limits to 255 bytes.
 pub const MAX_SERVICE_NAME: usize = 200;
+
+/// The largest config file read. Big fleets list their nodes in scripts,
+/// not here; a config of this size is a mistake or an attack.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// The deepest nesting of flow collections (`[…]`, `{…}`) accepted. The
+/// YAML parser takes time quadratic in the depth (100k levels: 46 s)
+/// before its own recursion limit rejects the document.
+pub const MAX_CONFIG_NESTING: usize = 32;
+
+/// Refuse text too large or nested too deep before it reaches the parser.
+/// Quoted scalars and comments are skipped; a bracket inside a plain
+/// scalar counts, which only matters beyond [`MAX_CONFIG_NESTING`]
+/// unbalanced ones.
+fn check_shape(text: &str) -> Result<(), (String, String)> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err((
+            "file".into(),
+            format!(
+                "larger than {} MiB; list big node sets from a script (fn nodes(ctx) or node_script)",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut chars = line.char_indices().peekable();
+        let mut prev = ' ';
+        while let Some((col, c)) = chars.next() {
+            let at_token = prev.is_whitespace() || matches!(prev, '[' | '{' | ',' | ':');
+            match c {
+                '#' if prev.is_whitespace() => break,
+                '"' | '\'' if at_token => {
+                    // Skip to the closing quote (on this line; a multi-line
+                    // quoted scalar only hides brackets, never adds them).
+                    let mut escaped = false;
+                    for (_, q) in chars.by_ref() {
+                        match q {
+                            '\\' if c == '"' && !escaped => escaped = true,
+                            q if q == c && !escaped => break,
+                            _ => escaped = false,
+                        }
+                    }
+                    prev = c;
+                    continue;
+                }
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_CONFIG_NESTING {
+                        return Err((
+                            format!("line {} column {}", n + 1, col + 1),
+                            format!("nested more than {MAX_CONFIG_NESTING} levels deep"),
+                        ));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    Ok(())
+}
+
+/// Whether YAML text holds no content: only blank lines, comments and
+/// document markers.
+fn is_empty_yaml(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
 
 /// Check a service name: it becomes a directory and a file-name part.
 pub fn check_service_name(name: &str) -> Result<(), String> {

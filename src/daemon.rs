@@ -9,6 +9,12 @@
 //! runners guarantees one pass per service at a time, even while a runner is
 //! being replaced after a config change.
 //!
+//! A reload never waits for a pass: a script can be stuck for its whole
+//! deadline (a hung source), and waiting would hold every other service's
+//! change — and the next reload — behind it. A changed or removed service's
+//! old runner is retired in the background: its pass in progress finishes,
+//! and the replacement's first pass queues on the pass lock behind it.
+//!
 //! Shutdown is a [`CancellationToken`] passed to every task: the scheduler
 //! stops, runners finish the pass they are in (file writes always complete;
 //! deliveries in flight are cancelled and their child processes killed), the
@@ -77,6 +83,10 @@ pub struct ServiceStatus {
     /// Unix seconds of the last observation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<u64>,
+    /// Series each node really ingests from the service's targets, as last
+    /// observed (next to the planned `weight` of each node in `current`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_series: Option<BTreeMap<String, u64>>,
     /// The last observation (served whole by `/api/v1/services/{name}/audit`).
     #[serde(skip)]
     pub observation: Option<Arc<ServiceObservation>>,
@@ -110,6 +120,9 @@ pub struct Shared {
     cache: Arc<ScriptCache>,
     scheduler: JobScheduler,
     shutdown: CancellationToken,
+    /// Runners of changed or removed services finishing their last pass;
+    /// shutdown waits for them too.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
 }
 
 use crate::state::unix_now;
@@ -421,6 +434,13 @@ impl Shared {
                     if let Some(s) = status.get_mut(&name) {
                         s.audit = Some(counts);
                         s.observed_at = Some(observed.at);
+                        s.observed_series = Some(
+                            observed
+                                .nodes
+                                .iter()
+                                .filter_map(|n| Some((n.node.clone(), n.series?)))
+                                .collect(),
+                        );
                         s.observation = Some(Arc::new(observed));
                     }
                 }
@@ -483,6 +503,7 @@ impl Shared {
                     nodes_seen: Default::default(),
                     audit: None,
                     observed_at: None,
+                    observed_series: None,
                     observation: None,
                     changed_at: BTreeMap::new(),
                 });
@@ -547,6 +568,25 @@ impl Shared {
         let _ = runner.task.await;
     }
 
+    /// Stop a runner without waiting for its pass in progress; `then` runs
+    /// once that pass is over.
+    fn retire(self: &Arc<Self>, runner: Runner, then: impl FnOnce(&Shared) + Send + 'static) {
+        runner.stop.cancel();
+        let shared = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            shared.stop(runner).await;
+            then(&shared);
+        });
+        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        retiring.retain(|t| !t.is_finished());
+        retiring.push(task);
+    }
+
+    /// Whether a pass of `name` is running now.
+    fn busy(&self, name: &str) -> bool {
+        self.pass_lock(name).try_lock().is_err()
+    }
+
     /// Make the running services match `config`: start new ones, restart
     /// changed ones, stop removed ones (their files stay in place).
     pub async fn reconcile(self: &Arc<Self>, config: Arc<Config>) {
@@ -593,12 +633,9 @@ impl Shared {
             }
         }
         let names: Vec<String> = runners.keys().cloned().collect();
-        // Old runners are stopped after the lock is released: stopping waits
-        // for the pass in progress, and the API and triggers of every other
-        // service need the lock meanwhile. A replacement queues on the
-        // service's pass lock, so passes still never overlap.
-        let mut retired = Vec::new();
-        let mut removed = Vec::new();
+        // Old runners are retired, not awaited (see the module doc). A
+        // replacement queues on the service's pass lock, so passes still
+        // never overlap.
         for name in names {
             let keep = wanted
                 .get(&name)
@@ -606,48 +643,62 @@ impl Shared {
             if keep {
                 continue;
             }
-            if let Some(r) = runners.remove(&name) {
-                r.stop.cancel();
-                retired.push(r);
+            let Some(runner) = runners.remove(&name) else {
+                continue;
+            };
+            let busy = self.busy(&name);
+            if wanted.contains_key(&name) {
+                if busy {
+                    tracing::info!(service = %name, "service changed; new settings apply after the pass in progress");
+                } else {
+                    tracing::info!(service = %name, "service changed; re-planning");
+                }
+                self.retire(runner, |_| {});
+                continue;
             }
-            if !wanted.contains_key(&name) {
-                self.membership.unwatch(&name);
-                let gone = self
+            self.membership.unwatch(&name);
+            let gone = self
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
+            tracing::warn!(
+                service = %name,
+                dir = %config.out_dir.join(&name).display(),
+                finishing_pass = busy,
+                "service removed; its files are left in place"
+            );
+            // Its metrics go once its last pass can no longer record any,
+            // unless it was added back meanwhile.
+            self.retire(runner, move |shared| {
+                let back = shared
                     .status
-                    .write()
+                    .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
-                removed.push((name.clone(), gone.map(|s| s.nodes_seen).unwrap_or_default()));
-                tracing::warn!(
-                    service = %name,
-                    dir = %config.out_dir.join(&name).display(),
-                    "service removed; its files are left in place"
-                );
-            } else {
-                tracing::info!(service = %name, "service changed; re-planning");
-            }
+                    .contains_key(&name);
+                if !back {
+                    shared.metrics.forget_service(&name, &nodes)
+                }
+            });
         }
         for (name, service) in wanted {
             if !runners.contains_key(&name) {
                 self.start(&mut runners, service).await;
             }
         }
-        drop(runners);
-        for r in retired {
-            self.stop(r).await;
-        }
-        for (name, nodes) in &removed {
-            self.metrics.forget_service(name, nodes);
-        }
     }
 
     /// A script was added, edited or removed: re-list services (drop-ins come
     /// and go, `fn service()` may have changed) and pass those that use it.
     async fn script_changed(self: &Arc<Self>, event: ScriptEvent) {
-        // The watcher has logged the event; here it is counted and acted on.
+        // A rejected edit is logged here, with its position; the watcher
+        // logs the others.
         match &event {
-            ScriptEvent::Failed { .. } => {
+            ScriptEvent::Failed { path, error } => {
                 self.metrics.script_reload("failed");
+                let (line, column) = error.position().unwrap_or((0, 0));
+                tracing::error!(script = %path.display(), line, column, kept_previous = self.cache.has_good(path), error = %error, "script rejected; the last good version keeps running");
                 return;
             }
             ScriptEvent::Reloaded { .. } | ScriptEvent::Added { .. } => {
@@ -683,9 +734,32 @@ impl Shared {
         }
     }
 
-    /// Re-read the config file; on error keep the running config.
+    /// Re-read the config file; on error keep the running config. A new
+    /// config must pass what `check` checks: the file, and the scripts of
+    /// every service in it. (Drop-in scripts are checked as they change;
+    /// a broken one never blocks the config.)
     pub async fn reload_config(self: &Arc<Self>, why: &str) {
-        match Config::load(&self.config_path) {
+        let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
+        let checked = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&path).map_err(|e| e.to_string())?;
+            let problems: Vec<String> = config
+                .services
+                .iter()
+                .filter_map(|s| {
+                    crate::config::check_service_scripts(s, &cache)
+                        .err()
+                        .map(|e| format!("{e} (service {})", s.name))
+                })
+                .collect();
+            if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(problems.join("\n"))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));
+        match checked {
             Ok(config) => {
                 self.metrics.config_reload("ok");
                 tracing::info!(trigger = why, path = %self.config_path.display(), "config reloaded");
@@ -693,7 +767,7 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.config_reload("failed");
-                for line in e.to_string().lines() {
+                for line in e.lines() {
                     tracing::error!(
                         trigger = why,
                         "config rejected, running config kept: {line}"
@@ -769,6 +843,9 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
+    if let Some(warning) = config.exposure_warning() {
+        tracing::warn!("{warning}");
+    }
     let scheduler = JobScheduler::new()
         .await
         .context("starting the cron scheduler")?;
@@ -785,6 +862,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         cache: Arc::new(ScriptCache::new()),
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),
+        retiring: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -863,6 +941,10 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     let runners = std::mem::take(&mut *shared.runners.lock().await);
     for (_, r) in runners {
         shared.stop(r).await;
+    }
+    let retiring = std::mem::take(&mut *shared.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+    for task in retiring {
+        let _ = task.await;
     }
     let mut sched = scheduler.clone();
     let _ = sched.shutdown().await;

@@ -1021,3 +1021,66 @@ fn oversized_labels_and_reserved_names_are_invalid_targets() {
     assert_eq!(entries[0].0, "10.0.0.5:9100");
     assert_eq!(entries[0].1["__scheme__"], "https");
 }
+
+#[test]
+fn check_rejects_configs_nested_too_deep_or_too_large_within_a_second() {
+    let dir = Dir::new();
+    for (what, text, named) in [
+        (
+            "100k nested sequences",
+            format!("services: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+            "line 1 column 43: nested more than 32 levels deep",
+        ),
+        (
+            "100k nested maps",
+            format!(
+                "services: {}1{}\n",
+                "{a: ".repeat(100_000),
+                "}".repeat(100_000)
+            ),
+            "nested more than 32 levels deep",
+        ),
+        (
+            "a 2 MiB file",
+            format!("services: []\n# {}\n", "x".repeat(2 << 20)),
+            "larger than 1 MiB",
+        ),
+    ] {
+        dir.config(&text);
+        let started = Instant::now();
+        let run = dir.run(&["check"]).failure();
+        run.stderr_has(&["promshard.yaml", named]);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
+    }
+    // Brackets in quotes and comments do not count.
+    let node = nodes(1);
+    let ok = config_yaml(&strs(&node), &[("svc", "scripts/svc.rhai", "")]);
+    dir.config(&format!(
+        "{ok}# {}\nallowed_dirs: [\"{}\", '{}']\n",
+        "[".repeat(100),
+        "[".repeat(100),
+        "{".repeat(100)
+    ));
+    dir.write("scripts/svc.rhai", json_script("data.json"));
+    dir.run(&["check"]).success();
+}
+
+#[test]
+fn check_warns_about_a_non_loopback_listener_without_a_token() {
+    let dir = Dir::new();
+    let node = nodes(1);
+    let ok = config_yaml(&strs(&node), &[("svc", "scripts/svc.rhai", "")]);
+    dir.write("scripts/svc.rhai", json_script("data.json"));
+    let open = ok.replace("listen: 127.0.0.1:0", "listen: 0.0.0.0:9310");
+    assert_ne!(open, ok);
+    dir.config(&open);
+    let run = dir.run(&["check"]).success();
+    run.stderr_has(&["warning:", "0.0.0.0:9310", "api_token"]);
+    dir.config(&format!("{open}api_token: s3cret\n"));
+    let run = dir.run(&["check"]).success();
+    assert!(!run.stderr.contains("warning:"), "{}", run.stderr);
+    dir.config(&ok);
+    let run = dir.run(&["check"]).success();
+    assert!(!run.stderr.contains("warning:"), "{}", run.stderr);
+}

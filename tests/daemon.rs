@@ -1780,6 +1780,8 @@ fn http_sd_answers_empty_for_a_node_that_left() {
     s.write_config("", &[service_yaml("web", &NODES, "")]);
     let d = s.start();
     wait_sharded(&d, &s.service_dir("web"), 3, &h, Duration::from_secs(20));
+    // The pass is recorded just after its files are written.
+    d.wait_passes("web", 1, Duration::from_secs(10));
     let gone = NODES[2];
     // The files are written before the pass ends; /sd answers 503 until then.
     d.wait(
@@ -2060,4 +2062,249 @@ fn api_answers_never_show_url_credentials() {
         assert!(!body.contains(secret), "{secret} shown: {body}");
     }
     assert!(body.contains(&shown), "{body}");
+}
+
+// ------------------------------------------------ reloads during a pass
+
+/// Name of the file whose presence holds a [`gated_script`] pass.
+const GATE: &str = "hold";
+
+/// A script that logs [`SLOW_BEGINS`] and then does not return while
+/// `svc/hold` exists (checking it in a loop, within its deadline), the
+/// way a script waiting on a hung source never returns on its own.
+fn gated_script(hosts: &[String]) -> String {
+    let list: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "fn targets(ctx) {{\n    log_info(\"{SLOW_BEGINS}\");\n    loop {{ try {{ read_file(\"{GATE}\"); }} catch {{ break; }} }}\n    [{}]\n}}\n",
+        list.join(", ")
+    )
+}
+
+#[test]
+fn a_reload_applies_at_once_to_idle_services_while_another_pass_is_stuck() {
+    let s = Setup::new();
+    let (hs, hb) = (hosts(6), hosts(4));
+    s.write(&format!("{SCRIPTS}/{GATE}"), "");
+    s.write_script("stuck", &gated_script(&hs));
+    s.write_script("beta", &static_script(&hb, "b"));
+    s.write_config("", &[service_yaml("stuck", &NODES, "")]);
+    let d = s.start();
+    d.wait_slow_begun(1, Duration::from_secs(20));
+    d.wait_watching();
+
+    // Change the stuck service: it keeps its pass, and says when the new
+    // settings apply.
+    s.write_config("", &[service_yaml("stuck", &NODES[..2], "")]);
+    d.wait(
+        "the deferred change in the log",
+        Duration::from_secs(5),
+        || {
+            let lines = d.logged("service changed; new settings apply after the pass in progress");
+            if lines.iter().any(|l| l["fields"]["service"] == "stuck") {
+                Ok(())
+            } else {
+                Err(format!("{} such lines", lines.len()))
+            }
+        },
+    );
+
+    // Another edit adds beta: it starts at once, not after stuck's pass.
+    s.write_config(
+        "",
+        &[
+            service_yaml("stuck", &NODES[..2], ""),
+            service_yaml("beta", &NODES, ""),
+        ],
+    );
+    let edited = Instant::now();
+    wait_sharded(&d, &s.service_dir("beta"), 3, &hb, Duration::from_secs(2));
+    eprintln!("beta's files written {:?} after the edit", edited.elapsed());
+    assert!(!s.service_dir("stuck").exists(), "stuck's pass ended early");
+
+    // Released, stuck finishes and re-plans with its new settings.
+    fs::remove_file(s.path(&format!("{SCRIPTS}/{GATE}"))).expect("removing the gate");
+    wait_sharded(&d, &s.service_dir("stuck"), 2, &hs, Duration::from_secs(10));
+}
+
+// ------------------------------------------------ what a reload accepts
+
+/// `promshard check` on this setup's config: whether it passes, and its
+/// stderr.
+fn check(s: &Setup) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_promshard"))
+        .arg("-c")
+        .arg(s.config_path())
+        .arg("check")
+        .current_dir(s.dir.path())
+        .output()
+        .expect("running promshard check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_config_that_check_rejects_is_never_applied_by_the_running_daemon() {
+    let s = Setup::new();
+    let ha = hosts(6);
+    s.write_script("alpha", &static_script(&ha, "a"));
+    let alpha = service_yaml("alpha", &NODES, "");
+    s.write_config("", std::slice::from_ref(&alpha));
+    let d = s.start();
+    wait_sharded(&d, &s.service_dir("alpha"), 3, &ha, Duration::from_secs(20));
+    d.wait_passes("alpha", 1, Duration::from_secs(10));
+    d.wait_watching();
+
+    let extra = |script: &str| {
+        format!(
+            "  - name: beta\n    script: {script}\n    schedule: \"{NEVER}\"\n    nodes: [\"{}\"]\n",
+            NODES[0]
+        )
+    };
+    let bad = [
+        ("an empty file", String::new(), "empty"),
+        (
+            "a missing script",
+            config_yaml(
+                &format!("127.0.0.1:{}", s.port),
+                "",
+                &[alpha.clone(), extra("svc/nope.rhai")],
+            ),
+            "nope.rhai",
+        ),
+        (
+            "script: /etc/passwd",
+            config_yaml(
+                &format!("127.0.0.1:{}", s.port),
+                "",
+                &[alpha.clone(), extra("/etc/passwd")],
+            ),
+            "/etc/passwd",
+        ),
+    ];
+    for (what, text, named) in bad {
+        let failed = d.metric("promshard_config_reloads_total", &[("result", "failed")]);
+        s.write("promshard.yaml", &text);
+        let (ok, stderr) = check(&s);
+        assert!(!ok, "check passed {what}");
+        assert!(stderr.contains(named), "check on {what}: {stderr}");
+        d.wait(
+            &format!("{what} to be rejected"),
+            Duration::from_secs(10),
+            || {
+                let now = d.metric("promshard_config_reloads_total", &[("result", "failed")]);
+                if now > failed {
+                    Ok(())
+                } else {
+                    Err(format!("config_reloads_total{{result=\"failed\"}} = {now}"))
+                }
+            },
+        );
+        let rejected = d.log_lines().into_iter().any(|l| {
+            l["level"] == "ERROR"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("config rejected") && m.contains(named))
+        });
+        assert!(rejected, "no rejection naming {named:?} for {what}");
+        let listed = d.services().unwrap_or_else(|e| d.fail(&e));
+        assert_eq!(listed.keys().collect::<Vec<_>>(), ["alpha"], "after {what}");
+    }
+    // The running config is intact: alpha passes into the same out_dir.
+    let before = d.passes("alpha").unwrap_or_else(|e| d.fail(&e));
+    d.dispatch("alpha", None);
+    d.wait_passes("alpha", before + 1, Duration::from_secs(10));
+    let last = &d.services().unwrap_or_else(|e| d.fail(&e))["alpha"]["last_pass"];
+    assert_eq!(last["result"], "ok", "{last}");
+    wait_sharded(&d, &s.service_dir("alpha"), 3, &ha, Duration::from_secs(5));
+}
+
+// ------------------------------------------ a script that cannot be read
+
+#[test]
+fn a_script_deleted_or_unreadable_keeps_its_last_good_version_running() {
+    let (s, h) = web_setup("", 9);
+    let d = s.start();
+    let dir = s.service_dir("web");
+    wait_sharded(&d, &dir, 3, &h, Duration::from_secs(20));
+    d.wait_passes("web", 1, Duration::from_secs(10));
+    d.wait_watching();
+    let script = s.path(&format!("{SCRIPTS}/web.rhai"));
+    let pass_ok = |why: &str| {
+        let before = d.passes("web").unwrap_or_else(|e| d.fail(&e));
+        d.dispatch("web", None);
+        d.wait_passes("web", before + 1, Duration::from_secs(10));
+        let last = &d.services().unwrap_or_else(|e| d.fail(&e))["web"]["last_pass"];
+        if last["result"] != "ok" {
+            d.fail(&format!("pass {why}: {last}"));
+        }
+    };
+
+    // Deleted (a deploy that removes, then writes back).
+    fs::remove_file(&script).expect("removing the script");
+    d.wait("the removal in the log", Duration::from_secs(5), || {
+        let n = d.logged("script removed").len();
+        if n >= 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    pass_ok("while the script is deleted");
+
+    // Unreadable: mode 000 (root reads through that, so there the path
+    // becomes a directory, which no one can read as a script).
+    s.write_script("web", &static_script(&h, "v1"));
+    d.wait("the script to come back", Duration::from_secs(5), || {
+        let n = d.logged("script added").len() + d.logged("script reloaded").len();
+        if n >= 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let make_unreadable = || {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = fs::remove_file(&script);
+            fs::create_dir_all(&script).expect("a directory in the script's place");
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+        }
+    };
+    make_unreadable();
+    let read_errors = || {
+        d.logged("script rejected; the last good version keeps running")
+            .into_iter()
+            .filter(|l| {
+                l["fields"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot read script"))
+            })
+            .count()
+    };
+    d.wait(
+        "the read error in the log",
+        Duration::from_secs(5),
+        || match read_errors() {
+            0 => Err("not yet".into()),
+            _ => Ok(()),
+        },
+    );
+    pass_ok("while the script is unreadable");
+    // Touched again, still unreadable: not reported again.
+    make_unreadable();
+    pass_ok("after another touch");
+    holds(
+        "the read error reported once",
+        Duration::from_millis(500),
+        || match read_errors() {
+            1 => Ok(()),
+            n => Err(format!("reported {n} times")),
+        },
+    )
+    .unwrap_or_else(|e| d.fail(&e));
+    wait_sharded(&d, &dir, 3, &h, Duration::from_secs(1));
 }

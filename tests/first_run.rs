@@ -259,3 +259,56 @@ fn the_readme_shows_real_output_and_stays_inside_the_repository() {
     };
     assert_eq!(counts(sample), counts(real), "per-node counts differ");
 }
+
+/// Without prometheus on PATH and without root, the test command stops at
+/// once with one line that says what to install (it never half-runs).
+#[test]
+fn the_test_command_without_prometheus_and_root_says_what_to_install() {
+    use std::os::unix::fs::symlink;
+    let dir = Dir::new();
+    // A PATH with the few tools the script needs before it looks for
+    // prometheus, and no prometheus.
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("bin dir");
+    for tool in ["bash", "id", "dirname"] {
+        let real = util::tools::on_path(tool).unwrap_or_else(|| panic!("{tool} not on PATH"));
+        symlink(real, bin.join(tool)).expect("symlink");
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/test");
+    let copy = dir.join(".ci/test");
+    dir.write(".ci/test", fs::read(&script).expect(".ci/test"));
+    // As root, drop to nobody (setpriv, util-linux); otherwise run as is.
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new(util::tools::on_path("setpriv").expect("setpriv (util-linux)"));
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(bin.join("bash"));
+        c
+    } else {
+        Command::new(bin.join("bash"))
+    };
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path().to_path_buf(), dir.join(".ci"), bin.clone()] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let started = std::time::Instant::now();
+    let out = cmd
+        .arg(&copy)
+        .env_clear()
+        .env("PATH", &bin)
+        .current_dir(dir.path())
+        .output()
+        .expect("run .ci/test");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains("prometheus not found")
+            && lines[0].contains("apt-get install prometheus"),
+        "{stderr}"
+    );
+}

@@ -241,6 +241,61 @@ fn operation_call_depth_and_size_limits_come_from_config() {
 }
 
 #[test]
+fn limit_errors_name_the_script_the_config_key_and_what_to_do() {
+    let mut sandbox = Sandbox::default();
+    let l = &mut sandbox.limits;
+    (l.max_operations, l.max_call_levels) = (1000, 8);
+    (l.max_string_size, l.max_array_size, l.max_map_size) = (100, 50, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "fn run() {\n  let i = 0;\n  while i < 100000 { i += 1; }\n}",
+            "script_limits.max_operations = 1000",
+        ),
+        (
+            "fn f(n) { f(n + 1) }\nfn run() {\n  f(0)\n}",
+            "script_limits.max_call_levels = 8",
+        ),
+        (
+            "fn run() {\n  let s = \"x\";\n  s.pad(200, \"y\");\n  s\n}",
+            "script_limits.max_string_size = 100",
+        ),
+        (
+            "fn run() {\n  let a = [];\n  a.pad(51, 0);\n  a\n}",
+            "script_limits.max_array_size = 50",
+        ),
+        (
+            "fn run() {\n  let m = #{};\n  for i in 0..10 { m[`k${i}`] = i; }\n  m\n}",
+            "script_limits.max_map_size = 5",
+        ),
+    ];
+    for (src, names) in cases {
+        let s = compile(dir.path(), src);
+        let e = ScriptRun::new(&s, &sandbox).call("run", ()).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.kind(), "limit", "{text}");
+        assert!(text.contains("t.rhai") && text.contains("run()"), "{text}");
+        assert!(text.contains(names), "{src}: {text}");
+        assert!(
+            text.contains("raise it") || text.contains("recursion"),
+            "says what to do: {text}"
+        );
+    }
+    // For big lists the message points at the native builders.
+    let s = compile(
+        dir.path(),
+        "fn run() {\n  [1, 2, 3].map(|x| {\n    let i = 0; while i < 100000 { i += 1; } x })\n}",
+    );
+    let text = ScriptRun::new(&s, &sandbox)
+        .call("run", ())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("targets_from_json"), "{text}");
+    // Where Rhai keeps the position, the message starts file:line:column.
+    assert!(text.contains("t.rhai:2:"), "{text}");
+}
+
+#[test]
 fn scripts_cannot_import_eval_or_print_to_stdout() {
     let sandbox = Sandbox::default();
     let e = call_err(r#"import "/etc/passwd" as p; 1"#, &sandbox);
@@ -302,6 +357,45 @@ fn missing() { read_file("data/nope.json") }
             .to_string(),
         "hello"
     );
+}
+
+#[test]
+fn reading_a_fifo_stops_at_the_calls_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo =
+        std::ffi::CString::new(dir.path().join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let s = compile(
+        dir.path(),
+        r#"
+fn text() { read_file("pipe") }
+fn json() { read_json("pipe") }
+fn targets() { targets_from_json_file("pipe") }
+"#,
+    );
+    let mut sandbox = Sandbox::default();
+    sandbox.limits.timeout = Duration::from_millis(500);
+    for function in ["text", "json", "targets"] {
+        // On a thread: a call that blocks on the FIFO must fail the test,
+        // not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, sandbox) = (s.clone(), sandbox.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = ScriptRun::new(&s, &sandbox).call(function, ());
+            let _ = tx.send((result.map(|v| v.to_string()), started.elapsed()));
+        });
+        let (result, took) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{function}() on a FIFO still blocked after 5 s"));
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains("pipe") && e.contains("not a regular file"),
+            "{function}: {e}"
+        );
+        assert!(took < Duration::from_secs(1), "{function}: took {took:?}");
+    }
 }
 
 #[test]
@@ -659,6 +753,52 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
         let ev = wait_for(&mut rx, second, "the next reload", |_| true);
         assert!(is("reloaded")(&ev), "{ev:?}");
     });
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("watcher stops when cancelled")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_script_is_a_failed_reload_and_the_last_good_version_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.rhai");
+    let key = normalize(&path);
+    std::fs::write(&path, r#"fn targets(ctx) { ["a:1"] }"#).unwrap();
+    let cache = Arc::new(ScriptCache::new());
+    cache.get(&path).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let task = watch(
+        vec![dir.path().to_path_buf()],
+        cache.clone(),
+        tx,
+        cancel.clone(),
+    )
+    .unwrap();
+    for empty in ["", "\n  \n", "// nothing here yet\n"] {
+        tokio::task::block_in_place(|| {
+            std::fs::write(&path, empty).unwrap();
+            let ev = wait_for(&mut rx, Duration::from_secs(1), "an event", |e| {
+                e.path() == key
+            });
+            let ScriptEvent::Failed { error, .. } = ev else {
+                panic!("{empty:?} gave {ev:?}, not a failed reload")
+            };
+            assert!(error.to_string().contains("defines no function"), "{error}");
+        });
+        let s = cache.get(&path).unwrap();
+        let (groups, _) = ScriptRun::new(&s, &Sandbox::default())
+            .targets(Map::new())
+            .unwrap();
+        assert_eq!(groups[0].targets, ["a:1"], "after {empty:?}");
+    }
+    let site = Site::new(ONE_SERVICE);
+    site.write("scripts/web.rhai", "");
+    let o = site.run(&["check"], &[]);
+    assert!(!o.status.success(), "check passed an empty script");
+    assert!(text(&o).contains("defines no function"), "{}", text(&o));
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await

@@ -87,7 +87,9 @@ pub enum Reload {
     /// Same content as last time: nothing was compiled. `Ok` if that
     /// content is the serving version, `Err` if it failed to compile.
     Unchanged(Result<CompiledScript, ScriptError>),
-    /// The file does not exist (any more); the entry was dropped.
+    /// The file does not exist (any more). A version that compiled before
+    /// keeps serving: a script deleted and written back (a deploy, a
+    /// checkout) must not stop its service in between.
     Missing,
 }
 
@@ -137,15 +139,22 @@ impl ScriptCache {
     }
 
     /// Read `path` again and compile it if its content changed. A failed
-    /// compile keeps the previous version serving. A missing file drops the
-    /// entry ([`Reload::Missing`]); another read error is a `Failed` and
-    /// keeps the previous version.
+    /// compile, a missing file ([`Reload::Missing`]) or another read error
+    /// (`Failed`) keeps the previous version serving.
     pub fn reload(&self, path: &Path) -> Reload {
         let key = normalize(path);
         let source = match std::fs::read_to_string(path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.lock().remove(&key);
+                if let Some(entry) = self.lock().get_mut(&key) {
+                    // Whatever comes back is compiled, even the same text.
+                    entry.hash = None;
+                    let error = ScriptError::Read {
+                        path: path.to_path_buf(),
+                        source: Arc::new(e),
+                    };
+                    entry.error = Some((error, crate::state::unix_now()));
+                }
                 return Reload::Missing;
             }
             Err(e) => {
@@ -266,6 +275,14 @@ mod tests {
         assert!(cache.last_error(&path).is_none());
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(cache.reload(&path), Reload::Missing));
+        assert!(
+            cache.get(&path).unwrap().has_fn("nodes", 1),
+            "still serving"
+        );
+        assert!(cache.last_error(&path).is_some());
+        std::fs::write(&path, "fn targets(ctx) { [] }\nfn nodes(ctx) { [] }").unwrap();
+        assert!(matches!(cache.reload(&path), Reload::Compiled(_)));
+        assert!(cache.forget(&path));
         assert!(!cache.has_good(&path));
     }
 }

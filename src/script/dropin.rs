@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cache::{ScriptCache, normalize};
-use super::{Sandbox, ScriptRun};
+use super::{CompiledScript, Sandbox, ScriptError, ScriptRun};
 use crate::config::{Config, Service, check_service_name};
 
 /// Why a drop-in script did not become a service (or why there are none).
@@ -62,6 +62,37 @@ pub fn drop_in_scripts(dir: &Path) -> Vec<(String, PathBuf)> {
         .collect();
     out.sort();
     out
+}
+
+/// Compile a service's scripts (from `cache`: the last good version when
+/// there is one) and check that the functions it needs exist. `check` runs
+/// this for every service, and a config reload requires it of every service
+/// in the file, so the daemon never takes a config `check` rejects. Blocking.
+pub fn check_service_scripts(
+    s: &Service,
+    cache: &ScriptCache,
+) -> Result<CompiledScript, ScriptError> {
+    let script = cache.get(&s.script)?;
+    if !script.has_fn("targets", 1) {
+        return Err(ScriptError::Missing {
+            path: s.script.clone(),
+            function: "targets".into(),
+        });
+    }
+    if let Some(n) = &s.node_script {
+        if !cache.get(n)?.has_fn("nodes", 1) {
+            return Err(ScriptError::Missing {
+                path: n.clone(),
+                function: "nodes".into(),
+            });
+        }
+    } else if s.nodes.is_empty() && !script.has_fn("nodes", 1) {
+        return Err(ScriptError::NoNodes {
+            path: s.script.clone(),
+            service: s.name.clone(),
+        });
+    }
+    Ok(script)
 }
 
 /// Every service: those in the config file, then the drop-ins of

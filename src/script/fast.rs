@@ -546,25 +546,23 @@ fn from_file(
     path: &str,
     spec: Option<&Spec>,
 ) -> HostResult<TargetList> {
-    let resolved = super::host::resolve_readable(&ctx.read_dirs, path)?;
+    let file = super::host::open_readable(ctx, "targets_from_json_file", path)?;
     // One message shape for I/O and parse errors alike.
     let fail = |e: &dyn std::fmt::Display| {
         format!(
             "targets_from_json_file({path:?}): {}: {e}",
-            resolved.display()
+            file.path.display()
         )
     };
-    let file = std::fs::File::open(&resolved).map_err(|e| fail(&e))?;
-    let size = file.metadata().map_err(|e| fail(&e))?.len();
     let max = ctx.limits.max_array_size;
     // Small files are read whole and parsed from memory (faster); big ones
     // are streamed so that a huge inventory is never held twice.
-    let parsed = if size <= READ_WHOLE_MAX {
-        let mut text = Vec::with_capacity(size as usize);
-        std::io::Read::read_to_end(&mut &file, &mut text).map_err(|e| fail(&e))?;
+    let parsed = if file.size <= READ_WHOLE_MAX {
+        let mut text = Vec::with_capacity(file.size as usize);
+        std::io::Read::read_to_end(&mut file.reader(ctx), &mut text).map_err(|e| fail(&e))?;
         targets_from_json_slice(&text, spec, max)
     } else {
-        targets_from_json(file, spec, max)
+        targets_from_json(file.reader(ctx), spec, max)
     };
     parsed.map_err(|e| fail(&e).into())
 }

@@ -7,7 +7,7 @@
 //! | `http_get(url)`, `http_get(url, #{headers, timeout})` | GET, body as a string; error on non-2xx |
 //! | `http_get_json(url)`, `http_get_json(url, opts)` | GET and `parse_json` |
 //! | `parse_json(text)`, `to_json(value)` | JSON in and out |
-//! | `read_file(path)`, `read_json(path)` | read below the script's dir or `allowed_dirs` |
+//! | `read_file(path)`, `read_json(path)` | read a regular file below the script's dir or `allowed_dirs` |
 //! | `env(name)` | an environment variable allowed by `env_allowlist`, or `()` if unset |
 //! | `log_info(msg)`, `log_warn(msg)` | tracing logs with the script's path |
 //!
@@ -141,10 +141,8 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
 }
 
 fn read_file(ctx: &HostContext, path: &str) -> HostResult<String> {
-    let resolved = resolve_readable(&ctx.read_dirs, path).or_else(fail)?;
-    let size = std::fs::metadata(&resolved)
-        .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))?
-        .len();
+    let file = open_readable(ctx, "read_file", path)?;
+    let (resolved, size) = (&file.path, file.size);
     if size > ctx.limits.max_string_size as u64 {
         return fail(format!(
             "read_file({path:?}): {} is {size} bytes, more than max_string_size {}",
@@ -152,8 +150,103 @@ fn read_file(ctx: &HostContext, path: &str) -> HostResult<String> {
             ctx.limits.max_string_size
         ));
     }
-    std::fs::read_to_string(&resolved)
-        .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))
+    let mut text = String::with_capacity(size as usize);
+    // A file that grows while it is read is cut at the limit, not read on.
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file.reader(ctx), ctx.limits.max_string_size as u64 + 1),
+        &mut text,
+    )
+    .or_else(|e| fail(format!("read_file({path:?}): {}: {e}", resolved.display())))?;
+    if text.len() > ctx.limits.max_string_size {
+        return fail(format!(
+            "read_file({path:?}): {} grew past max_string_size {} while being read",
+            resolved.display(),
+            ctx.limits.max_string_size
+        ));
+    }
+    Ok(text)
+}
+
+/// A regular file a script may read, opened.
+pub struct Readable {
+    pub path: PathBuf,
+    pub file: std::fs::File,
+    /// Size when opened.
+    pub size: u64,
+}
+
+impl Readable {
+    /// A reader that fails once the call's deadline has passed: a native
+    /// read is not interrupted by `on_progress`.
+    pub fn reader<'a>(&'a self, ctx: &'a HostContext) -> impl std::io::Read + 'a {
+        DeadlineReader {
+            inner: &self.file,
+            ctx,
+        }
+    }
+}
+
+struct DeadlineReader<'a> {
+    inner: &'a std::fs::File,
+    ctx: &'a HostContext,
+}
+
+impl std::io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ctx.remaining().is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the script's deadline passed while reading",
+            ));
+        }
+        std::io::Read::read(&mut self.inner, buf)
+    }
+}
+
+/// Resolve `path` inside the readable directories and open it, for the host
+/// function `function`. Only regular files: opening a FIFO waits for a
+/// writer and reading a device may never end, and neither can be stopped
+/// by the script's deadline. The file is opened non-blocking and checked
+/// after opening, so a FIFO swapped in after a check cannot hang the call.
+pub fn open_readable(ctx: &HostContext, function: &str, path: &str) -> HostResult<Readable> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let resolved = resolve_readable(&ctx.read_dirs, path).or_else(fail)?;
+    let at = |e: &dyn fmt::Display| format!("{function}({path:?}): {}: {e}", resolved.display());
+    if ctx.remaining().is_zero() {
+        return fail(at(&"the script's deadline has passed"));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&resolved)
+        .map_err(|e| at(&e))?;
+    let meta = file.metadata().map_err(|e| at(&e))?;
+    if !meta.is_file() {
+        return fail(at(&format!(
+            "not a regular file (a {}); only regular files can be read",
+            file_kind(&meta.file_type())
+        )));
+    }
+    Ok(Readable {
+        path: resolved,
+        file,
+        size: meta.len(),
+    })
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else {
+        "special file"
+    }
 }
 
 /// Whether `name` matches one of the allowlist patterns.

@@ -18,6 +18,7 @@
 //! returns the Prometheus nodes; `fn service()` (optional, drop-ins) returns
 //! the service's settings.
 
+mod alloc;
 pub mod cache;
 mod convert;
 pub mod dropin;
@@ -54,9 +55,9 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall-clock deadline of one call.
     pub timeout: Duration,
-    /// How much the process may grow (resident memory) during one call.
-    /// A backstop for growth the size limits cannot see (a map filled key
-    /// by key is only measured when a function is called on it).
+    /// How much one call may allocate (net of what it frees). A backstop
+    /// for growth the size limits cannot see (a map filled key by key is
+    /// only measured when a function is called on it); see `alloc`.
     pub max_memory: u64,
 }
 
@@ -132,7 +133,22 @@ pub enum ScriptError {
         message: String,
     },
     #[error(
-        "{path}: {function}() made the process grow by more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
+        "{path}{}: {function}() stopped: {}, more than script_limits.{} = {value}; {}",
+        place(.line, .column), .limit.what, .limit.key, .limit.hint
+    )]
+    Limit {
+        path: PathBuf,
+        function: String,
+        /// Where the limit tripped; 0 when Rhai did not keep it (it drops
+        /// the position of limit errors at script-function boundaries).
+        line: usize,
+        column: usize,
+        limit: &'static Limit,
+        /// The limit's configured value.
+        value: u64,
+    },
+    #[error(
+        "{path}: {function}() allocated more than {limit_mb} MiB and was stopped (script_limits.max_memory_mb)"
     )]
     Memory {
         path: PathBuf,
@@ -148,6 +164,10 @@ pub enum ScriptError {
     #[error("{path}: {function}() is not defined")]
     Missing { path: PathBuf, function: String },
     #[error(
+        "{path}: defines no function (a script needs fn targets(ctx), a node script fn nodes(ctx)); an empty file is not taken as a new version"
+    )]
+    Empty { path: PathBuf },
+    #[error(
         "{path}: service {service} has no nodes: set nodes: or node_script: in the config, or define fn nodes(ctx) in the script"
     )]
     NoNodes { path: PathBuf, service: String },
@@ -157,6 +177,14 @@ pub enum ScriptError {
         function: String,
         message: String,
     },
+}
+
+fn place(line: &usize, column: &usize) -> String {
+    if *line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
 }
 
 fn at(line: &usize, column: &usize) -> String {
@@ -174,9 +202,11 @@ impl ScriptError {
             ScriptError::Read { path, .. }
             | ScriptError::Compile { path, .. }
             | ScriptError::Runtime { path, .. }
+            | ScriptError::Limit { path, .. }
             | ScriptError::Timeout { path, .. }
             | ScriptError::Memory { path, .. }
             | ScriptError::Missing { path, .. }
+            | ScriptError::Empty { path }
             | ScriptError::NoNodes { path, .. }
             | ScriptError::BadResult { path, .. } => path,
         }
@@ -186,16 +216,18 @@ impl ScriptError {
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
             ScriptError::Compile { line, column, .. }
-            | ScriptError::Runtime { line, column, .. } => Some((*line, *column)),
+            | ScriptError::Runtime { line, column, .. }
+            | ScriptError::Limit { line, column, .. } => Some((*line, *column)),
             _ => None,
         }
     }
 
     /// Every value [`ScriptError::kind`] gives.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "read",
         "compile",
         "runtime",
+        "limit",
         "timeout",
         "memory",
         "missing",
@@ -207,8 +239,10 @@ impl ScriptError {
     pub fn kind(&self) -> &'static str {
         match self {
             ScriptError::Read { .. } => "read",
-            ScriptError::Compile { .. } => "compile",
+            // Never serves, like a script that does not compile.
+            ScriptError::Compile { .. } | ScriptError::Empty { .. } => "compile",
             ScriptError::Runtime { .. } => "runtime",
+            ScriptError::Limit { .. } => "limit",
             ScriptError::Timeout { .. } => "timeout",
             ScriptError::Memory { .. } => "memory",
             ScriptError::Missing { .. } => "missing",
@@ -255,6 +289,13 @@ impl CompiledScript {
             column: e.position().position().unwrap_or(0),
             message: e.err_type().to_string(),
         })?;
+        // A file truncated by a failed deploy or saved empty by mistake
+        // compiles; it must not replace the version that works.
+        if ast.iter_functions().next().is_none() {
+            return Err(ScriptError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         Ok(Self {
             path: path.to_path_buf(),
             ast: Arc::new(ast),
@@ -280,13 +321,69 @@ fn terminated(err: &EvalAltResult) -> Option<String> {
     }
 }
 
-/// Resident memory of this process in bytes (Linux; `None` elsewhere).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+/// A sandbox limit as messages name it.
+#[derive(Debug)]
+pub struct Limit {
+    /// What went over, e.g. "too many operations".
+    pub what: &'static str,
+    /// The config key under `script_limits`.
+    pub key: &'static str,
+    /// What to do about it.
+    pub hint: &'static str,
+    /// Its configured value.
+    value: fn(&Limits) -> u64,
+}
+
+const BIG_LISTS: &str = "raise it, or for big inventories use targets_from_json / targets_from_json_file, which build targets natively";
+
+const OPERATIONS: Limit = Limit {
+    what: "too many operations",
+    key: "max_operations",
+    hint: "raise it or do less work per call (for big lists, targets_from_json / targets_from_json_file build targets natively)",
+    value: |l| l.max_operations,
+};
+const CALL_LEVELS: Limit = Limit {
+    what: "too many nested function calls",
+    key: "max_call_levels",
+    hint: "look for unbounded recursion, or raise it",
+    value: |l| l.max_call_levels as u64,
+};
+const STRING_SIZE: Limit = Limit {
+    what: "a string too long",
+    key: "max_string_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_string_size as u64,
+};
+const ARRAY_SIZE: Limit = Limit {
+    what: "an array too large (counted over the whole value)",
+    key: "max_array_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_array_size as u64,
+};
+const MAP_SIZE: Limit = Limit {
+    what: "a map too large (counted over the whole value)",
+    key: "max_map_size",
+    hint: BIG_LISTS,
+    value: |l| l.max_map_size as u64,
+};
+
+/// The limit behind a Rhai limit error, if `err` is or wraps one, and the
+/// position Rhai kept (the innermost one that is known).
+fn limit_hit(err: &EvalAltResult) -> Option<(&'static Limit, Position)> {
+    let limit = match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, pos) => {
+            return limit_hit(inner).map(|(l, p)| (l, if p.is_none() { *pos } else { p }));
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => &OPERATIONS,
+        EvalAltResult::ErrorStackOverflow(_) => &CALL_LEVELS,
+        EvalAltResult::ErrorDataTooLarge(what, _) => match what.as_str() {
+            "Length of string" => &STRING_SIZE,
+            "Size of object map" => &MAP_SIZE,
+            _ => &ARRAY_SIZE,
+        },
+        _ => return None,
+    };
+    Some((limit, err.position()))
 }
 
 /// A sandboxed engine bound to one script, for the calls of one pass.
@@ -294,10 +391,9 @@ pub struct ScriptRun {
     engine: Engine,
     script: CompiledScript,
     deadline: Arc<Mutex<Instant>>,
-    /// Resident memory when the current call started (0: unknown).
-    rss_start: Arc<std::sync::atomic::AtomicU64>,
-    timeout: Duration,
-    max_memory: u64,
+    /// What the calling thread had allocated when the current call started.
+    alloc_start: Arc<std::sync::atomic::AtomicI64>,
+    limits: Limits,
 }
 
 impl ScriptRun {
@@ -318,9 +414,9 @@ impl ScriptRun {
         let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
         let watched = Arc::clone(&deadline);
         let ticks = std::sync::atomic::AtomicU32::new(0);
-        let rss_start = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let rss_watched = Arc::clone(&rss_start);
-        let max_memory = limits.max_memory;
+        let alloc_start = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let alloc_watched = Arc::clone(&alloc_start);
+        let max_memory = i64::try_from(limits.max_memory).unwrap_or(i64::MAX);
         engine.on_progress(move |_ops| {
             // Reading the clock on every operation would cost more than the
             // operation; every 256th is precise enough for a deadline in
@@ -328,14 +424,10 @@ impl ScriptRun {
             // from native functions (`map`, `filter`, …) restart Rhai's
             // operation count, which would never reach a multiple of 256.
             let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Reading /proc costs a few microseconds: every 8192nd call.
-            if n % 8192 == 8191
-                && let Some(now) = resident_bytes()
-            {
-                let start = rss_watched.load(std::sync::atomic::Ordering::Relaxed);
-                if start > 0 && now.saturating_sub(start) > max_memory {
-                    return Some(Dynamic::from("memory"));
-                }
+            // A thread-local read: cheap enough for every operation.
+            let start = alloc_watched.load(std::sync::atomic::Ordering::Relaxed);
+            if alloc::allocated().wrapping_sub(start) > max_memory {
+                return Some(Dynamic::from("memory"));
             }
             if n.is_multiple_of(256) {
                 let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
@@ -366,9 +458,8 @@ impl ScriptRun {
             engine,
             script: script.clone(),
             deadline,
-            rss_start,
-            timeout: limits.timeout,
-            max_memory: limits.max_memory,
+            alloc_start,
+            limits: limits.clone(),
         }
     }
 
@@ -380,11 +471,10 @@ impl ScriptRun {
                 function: name.into(),
             });
         }
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + self.timeout;
-        self.rss_start.store(
-            resident_bytes().unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now() + self.limits.timeout;
+        self.alloc_start
+            .store(alloc::allocated(), std::sync::atomic::Ordering::Relaxed);
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false);
         let value = self
@@ -404,14 +494,25 @@ impl ScriptRun {
             return ScriptError::Memory {
                 path: self.script.path.clone(),
                 function: function.into(),
-                limit_mb: self.max_memory >> 20,
+                limit_mb: self.limits.max_memory >> 20,
             };
         }
         if terminated(&err).is_some() {
             return ScriptError::Timeout {
                 path: self.script.path.clone(),
                 function: function.into(),
-                timeout: self.timeout,
+                timeout: self.limits.timeout,
+            };
+        }
+        if let Some((limit, pos)) = limit_hit(&err) {
+            let value = (limit.value)(&self.limits);
+            return ScriptError::Limit {
+                path: self.script.path.clone(),
+                function: function.into(),
+                line: pos.line().unwrap_or(0),
+                column: pos.position().unwrap_or(0),
+                limit,
+                value,
             };
         }
         let pos: Position = err.position();

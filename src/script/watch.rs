@@ -39,10 +39,12 @@ pub enum ScriptEvent {
     Added { path: PathBuf },
     /// A known script changed and the new version compiled; it now serves.
     Reloaded { path: PathBuf },
-    /// A script changed (or appeared) and does not compile; the previous
-    /// version, if any, keeps serving. The error has file, line and column.
+    /// A script changed (or appeared) and does not compile, or cannot be
+    /// read; the previous version, if any, keeps serving. A compile error
+    /// has file, line and column.
     Failed { path: PathBuf, error: ScriptError },
-    /// A script file was removed; it is no longer cached.
+    /// A script file was removed. Its last good version stays cached: a
+    /// service in the config keeps running it, a drop-in stops.
     Removed { path: PathBuf },
 }
 
@@ -91,11 +93,27 @@ fn is_script(path: &Path) -> bool {
             .is_some_and(|n| !n.starts_with('.'))
 }
 
-fn content_hash(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    Some(h.finish())
+/// What the watcher last saw of a script file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    /// Readable, with this content hash.
+    Content(u64),
+    /// There, but reading it failed this way (permissions, a directory).
+    Unreadable(std::io::ErrorKind),
+    /// Not there.
+    Gone,
+}
+
+fn look(path: &Path) -> Seen {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            Seen::Content(h.finish())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Seen::Gone,
+        Err(e) => Seen::Unreadable(e.kind()),
+    }
 }
 
 /// Start watching `dirs`. Changes are compiled into `cache` and reported on
@@ -132,15 +150,13 @@ pub fn watch(
     }
     // What the watcher last saw of each script, so that only real changes
     // become events (an editor's extra touch or a no-op rename is not one).
-    let mut known: HashMap<PathBuf, u64> = HashMap::new();
+    let mut known: HashMap<PathBuf, Seen> = HashMap::new();
     for dir in &watched {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for entry in rd.flatten() {
                 let p = entry.path();
-                if is_script(&p)
-                    && let Some(h) = content_hash(&p)
-                {
-                    known.insert(p, h);
+                if is_script(&p) {
+                    known.insert(p.clone(), look(&p));
                 }
             }
         }
@@ -191,34 +207,42 @@ pub fn watch(
     }))
 }
 
-/// Look at each touched script once and say what changed.
+/// Look at each touched script once and say what changed. A script that
+/// cannot be read (removed, permissions, replaced by a directory) keeps its
+/// last good version serving; each such state is reported once, not on
+/// every touch.
 fn process(
     batch: &[PathBuf],
     cache: &ScriptCache,
-    known: &mut HashMap<PathBuf, u64>,
+    known: &mut HashMap<PathBuf, Seen>,
 ) -> Vec<ScriptEvent> {
     let mut events = Vec::new();
     for raw in batch {
         let path = normalize(raw);
-        let Some(hash) = content_hash(&path) else {
-            if known.remove(&path).is_some() || cache.forget(&path) {
-                cache.forget(&path);
-                tracing::warn!(script = %path.display(), "script removed");
-                events.push(ScriptEvent::Removed { path });
-            }
-            continue;
-        };
-        let previous = known.insert(path.clone(), hash);
-        if previous == Some(hash) {
+        let seen = look(&path);
+        let previous = known.insert(path.clone(), seen);
+        if previous == Some(seen) {
             continue;
         }
-        let result = match cache.reload(&path) {
-            Reload::Compiled(_) | Reload::Unchanged(Ok(_)) => Ok(()),
-            Reload::Failed(e) | Reload::Unchanged(Err(e)) => Err(e),
-            Reload::Missing => {
+        let result = match seen {
+            Seen::Gone => {
                 known.remove(&path);
+                if previous.is_none() && !cache.has_good(&path) {
+                    continue;
+                }
+                cache.reload(&path);
+                tracing::warn!(script = %path.display(), kept_previous = cache.has_good(&path), "script removed");
+                events.push(ScriptEvent::Removed { path });
                 continue;
             }
+            Seen::Unreadable(_) | Seen::Content(_) => match cache.reload(&path) {
+                Reload::Compiled(_) | Reload::Unchanged(Ok(_)) => Ok(()),
+                Reload::Failed(e) | Reload::Unchanged(Err(e)) => Err(e),
+                Reload::Missing => {
+                    known.remove(&path);
+                    continue;
+                }
+            },
         };
         match result {
             Ok(()) if previous.is_none() => {
@@ -229,18 +253,9 @@ fn process(
                 tracing::info!(script = %path.display(), "script reloaded");
                 events.push(ScriptEvent::Reloaded { path });
             }
-            Err(error) => {
-                let (line, column) = error.position().unwrap_or((0, 0));
-                tracing::error!(
-                    script = %path.display(),
-                    line,
-                    column,
-                    error = %error,
-                    kept_previous = cache.has_good(&path),
-                    "script does not compile; the previous version keeps running"
-                );
-                events.push(ScriptEvent::Failed { path, error });
-            }
+            // Logged by whoever receives the event (the daemon, with the
+            // reload metric), once.
+            Err(error) => events.push(ScriptEvent::Failed { path, error }),
         }
     }
     events
