@@ -41,6 +41,7 @@ fn fleet() -> (Vec<Target>, Plan) {
             replicas: 1,
             ring: &RingSettings::default(),
             file_type: FileType::Json,
+            move_cap: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

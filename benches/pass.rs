@@ -45,6 +45,7 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
             replicas: 1,
             ring,
             file_type: FileType::Json,
+            move_cap: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

@@ -301,6 +301,7 @@ fn static_input<'a>(
         node_filter: None,
         node_script: None,
         learned_weights: None,
+        previous: None,
     }
 }
 

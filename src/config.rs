@@ -122,6 +122,8 @@ struct RawService {
     #[serde(default)]
     max_drop_ratio: Option<f64>,
     #[serde(default)]
+    max_move_ratio: Option<f64>,
+    #[serde(default)]
     resync_interval: Option<String>,
     #[serde(default)]
     health: Option<RawHealth>,
@@ -344,6 +346,9 @@ pub struct Service {
     pub ring: RingSettings,
     /// A pass that would drop more than this share of targets is refused.
     pub max_drop_ratio: f64,
+    /// At most this share of the total weight changes node in one pass (a
+    /// big rebalance is spread over several passes); `None`: no cap.
+    pub max_move_ratio: Option<f64>,
     /// Re-deliver unchanged files this often anyway.
     pub resync_interval: Duration,
     /// Probe the nodes and keep only healthy ones in the ring (`health:`).
@@ -987,6 +992,15 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
             format!("{} must be >= 1.0", ring.load_factor),
         ));
     }
+    let max_move_ratio = rs.max_move_ratio;
+    if let Some(r) = max_move_ratio
+        && !(r > 0.0 && r <= 1.0)
+    {
+        p.push((
+            "max_move_ratio",
+            format!("{r} must be above 0 and at most 1"),
+        ));
+    }
     let max_drop_ratio = rs.max_drop_ratio.unwrap_or(0.5);
     if !(0.0..=1.0).contains(&max_drop_ratio) {
         p.push((
@@ -1032,6 +1046,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         push,
         ring,
         max_drop_ratio,
+        max_move_ratio,
     })
 }
 
@@ -1058,6 +1073,7 @@ impl RawService {
         or(&mut self.push, &d.push);
         or(&mut self.ring, &d.ring);
         or(&mut self.max_drop_ratio, &d.max_drop_ratio);
+        or(&mut self.max_move_ratio, &d.max_move_ratio);
         or(&mut self.resync_interval, &d.resync_interval);
         or(&mut self.health, &d.health);
         or(&mut self.observe, &d.observe);

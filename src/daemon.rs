@@ -276,8 +276,11 @@ impl Shared {
         Sandbox::for_config(&self.config())
     }
 
-    /// Run one pass of `service` and record its outcome.
-    async fn pass(&self, service: &Service) {
+    /// Run one pass of `service` and record its outcome. Returns when the
+    /// next step of a rebalance held back by `max_move_ratio` is due: after
+    /// the observation interval (so the audit sees each step), or 2 s
+    /// without observation.
+    async fn pass(&self, service: &Service) -> Option<Duration> {
         let lock = self.pass_lock(&service.name);
         let _one_at_a_time = lock.lock().await;
         let started = Instant::now();
@@ -312,6 +315,10 @@ impl Shared {
                         node_filter: self.script_node_filter(service),
                         node_script,
                         learned_weights: self.learned_weights(service),
+                        previous: service
+                            .max_move_ratio
+                            .and_then(|_| self.status(&service.name)?.current)
+                            .map(|c| c.assignment),
                     };
                     run_pass(input, PassOptions::default(), &self.shutdown).await
                 }
@@ -324,7 +331,7 @@ impl Shared {
         self.metrics.record_pass(&service.name, seconds, &result);
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         let Some(s) = status.get_mut(&service.name) else {
-            return;
+            return None;
         };
         s.passes += 1;
         let (outcome, error) = crate::metrics::pass_outcome(&result);
@@ -348,7 +355,16 @@ impl Shared {
             duration_ms: (seconds * 1000.0) as u64,
             error,
         });
+        let mut next_step = None;
         if let Ok(report) = result {
+            if report.deferred_moves > 0 {
+                next_step = Some(
+                    service
+                        .observe
+                        .as_ref()
+                        .map_or(Duration::from_secs(2), |o| o.interval),
+                );
+            }
             if let Some(old) = &s.current {
                 for gone in old
                     .nodes
@@ -369,6 +385,7 @@ impl Shared {
             }
             s.current = Some(report);
         }
+        next_step
     }
 
     /// Observe the nodes of `name`'s plan in effect every `interval` until
@@ -520,7 +537,16 @@ impl Shared {
                         _ = stop.cancelled() => break,
                         _ = wake.notified() => {}
                     }
-                    shared.pass(&service).await;
+                    if let Some(wait) = shared.pass(&service).await {
+                        // The rebalance's next step, unless a trigger comes first.
+                        let (wake, stop) = (Arc::clone(&wake), stop.clone());
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = tokio::time::sleep(wait) => wake.notify_one(),
+                            }
+                        });
+                    }
                 }
             })
         };

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, FileType, Service};
 use crate::observe::Assignment;
 use crate::output::{self, OutputError, content_hash, render};
-use crate::plan::{FileNameArgs, Plan, PlanError, PlanInput, default_file_name, make_plan};
+use crate::plan::{
+    FileNameArgs, MoveCap, Plan, PlanError, PlanInput, default_file_name, make_plan,
+};
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::ring::NodeSpec;
 use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
@@ -176,6 +178,9 @@ pub struct PassReport {
     pub oversized: Vec<String>,
     /// How many targets are oversized.
     pub oversized_count: usize,
+    /// Moves held back by `max_move_ratio` for the next pass.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deferred_moves: usize,
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
@@ -248,6 +253,8 @@ pub struct PassInput<'a> {
     /// Target weights learned from the servers (`weights: {from: series}`):
     /// address → series. `None` reads them from the service state.
     pub learned_weights: Option<Arc<BTreeMap<String, u32>>>,
+    /// The plan in effect, for `max_move_ratio` (`None`: no cap this pass).
+    pub previous: Option<Arc<Assignment>>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -332,6 +339,7 @@ fn compute(
     sandbox: &Sandbox,
     node_filter: Option<&NodeFilter>,
     learned: Option<&BTreeMap<String, u32>>,
+    previous: Option<&Assignment>,
 ) -> Result<Computed, PassError> {
     let from_script = match script_nodes(service, script, node_script, sandbox) {
         Some(r) => Some(r?),
@@ -384,6 +392,12 @@ fn compute(
             replicas: service.replicas,
             ring: &service.ring,
             file_type: service.file_type,
+            move_cap: previous
+                .zip(service.max_move_ratio)
+                .map(|(previous, max_ratio)| MoveCap {
+                    previous,
+                    max_ratio,
+                }),
         },
         |args| match run.file_name(file_name_map(args)) {
             None => Ok(default_file_name(args, service.file_naming)),
@@ -426,6 +440,10 @@ fn apply_learned(
     for (i, w) in open.into_iter().zip(weights) {
         targets[i].weight = w;
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Targets heavier than a node's fair share of the total weight.
@@ -649,7 +667,7 @@ pub async fn run_pass(
             .unwrap_or_else(|| Arc::new(ServiceState::load(&out_dir, &service.name).weights))
     });
     let computed = {
-        let (svc, script, node_script, nodes, sandbox, filter, learned) = (
+        let (svc, script, node_script, nodes, sandbox, filter, learned, previous) = (
             Arc::new(service.clone()),
             input.script.clone(),
             input.node_script.clone(),
@@ -657,6 +675,7 @@ pub async fn run_pass(
             input.sandbox.clone(),
             input.node_filter.clone(),
             learned.clone(),
+            input.previous.clone(),
         );
         tokio::task::spawn_blocking(move || {
             compute(
@@ -667,6 +686,7 @@ pub async fn run_pass(
                 &sandbox,
                 filter.as_ref(),
                 learned.as_deref(),
+                previous.as_deref(),
             )
         })
         .await
@@ -773,6 +793,9 @@ pub async fn run_pass(
     let hashes: Vec<String> = emitted.files.iter().map(|f| f.hash.clone()).collect();
     let weighted = computed.targets.iter().any(|t| t.weight != 1);
     let oversized = oversized_targets(&computed.targets, &computed.plan);
+    if computed.plan.deferred_moves > 0 {
+        tracing::info!(service = %service.name, deferred = computed.plan.deferred_moves, "moves held back by max_move_ratio; a later pass continues the rebalance");
+    }
     if !oversized.is_empty() {
         let first: Vec<&str> = oversized.iter().take(5).map(|t| &*t.addr).collect();
         tracing::warn!(service = %service.name, count = oversized.len(), first = %first.join(" "), "targets heavier than a node's fair share: each placed whole on the node where it fits best");
@@ -827,6 +850,7 @@ pub async fn run_pass(
             .map(|t| t.addr.to_string())
             .collect(),
         oversized_count: oversized.len(),
+        deferred_moves: computed.plan.deferred_moves,
         nodes: Vec::new(),
         departed: Vec::new(),
         removed: Vec::new(),

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::config::{FileNaming, FileType};
+use crate::observe::Assignment;
 use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
 use crate::target::Target;
 
@@ -116,6 +117,22 @@ pub struct Plan {
     /// `min(replicas, nodes)`: how many nodes each target is on.
     pub replicas: usize,
     pub nodes: Vec<NodePlan>,
+    /// Moves held back by `max_move_ratio` for a later pass: those targets
+    /// stay on their previous nodes for now.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deferred_moves: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A cap on what one pass moves: the plan in effect and the largest share
+/// of the total weight that may change node in one pass.
+#[derive(Clone, Copy)]
+pub struct MoveCap<'a> {
+    pub previous: &'a Assignment,
+    pub max_ratio: f64,
 }
 
 /// Inputs of [`make_plan`].
@@ -128,6 +145,8 @@ pub struct PlanInput<'a> {
     pub replicas: usize,
     pub ring: &'a RingSettings,
     pub file_type: FileType,
+    /// Spread a big rebalance over several passes (`max_move_ratio`).
+    pub move_cap: Option<MoveCap<'a>>,
 }
 
 /// Assign targets to nodes and name the files. `namer` is the script's
@@ -140,15 +159,17 @@ pub fn make_plan(
     let any_weight = input.targets.iter().any(|t| t.weight != 1);
     let weights: Option<Vec<u32>> =
         any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
-    let assignment = Ring::new(input.nodes, input.ring)?.assign_hashes(
-        &hashes,
-        weights.as_deref(),
-        input.replicas,
-    )?;
+    let mut per_node = Ring::new(input.nodes, input.ring)?
+        .assign_hashes(&hashes, weights.as_deref(), input.replicas)?
+        .per_node;
+    let deferred_moves = match input.move_cap {
+        Some(cap) => cap_moves(&mut per_node, input.nodes, input.targets, cap),
+        None => 0,
+    };
     let total = input.nodes.len();
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut nodes = Vec::with_capacity(total);
-    for (i, (node, targets)) in input.nodes.iter().zip(assignment.per_node).enumerate() {
+    for (i, (node, targets)) in input.nodes.iter().zip(per_node).enumerate() {
         let args = FileNameArgs {
             service: input.service.to_string(),
             node: node.addr.clone(),
@@ -188,7 +209,79 @@ pub fn make_plan(
         targets: input.targets.len(),
         replicas: input.replicas.min(total),
         nodes,
+        deferred_moves,
     })
+}
+
+/// Hold back moves beyond `cap.max_ratio` of the total weight: targets are
+/// taken in hash order (a fixed, fleet-independent order), each move is
+/// admitted while the moved weight stays within the cap (the first always,
+/// so every pass makes progress), and the rest keep their previous nodes for
+/// this pass. A move away from a node that left the plan is never held
+/// back. Returns how many moves were held back.
+fn cap_moves(
+    per_node: &mut [Vec<u32>],
+    nodes: &[NodeSpec],
+    targets: &[Target],
+    cap: MoveCap<'_>,
+) -> usize {
+    let index: BTreeMap<&str, u32> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.addr.as_str(), i as u32))
+        .collect();
+    let mut planned: Vec<Vec<u32>> = vec![Vec::new(); targets.len()];
+    for (n, list) in per_node.iter().enumerate() {
+        for &t in list {
+            planned[t as usize].push(n as u32);
+        }
+    }
+    let total: u64 = planned
+        .iter()
+        .zip(targets)
+        .map(|(p, t)| u64::from(t.weight) * p.len() as u64)
+        .sum();
+    let budget = (total as f64 * cap.max_ratio.clamp(0.0, 1.0)) as u64;
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_unstable_by_key(|&t| (targets[t].hash, t));
+    let (mut moved, mut deferred, mut changed) = (0u64, 0usize, false);
+    for t in order {
+        let previous: Option<Vec<u32>> = cap
+            .previous
+            .nodes_of(&targets[t].addr)
+            .iter()
+            .map(|n| index.get(n).copied())
+            .collect();
+        let Some(mut previous) = previous.filter(|p| !p.is_empty()) else {
+            continue; // new, or a previous node left: it must go now
+        };
+        previous.sort_unstable();
+        let mut now = planned[t].clone();
+        now.sort_unstable();
+        if previous == now {
+            continue;
+        }
+        let weight = u64::from(targets[t].weight)
+            * now.iter().filter(|n| !previous.contains(n)).count() as u64;
+        if moved == 0 || moved + weight <= budget {
+            moved += weight;
+        } else {
+            planned[t] = previous;
+            deferred += 1;
+            changed = true;
+        }
+    }
+    if changed {
+        for list in per_node.iter_mut() {
+            list.clear();
+        }
+        for (t, on) in planned.iter().enumerate() {
+            for &n in on {
+                per_node[n as usize].push(t as u32);
+            }
+        }
+    }
+    deferred
 }
 
 /// How one node's target set changes from what it scrapes now.
@@ -273,6 +366,7 @@ mod tests {
                 replicas,
                 ring: &RingSettings::default(),
                 file_type: FileType::Json,
+                move_cap: None,
             },
             |a| Ok(default_file_name(a, FileNaming::Stable)),
         )
@@ -302,6 +396,59 @@ mod tests {
         );
     }
 
+    /// Adding a fourth node moves about a quarter of the targets; with
+    /// `max_move_ratio: 0.1` each pass moves at most a tenth (plus the one
+    /// move always admitted), every target stays on exactly one node, and
+    /// the passes reach the uncapped plan.
+    #[test]
+    fn a_move_cap_spreads_a_rebalance_over_passes() {
+        let t = targets(2000);
+        let first = plan_of(&t, &nodes(3), 1).unwrap();
+        let goal = plan_of(&t, &nodes(4), 1).unwrap();
+        let mut previous = Assignment::from_plan(&t, &first);
+        let n4 = nodes(4);
+        let (mut steps, mut reached) = (0, false);
+        while steps < 10 && !reached {
+            let plan = make_plan(
+                &PlanInput {
+                    service: "svc",
+                    nodes: &n4,
+                    targets: &t,
+                    replicas: 1,
+                    ring: &RingSettings::default(),
+                    file_type: FileType::Json,
+                    move_cap: Some(MoveCap {
+                        previous: &previous,
+                        max_ratio: 0.1,
+                    }),
+                },
+                |a| Ok(default_file_name(a, FileNaming::Stable)),
+            )
+            .unwrap();
+            let placed: usize = plan.nodes.iter().map(|n| n.targets.len()).sum();
+            assert_eq!(placed, t.len(), "every target exactly once");
+            let next = Assignment::from_plan(&t, &plan);
+            let moved = t
+                .iter()
+                .filter(|x| previous.nodes_of(&x.addr) != next.nodes_of(&x.addr))
+                .count();
+            assert!(moved <= t.len() / 10 + 1, "step {steps}: moved {moved}");
+            reached = plan.deferred_moves == 0;
+            previous = next;
+            steps += 1;
+        }
+        assert!(reached, "not done after {steps} passes");
+        assert!(
+            (3..=4).contains(&steps),
+            "a quarter at a tenth per pass: {steps} passes"
+        );
+        assert_eq!(
+            previous,
+            Assignment::from_plan(&t, &goal),
+            "ends at the uncapped plan"
+        );
+    }
+
     #[test]
     fn no_nodes_is_an_error() {
         assert!(matches!(
@@ -321,6 +468,7 @@ mod tests {
             replicas: 1,
             ring: &RingSettings::default(),
             file_type: FileType::Json,
+            move_cap: None,
         };
         let long = "x".repeat(251);
         for bad in [

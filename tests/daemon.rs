@@ -2308,3 +2308,63 @@ fn a_script_deleted_or_unreadable_keeps_its_last_good_version_running() {
     .unwrap_or_else(|e| d.fail(&e));
     wait_sharded(&d, &dir, 3, &h, Duration::from_secs(1));
 }
+
+/// `max_move_ratio: 0.1`: a node added to the config moves about a quarter
+/// of the targets, a tenth per pass; the daemon runs the next step by itself
+/// until the plan is the uncapped one (what `promshard plan` computes).
+#[test]
+fn a_move_cap_spreads_a_node_addition_over_several_passes() {
+    let s = Setup::new();
+    let h = hosts(250);
+    s.write_script("web", &static_script(&h, "v1"));
+    let cap = "    max_move_ratio: 0.1\n";
+    s.write_config("", &[service_yaml("web", &NODES[..2], cap)]);
+    let d = s.start();
+    wait_sharded(&d, &s.service_dir("web"), 2, &h, Duration::from_secs(20));
+    d.wait_passes("web", 1, Duration::from_secs(10));
+    let four = [NODES[0], NODES[1], NODES[2], "10.9.0.4:9090"];
+    s.write_config("", &[service_yaml("web", &four, cap)]);
+    // The uncapped plan of the new config.
+    let goal = util::run_in(s.dir.path(), &["plan", "--json"])
+        .success()
+        .json();
+    let want: BTreeMap<String, u64> = goal["services"][0]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap_or("").to_string(),
+                n["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    d.wait(
+        "the capped rebalance to reach the plan",
+        Duration::from_secs(30),
+        || {
+            let current = &d.services()?["web"]["current"];
+            let have: BTreeMap<String, u64> = current["nodes"]
+                .as_array()
+                .ok_or("no plan")?
+                .iter()
+                .map(|n| {
+                    (
+                        n["node"].as_str().unwrap_or("").to_string(),
+                        n["count"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            if have == want {
+                Ok(())
+            } else {
+                Err(format!("{have:?}, want {want:?}"))
+            }
+        },
+    );
+    let held = d.logged("moves held back by max_move_ratio; a later pass continues the rebalance");
+    assert!(
+        held.len() >= 2,
+        "a 50% move at 10% per pass holds moves back more than once: {held:?}"
+    );
+}

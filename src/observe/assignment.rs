@@ -156,6 +156,7 @@ mod tests {
                     targets,
                 })
                 .collect(),
+            deferred_moves: 0,
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            deferred_moves: 0,
         };
         Assignment::from_plan(&targets, &plan)
     }
