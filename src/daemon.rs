@@ -330,9 +330,7 @@ impl Shared {
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.record_pass(&service.name, seconds, &result);
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-        let Some(s) = status.get_mut(&service.name) else {
-            return None;
-        };
+        let s = status.get_mut(&service.name)?;
         s.passes += 1;
         let (outcome, error) = crate::metrics::pass_outcome(&result);
         match (&result, &error) {

@@ -331,6 +331,14 @@ pub fn script_nodes(
     None
 }
 
+/// What earlier passes left that this one places with.
+struct Memory {
+    /// Learned target weights (`weights: {from: series}`).
+    learned: Option<Arc<BTreeMap<String, u32>>>,
+    /// The plan in effect (`max_move_ratio`).
+    previous: Option<Arc<Assignment>>,
+}
+
 fn compute(
     service: &Service,
     script: &CompiledScript,
@@ -338,9 +346,9 @@ fn compute(
     nodes: &[NodeSpec],
     sandbox: &Sandbox,
     node_filter: Option<&NodeFilter>,
-    learned: Option<&BTreeMap<String, u32>>,
-    previous: Option<&Assignment>,
+    memory: &Memory,
 ) -> Result<Computed, PassError> {
+    let (learned, previous) = (memory.learned.as_deref(), memory.previous.as_deref());
     let from_script = match script_nodes(service, script, node_script, sandbox) {
         Some(r) => Some(r?),
         None => None,
@@ -667,15 +675,17 @@ pub async fn run_pass(
             .unwrap_or_else(|| Arc::new(ServiceState::load(&out_dir, &service.name).weights))
     });
     let computed = {
-        let (svc, script, node_script, nodes, sandbox, filter, learned, previous) = (
+        let memory = Memory {
+            learned: learned.clone(),
+            previous: input.previous.clone(),
+        };
+        let (svc, script, node_script, nodes, sandbox, filter) = (
             Arc::new(service.clone()),
             input.script.clone(),
             input.node_script.clone(),
             input.nodes.to_vec(),
             input.sandbox.clone(),
             input.node_filter.clone(),
-            learned.clone(),
-            input.previous.clone(),
         );
         tokio::task::spawn_blocking(move || {
             compute(
@@ -685,8 +695,7 @@ pub async fn run_pass(
                 &nodes,
                 &sandbox,
                 filter.as_ref(),
-                learned.as_deref(),
-                previous.as_deref(),
+                &memory,
             )
         })
         .await
