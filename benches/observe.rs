@@ -41,6 +41,8 @@ fn fleet() -> (Vec<Target>, Plan) {
             replicas: 1,
             ring: &RingSettings::default(),
             file_type: FileType::Json,
+            affinity: None,
+            shard_label: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

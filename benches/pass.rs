@@ -45,6 +45,8 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
             replicas: 1,
             ring,
             file_type: FileType::Json,
+            affinity: None,
+            shard_label: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )
@@ -53,7 +55,7 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
     plan.nodes
         .iter()
         .map(|n| {
-            render_into(&mut buf, targets, &n.targets, FileType::Json);
+            render_into(&mut buf, targets, &n.targets, FileType::Json, None);
             buf.len()
         })
         .sum()

@@ -505,6 +505,7 @@ mod tests {
             delivery_runs_s: vec![1.5, 0.5],
             oversized: Vec::new(),
             oversized_count: 0,
+            affinity: None,
             assignment: Default::default(),
             sd: None,
         };

@@ -280,9 +280,12 @@ mod tests {
                         file: format!("{node}.json"),
                         count: idx.len(),
                         targets: idx,
+                        groups: None,
                     }
                 })
                 .collect(),
+            affinity: None,
+            shard_label: None,
         };
         Assignment::from_plan(&targets, &plan)
     }
