@@ -28,6 +28,8 @@
 //! and counted, so a missing label never gathers unrelated targets into one
 //! giant "empty" group.
 
+use std::collections::HashMap;
+
 use crate::ring::hash_key;
 use crate::target::{Target, check_label_name};
 use crate::template::Template;
@@ -110,6 +112,9 @@ pub fn host(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
+/// A target outside every group, while grouping.
+const UNGROUPED: u32 = u32::MAX;
+
 /// Targets grouped by affinity key. Groups are numbered in key order, the
 /// ungrouped ones (one per target, keyed by its address) last.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,50 +136,72 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Group `targets` by `affinity`. Deterministic: depends only on the
-    /// targets, not their order.
+    /// Group `targets` by `affinity`. Deterministic: groups are numbered by
+    /// key, ungrouped targets after them in target order.
     pub fn new(targets: &[Target], affinity: &Affinity) -> Groups {
-        let mut keyed: Vec<(bool, Box<str>, u32)> = Vec::with_capacity(targets.len());
+        // One table probe per target; only distinct keys allocate (sorting
+        // a boxed key per target cost 3–6× the whole placement at 100k).
+        let mut ids: HashMap<Box<str>, u32> = HashMap::new();
+        let mut first: Vec<u32> = Vec::with_capacity(targets.len());
         let mut key = String::new();
-        for (i, t) in targets.iter().enumerate() {
-            keyed.push(match affinity.key_into(t, &mut key) {
-                Ok(()) => (false, key.as_str().into(), i as u32),
-                Err(_) => (true, t.addr.clone(), i as u32),
+        for t in targets {
+            first.push(match affinity.key_into(t, &mut key) {
+                Err(_) => UNGROUPED,
+                Ok(()) => match ids.get(key.as_str()) {
+                    Some(&id) => id,
+                    None => {
+                        let id = ids.len() as u32;
+                        ids.insert(key.as_str().into(), id);
+                        id
+                    }
+                },
             });
         }
-        keyed.sort_unstable();
-        let mut g = Groups {
-            keys: Vec::new(),
-            hashes: Vec::new(),
-            weights: Vec::new(),
-            of_target: vec![0; targets.len()],
-            starts: Vec::new(),
-            members: Vec::with_capacity(targets.len()),
-            first_ungrouped: 0,
-        };
-        let mut previous: Option<(bool, &str)> = None;
-        for (ungrouped, key, i) in &keyed {
-            let t = &targets[*i as usize];
-            // An ungrouped target is a group of its own even when another
-            // has the same address (with other labels).
-            if *ungrouped || previous != Some((false, key)) {
-                if !*ungrouped {
-                    g.first_ungrouped += 1;
-                }
-                g.starts.push(g.members.len() as u32);
-                g.hashes
-                    .push(if *ungrouped { t.hash } else { hash_key(key) });
-                g.keys.push(key.clone());
-                g.weights.push(0);
-            }
-            previous = Some((*ungrouped, key));
-            let at = g.keys.len() - 1;
-            g.weights[at] = g.weights[at].saturating_add(t.weight);
-            g.of_target[*i as usize] = at as u32;
-            g.members.push(*i);
+        // Number the groups by key, whatever order the table holds them in.
+        let mut sorted: Vec<(Box<str>, u32)> = ids.into_iter().collect();
+        sorted.sort_unstable();
+        let grouped = sorted.len();
+        let mut number = vec![0u32; grouped];
+        for (n, (_, id)) in sorted.iter().enumerate() {
+            number[*id as usize] = n as u32;
         }
-        g.starts.push(g.members.len() as u32);
-        g
+        let mut keys: Vec<Box<str>> = sorted.into_iter().map(|(k, _)| k).collect();
+        let mut hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+        let mut of_target = Vec::with_capacity(targets.len());
+        for (t, &id) in targets.iter().zip(&first) {
+            of_target.push(if id == UNGROUPED {
+                keys.push(t.addr.clone());
+                hashes.push(t.hash);
+                (keys.len() - 1) as u32
+            } else {
+                number[id as usize]
+            });
+        }
+        // Members by group, ascending (targets are visited in order).
+        let mut starts = vec![0u32; keys.len() + 1];
+        let mut weights = vec![0u32; keys.len()];
+        for (t, &g) in targets.iter().zip(&of_target) {
+            starts[g as usize + 1] += 1;
+            weights[g as usize] = weights[g as usize].saturating_add(t.weight);
+        }
+        for g in 0..keys.len() {
+            starts[g + 1] += starts[g];
+        }
+        let mut fill = starts.clone();
+        let mut members = vec![0u32; targets.len()];
+        for (i, &g) in of_target.iter().enumerate() {
+            members[fill[g as usize] as usize] = i as u32;
+            fill[g as usize] += 1;
+        }
+        Groups {
+            keys,
+            hashes,
+            weights,
+            of_target,
+            starts,
+            members,
+            first_ungrouped: grouped,
+        }
     }
 
     /// Number of groups (ungrouped targets included).

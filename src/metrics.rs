@@ -548,10 +548,10 @@ mod tests {
                 ungrouped_samples: Vec::new(),
                 oversized: Vec::new(),
                 oversized_count: 1,
-                grouping: crate::affinity::Groups::new(
+                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
                     &[],
                     &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
-                ),
+                )),
             }),
             assignment: Default::default(),
             sd: None,

@@ -10,6 +10,7 @@
 //! node has and which groups are too heavy to balance.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -164,9 +165,10 @@ pub struct AffinityPlan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub oversized: Vec<OversizedGroup>,
     pub oversized_count: usize,
-    /// The groups themselves, for `where`.
+    /// The groups themselves, for `where` (shared, not copied, by the
+    /// report and the lookup table).
     #[serde(skip)]
-    pub grouping: Groups,
+    pub grouping: Arc<Groups>,
 }
 
 /// A group too heavy for a node's fair share.
@@ -291,7 +293,7 @@ pub fn make_plan(
                 })
                 .collect(),
             oversized_count: heavy.len(),
-            grouping,
+            grouping: Arc::new(grouping),
         }
     });
     Ok(Plan {

@@ -7,6 +7,9 @@
 //! address in one flat vector — about 30 bytes per target at `replicas: 1`
 //! (3 MiB for 100k targets) instead of a map entry with its own allocations.
 
+use std::sync::Arc;
+
+use crate::affinity::Groups;
 use crate::plan::Plan;
 use crate::target::Target;
 
@@ -30,10 +33,10 @@ pub struct Assignment {
     offsets: Vec<u32>,
     /// `stride` node indexes per address.
     owners: Vec<u16>,
-    /// With `affinity:`: each address's group in `group_keys` (`NO_GROUP`
+    /// With `affinity:`: each address's group in `grouping` (`NO_GROUP`
     /// for a target that lacks a label of the template); else empty.
     groups: Vec<u32>,
-    group_keys: Vec<Box<str>>,
+    grouping: Option<Arc<Groups>>,
 }
 
 /// An address outside every affinity group.
@@ -72,7 +75,7 @@ impl Assignment {
         a.owners.reserve(targets.len() * stride);
         let grouping = plan.affinity.as_ref().map(|p| &p.grouping);
         if let Some(g) = grouping {
-            a.group_keys = g.keys.clone();
+            a.grouping = Some(Arc::clone(g));
             a.groups.reserve(targets.len());
         }
         let mut last: Option<&str> = None;
@@ -146,7 +149,8 @@ impl Assignment {
     /// template (placed by its own address).
     pub fn group_of(&self, addr: &str) -> Option<&str> {
         let group = *self.groups.get(self.find(addr)?)?;
-        self.group_keys.get(group as usize).map(|k| &**k)
+        let keys = &self.grouping.as_ref()?.keys;
+        keys.get(group as usize).map(|k| &**k)
     }
 
     /// Every address with its nodes, sorted by address.
@@ -165,7 +169,6 @@ impl Assignment {
             + self.offsets.capacity() * 4
             + self.owners.capacity() * 2
             + self.groups.capacity() * 4
-            + self.group_keys.iter().map(|k| k.len() + 16).sum::<usize>()
     }
 }
 
