@@ -1053,6 +1053,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sd_answers_carry_the_shard_label_like_the_files() {
+        let targets = normalize(vec![crate::target::RawGroup {
+            index: 0,
+            targets: (1..=20).map(|i| format!("10.0.0.{i}:9100")).collect(),
+            labels: [("shard", "stale")].into_iter().collect(),
+            weight: None,
+        }])
+        .targets;
+        let nodes = [NodeSpec::new("p1:9090"), NodeSpec::new("p2:9090")];
+        let plan = make_plan(
+            &PlanInput {
+                service: "svc",
+                nodes: &nodes,
+                targets: &targets,
+                replicas: 1,
+                ring: &Default::default(),
+                file_type: FileType::Yaml,
+                affinity: None,
+                shard_label: Some("shard"),
+            },
+            |a| Ok(default_file_name(a, crate::config::FileNaming::Stable)),
+        )
+        .unwrap();
+        let snapshot = SdSnapshot { targets, plan };
+        for node in ["p1:9090", "p2:9090"] {
+            let body = snapshot.render(node).unwrap();
+            let groups: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            assert!(!groups.is_empty(), "{node} has targets");
+            for g in groups {
+                assert_eq!(g["labels"]["shard"], node, "{g}");
+            }
+        }
+    }
+
+    #[test]
     fn mass_drop_rule() {
         assert!(!is_mass_drop(0, 0, 0.5));
         assert!(is_mass_drop(100, 0, 0.5));
