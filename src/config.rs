@@ -1506,6 +1506,12 @@ services:
         );
         assert_eq!(s.shard_label.as_deref(), Some("shard"));
         assert_eq!(parse(GOOD).unwrap().services[0].affinity, None);
+        let bad = serde_json::json!({"affinity": "{labels.app}-{dc}"});
+        let e = c
+            .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(bad), false)
+            .unwrap_err();
+        assert_eq!(e[0].location, "fn service(): affinity", "{e:?}");
+        assert!(e[0].message.contains("unknown placeholder {dc}"), "{e:?}");
     }
 
     #[test]
