@@ -139,8 +139,9 @@ impl Groups {
     /// Group `targets` by `affinity`. Deterministic: groups are numbered by
     /// key, ungrouped targets after them in target order.
     pub fn new(targets: &[Target], affinity: &Affinity) -> Groups {
-        // One table probe per target; only distinct keys allocate (sorting
-        // a boxed key per target cost 3–6× the whole placement at 100k).
+        // One table probe per target; only distinct keys allocate. Sorting
+        // one boxed key per target instead took about twice as long with
+        // few large groups (100k targets, 24 groups: 60–120 ms, now 31–45).
         let mut ids: HashMap<Box<str>, u32> = HashMap::new();
         let mut first: Vec<u32> = Vec::with_capacity(targets.len());
         let mut key = String::new();
