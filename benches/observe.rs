@@ -42,6 +42,8 @@ fn fleet() -> (Vec<Target>, Plan) {
             ring: &RingSettings::default(),
             file_type: FileType::Json,
             move_cap: None,
+            affinity: None,
+            shard_label: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

@@ -46,6 +46,8 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
             ring,
             file_type: FileType::Json,
             move_cap: None,
+            affinity: None,
+            shard_label: None,
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )
@@ -54,7 +56,7 @@ fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) 
     plan.nodes
         .iter()
         .map(|n| {
-            render_into(&mut buf, targets, &n.targets, FileType::Json);
+            render_into(&mut buf, targets, &n.targets, FileType::Json, None);
             buf.len()
         })
         .sum()

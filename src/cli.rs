@@ -380,10 +380,27 @@ fn print_table(r: &PassReport) {
     for bad in &r.invalid_samples {
         println!("  invalid: {bad}");
     }
-    // Columns: the weight only when targets are weighted, the delivery
-    // result only when there was a delivery.
+    if let Some(a) = &r.affinity {
+        println!(
+            "  affinity {:?}: {} groups, {} target(s) lacking a label of the template, each placed alone{}",
+            a.template,
+            a.groups,
+            a.ungrouped,
+            if a.ungrouped_samples.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.ungrouped_samples.join(" "))
+            }
+        );
+    }
+    // Columns: groups only with affinity, the weight only when targets are
+    // weighted, the delivery result only when there was a delivery.
+    let grouped = r.affinity.is_some();
     let weighted = r.nodes.iter().any(|n| n.weight.is_some());
     let mut header = vec!["NODE", "TARGETS"];
+    if grouped {
+        header.push("GROUPS");
+    }
     if weighted {
         header.push("WEIGHT");
     }
@@ -397,6 +414,9 @@ fn print_table(r: &PassReport) {
         .iter()
         .map(|n| {
             let mut row = vec![n.node.clone(), n.count.to_string()];
+            if grouped {
+                row.push(n.groups.unwrap_or(0).to_string());
+            }
             if weighted {
                 row.push(n.weight.unwrap_or(0).to_string());
             }
@@ -418,13 +438,14 @@ fn print_table(r: &PassReport) {
         })
         .collect();
     // Counts align right; names, results and files left.
+    let numbers = 3 + usize::from(grouped) + usize::from(weighted);
     let line = |cells: Vec<&str>| {
         let text: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(c, cell)| {
                 let w = widths[c];
-                let numeric = (1..=if weighted { 4 } else { 3 }).contains(&c);
+                let numeric = (1..=numbers).contains(&c);
                 if c == cells.len() - 1 {
                     cell.to_string()
                 } else if numeric {
@@ -451,6 +472,18 @@ fn print_table(r: &PassReport) {
             "  oversized (heavier than a node's fair share, each placed whole): {} target(s): {}",
             r.oversized_count,
             r.oversized.join(" ")
+        );
+    }
+    if let Some(a) = r.affinity.as_ref().filter(|a| a.oversized_count > 0) {
+        let first: Vec<String> = a
+            .oversized
+            .iter()
+            .map(|g| format!("{} ({} targets, weight {})", g.key, g.targets, g.weight))
+            .collect();
+        println!(
+            "  oversized groups (heavier than a node's fair share, each placed whole, not split): {}: {}",
+            a.oversized_count,
+            first.join(", ")
         );
     }
     println!();
@@ -751,11 +784,15 @@ fn print_where(s: &serde_json::Value) {
             .unwrap_or_default()
     };
     println!(
-        "service {}: {} on {} (file {}), state {}",
+        "service {}: {} on {} (file {}){}, state {}",
         s["service"].as_str().unwrap_or(""),
         s["target"].as_str().unwrap_or(""),
         str_list(&s["assigned"]),
         str_list(&s["files"]),
+        s["group"]
+            .as_str()
+            .map(|g| format!(", affinity group {g:?}"))
+            .unwrap_or_default(),
         s["state"].as_str().unwrap_or("not observed"),
     );
     for n in s["nodes"].as_array().into_iter().flatten() {

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::affinity::Affinity;
 use crate::ring::{NodeSpec, RingSettings};
 use crate::script::Limits;
 pub use crate::script::dropin::{DropInProblem, check_service_scripts, effective_services};
-use crate::target::check_address;
+use crate::target::{check_address, check_label_name};
 
 /// More copies of a target than this is a config mistake (and the ring
 /// counts replicas in a byte).
@@ -131,6 +132,10 @@ struct RawService {
     observe: Option<RawObserve>,
     #[serde(default)]
     weights: Option<RawWeights>,
+    #[serde(default)]
+    affinity: Option<String>,
+    #[serde(default)]
+    shard_label: Option<String>,
 }
 
 /// `weights:`; `from` is required, the rest take the defaults of
@@ -357,6 +362,10 @@ pub struct Service {
     pub observe: Option<Observe>,
     /// Weigh targets by the series observed (`weights: {from: series}`).
     pub weights: Option<SeriesWeights>,
+    /// Place targets with the same key on the same node(s) (`affinity:`).
+    pub affinity: Option<Affinity>,
+    /// Every target in a node's file gets this label, valued the node.
+    pub shard_label: Option<String>,
 }
 
 /// `weights: {from: series}`: each target weighs the series it feeds, as
@@ -804,6 +813,23 @@ fn is_empty_yaml(text: &str) -> bool {
     })
 }
 
+/// Check a `shard_label:` name. `job` and `instance` identify a series and
+/// `__` names are dropped after relabelling, so none of them can carry the
+/// shard.
+fn check_shard_label(name: &str) -> Result<(), String> {
+    let reason = check_label_name(name).err().or(match name {
+        "job" | "instance" => Some("job and instance identify a series; choose another name, e.g. shard"),
+        _ if name.starts_with("__") => {
+            Some("names starting with '__' are dropped after relabelling; choose another name, e.g. shard")
+        }
+        _ => None,
+    });
+    match reason {
+        Some(r) => Err(format!("{name:?}: {r}")),
+        None => Ok(()),
+    }
+}
+
 /// Check a service name: it becomes a directory and a file-name part.
 pub fn check_service_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -1018,6 +1044,15 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
     let health = rs.health.as_ref().map(|h| check_health(h, &mut p));
     let mut observe = rs.observe.as_ref().map(|o| check_observe(o, &mut p));
     let weights = rs.weights.as_ref().map(|w| check_weights(w, &mut p));
+    let affinity = rs.affinity.as_deref().and_then(|text| {
+        Affinity::parse(text)
+            .map_err(|e| p.push(("affinity", e)))
+            .ok()
+    });
+    let shard_label = rs.shard_label.clone();
+    if let Some(Err(e)) = shard_label.as_deref().map(check_shard_label) {
+        p.push(("shard_label", e));
+    }
     let mut ring = ring;
     if weights.is_some() {
         // Series come from observation, and only bounded placement uses
@@ -1033,6 +1068,8 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         health,
         observe,
         weights,
+        affinity,
+        shard_label,
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
         drop_in: false,
@@ -1078,6 +1115,8 @@ impl RawService {
         or(&mut self.health, &d.health);
         or(&mut self.observe, &d.observe);
         or(&mut self.weights, &d.weights);
+        or(&mut self.affinity, &d.affinity);
+        or(&mut self.shard_label, &d.shard_label);
         self
     }
 }
@@ -1562,6 +1601,48 @@ services:
         assert_eq!(s.replicas, 1);
         assert_eq!(s.file_type, FileType::Json);
         assert_eq!(s.schedule, Schedule::Cron(DEFAULT_SCHEDULE.into()));
+    }
+
+    #[test]
+    fn affinity_and_shard_label_are_checked_and_inherited() {
+        let text = GOOD.replace(
+            "port: 9100",
+            "port: 9100\n    affinity: \"{labels.app\"\n    shard_label: instance",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        for want in [
+            "promshard.yaml: services[0] \"node_exporter\": affinity: template \"{labels.app\": unclosed",
+            "services[0] \"node_exporter\": shard_label: \"instance\": job and instance identify a series",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    affinity: \"{app}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("affinity: template \"{app}\": unknown placeholder {app}: use {labels.<name>}, {host} or {address}"), "{e}");
+        let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    shard_label: \"1x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("shard_label: \"1x\": label names must start"),
+            "{e}"
+        );
+        let inherited =
+            format!("defaults: {{affinity: \"{{labels.app}}\", shard_label: shard}}\n{GOOD}");
+        let c = parse(&inherited).unwrap();
+        let s = &c.services[0];
+        assert_eq!(
+            s.affinity.as_ref().map(Affinity::as_str),
+            Some("{labels.app}")
+        );
+        assert_eq!(s.shard_label.as_deref(), Some("shard"));
+        assert_eq!(parse(GOOD).unwrap().services[0].affinity, None);
+        let bad = serde_json::json!({"affinity": "{labels.app}-{dc}"});
+        let e = c
+            .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(bad), false)
+            .unwrap_err();
+        assert_eq!(e[0].location, "fn service(): affinity", "{e:?}");
+        assert!(e[0].message.contains("unknown placeholder {dc}"), "{e:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! → `push` (deliver changed files) → `state` (remember what was done).
 //! `pass` drives that flow; `cli` wires it to commands.
 
+pub mod affinity;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -24,3 +25,4 @@ pub mod sim;
 pub mod state;
 pub mod status_page;
 pub mod target;
+pub mod template;

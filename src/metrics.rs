@@ -67,6 +67,9 @@ pub struct Metrics {
     pub audit_targets: Family<Labels, Gauge>,
     pub node_weight: Family<Labels, Gauge>,
     pub oversized_targets: Family<Labels, Gauge>,
+    pub affinity_groups: Family<Labels, Gauge>,
+    pub affinity_ungrouped_targets: Family<Labels, Gauge>,
+    pub oversized_groups: Family<Labels, Gauge>,
     pub node_series: Family<Labels, Gauge>,
     pub node_head_series: Family<Labels, Gauge>,
     pub observe_errors: Family<Labels, Counter>,
@@ -103,6 +106,9 @@ impl Metrics {
             audit_targets: Family::default(),
             node_weight: Family::default(),
             oversized_targets: Family::default(),
+            affinity_groups: Family::default(),
+            affinity_ungrouped_targets: Family::default(),
+            oversized_groups: Family::default(),
             node_series: Family::default(),
             node_head_series: Family::default(),
             observe_errors: Family::default(),
@@ -200,6 +206,21 @@ impl Metrics {
             m.oversized_targets.clone(),
         );
         registry.register(
+            "affinity_groups",
+            "Affinity groups placed (affinity:), targets lacking a label of the template included",
+            m.affinity_groups.clone(),
+        );
+        registry.register(
+            "affinity_ungrouped_targets",
+            "Targets lacking a label of the affinity template, each placed by its own address",
+            m.affinity_ungrouped_targets.clone(),
+        );
+        registry.register(
+            "oversized_groups",
+            "Affinity groups heavier than a node's fair share, each placed whole",
+            m.oversized_groups.clone(),
+        );
+        registry.register(
             "audit_targets",
             "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
             m.audit_targets.clone(),
@@ -291,6 +312,18 @@ impl Metrics {
                 self.oversized_targets
                     .get_or_create(&service(name))
                     .set(r.oversized_count as i64);
+                if let Some(a) = &r.affinity {
+                    let svc = service(name);
+                    self.affinity_groups
+                        .get_or_create(&svc)
+                        .set(a.groups as i64);
+                    self.affinity_ungrouped_targets
+                        .get_or_create(&svc)
+                        .set(a.ungrouped as i64);
+                    self.oversized_groups
+                        .get_or_create(&svc)
+                        .set(a.oversized_count as i64);
+                }
                 for n in &r.nodes {
                     let node = vec![("service", name.to_string()), ("node", n.node.clone())];
                     self.node_targets.get_or_create(&node).set(n.count as i64);
@@ -353,6 +386,9 @@ impl Metrics {
         self.files_written.remove(&svc);
         self.mass_drop_refusals.remove(&svc);
         self.oversized_targets.remove(&svc);
+        self.affinity_groups.remove(&svc);
+        self.affinity_ungrouped_targets.remove(&svc);
+        self.oversized_groups.remove(&svc);
         let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
         for result in PASS_OUTCOMES {
             self.passes.remove(&with("result", result));
@@ -487,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn delivery_runs_are_observed() {
+    fn delivery_runs_and_affinity_are_observed() {
         let m = Metrics::new();
         let report = PassReport {
             name: "s".into(),
@@ -506,10 +542,30 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             deferred_moves: 0,
+            affinity: Some(crate::plan::AffinityPlan {
+                template: "{labels.app}".into(),
+                groups: 7,
+                ungrouped: 2,
+                ungrouped_samples: Vec::new(),
+                oversized: Vec::new(),
+                oversized_count: 1,
+                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
+                    &[],
+                    &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
+                )),
+            }),
             assignment: Default::default(),
             sd: None,
         };
         m.record_pass("s", 2.0, &Ok(report));
+        let text = m.encode();
+        for line in [
+            "promshard_affinity_groups{service=\"s\"} 7",
+            "promshard_affinity_ungrouped_targets{service=\"s\"} 2",
+            "promshard_oversized_groups{service=\"s\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
         let text = m.encode();
         assert!(
             text.contains("promshard_delivery_run_duration_seconds_count{service=\"s\"} 2"),

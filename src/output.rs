@@ -25,7 +25,47 @@ use crate::target::{Labels, Target};
 #[derive(Serialize)]
 struct Group<'a> {
     targets: Vec<&'a str>,
+    labels: GroupLabels<'a>,
+}
+
+/// The label every target of one node's file gets with `shard_label:`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardLabel<'a> {
+    pub name: &'a str,
+    /// The node's address, the label's value.
+    pub node: &'a str,
+}
+
+/// A group's labels as written: the target's own, plus the shard label,
+/// which replaces a target label of the same name (promshard decides who
+/// scrapes a target, so only it can say which shard that is).
+struct GroupLabels<'a> {
     labels: &'a Labels,
+    shard: Option<ShardLabel<'a>>,
+}
+
+impl Serialize for GroupLabels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(shard) = self.shard else {
+            return self.labels.serialize(s);
+        };
+        let own = self.labels.iter().filter(|(k, _)| *k != shard.name);
+        let mut map = s.serialize_map(None)?;
+        let mut pending = Some((shard.name, shard.node));
+        // Names stay sorted, as in every other group.
+        for (k, v) in own {
+            if let Some(p) = pending.filter(|p| p.0 < k) {
+                map.serialize_entry(p.0, p.1)?;
+                pending = None;
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if let Some((k, v)) = pending {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 /// Hasher for keys that hash themselves to one `u64` already ([`Labels`]
@@ -51,7 +91,11 @@ impl Hasher for PassThrough {
 /// first (smallest) address and addresses stay sorted, so the output depends
 /// only on content, and grouping is one hash lookup per target instead of
 /// sorting label maps.
-fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
+fn groups<'a>(
+    targets: &'a [Target],
+    indices: &[u32],
+    shard: Option<ShardLabel<'a>>,
+) -> Vec<Group<'a>> {
     let mut slot: HashMap<&'a Labels, usize, BuildHasherDefault<PassThrough>> = HashMap::default();
     let mut groups: Vec<Group<'a>> = Vec::new();
     let mut sorted = indices.to_vec();
@@ -61,7 +105,10 @@ fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
         let at = *slot.entry(&t.labels).or_insert_with(|| {
             groups.push(Group {
                 targets: Vec::new(),
-                labels: &t.labels,
+                labels: GroupLabels {
+                    labels: &t.labels,
+                    shard,
+                },
             });
             groups.len() - 1
         });
@@ -70,17 +117,29 @@ fn groups<'a>(targets: &'a [Target], indices: &[u32]) -> Vec<Group<'a>> {
     groups
 }
 
-/// Render one node's file_sd content.
-pub fn render(targets: &[Target], indices: &[u32], file_type: FileType) -> Vec<u8> {
+/// Render one node's file_sd content; `shard` adds its shard label to
+/// every target.
+pub fn render(
+    targets: &[Target],
+    indices: &[u32],
+    file_type: FileType,
+    shard: Option<ShardLabel<'_>>,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    render_into(&mut out, targets, indices, file_type);
+    render_into(&mut out, targets, indices, file_type, shard);
     out
 }
 
 /// [`render`] into `out` (cleared first), so one buffer serves every node.
-pub fn render_into(out: &mut Vec<u8>, targets: &[Target], indices: &[u32], file_type: FileType) {
+pub fn render_into(
+    out: &mut Vec<u8>,
+    targets: &[Target],
+    indices: &[u32],
+    file_type: FileType,
+    shard: Option<ShardLabel<'_>>,
+) {
     out.clear();
-    let groups = groups(targets, indices);
+    let groups = groups(targets, indices, shard);
     if groups.is_empty() {
         out.extend_from_slice(b"[]\n");
         return;
@@ -261,21 +320,43 @@ mod tests {
     fn json_groups_by_labels_in_address_order() {
         let t = sample();
         let all: Vec<u32> = (0..t.len() as u32).collect();
-        let text = String::from_utf8(render(&t, &all, FileType::Json)).unwrap();
+        let text = String::from_utf8(render(&t, &all, FileType::Json, None)).unwrap();
         assert_eq!(
             text,
             "[\n  {\"targets\":[\"a:1\",\"b:1\"],\"labels\":{\"env\":\"prod\"}},\n  {\"targets\":[\"c:1\"],\"labels\":{\"env\":\"dev\"}}\n]\n"
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 2);
-        assert_eq!(render(&t, &[], FileType::Json), b"[]\n");
+        assert_eq!(render(&t, &[], FileType::Json, None), b"[]\n");
+    }
+
+    #[test]
+    fn shard_label_on_every_group_sorted_and_overriding() {
+        let t = sample();
+        let all: Vec<u32> = (0..t.len() as u32).collect();
+        for (name, want) in [
+            ("shard", r#"{"env":"prod","shard":"p1:9090"}"#),
+            ("a", r#"{"a":"p1:9090","env":"prod"}"#),
+            ("env", r#"{"env":"p1:9090"}"#),
+        ] {
+            let shard = ShardLabel {
+                name,
+                node: "p1:9090",
+            };
+            let text = String::from_utf8(render(&t, &all, FileType::Json, Some(shard))).unwrap();
+            assert!(text.contains(want), "{name}: {text}");
+            assert_eq!(text.matches(&format!("\"{name}\":")).count(), 2, "{text}");
+            let yaml = render(&t, &all, FileType::Yaml, Some(shard));
+            let back: serde_json::Value = serde_yaml_ng::from_slice(&yaml).unwrap();
+            assert_eq!(back[0]["labels"][name], "p1:9090");
+        }
     }
 
     #[test]
     fn yaml_round_trips() {
         let t = sample();
         let all: Vec<u32> = (0..t.len() as u32).collect();
-        let bytes = render(&t, &all, FileType::Yaml);
+        let bytes = render(&t, &all, FileType::Yaml, None);
         let addrs = parse_addresses(&bytes, FileType::Yaml).unwrap();
         assert_eq!(addrs.into_iter().collect::<Vec<_>>(), ["a:1", "b:1", "c:1"]);
         assert_eq!(parse_addresses(b"[]\n", FileType::Yaml).unwrap().len(), 0);

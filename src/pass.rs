@@ -19,7 +19,7 @@ use crate::config::{Config, FileType, Service};
 use crate::observe::Assignment;
 use crate::output::{self, OutputError, content_hash, render};
 use crate::plan::{
-    FileNameArgs, MoveCap, Plan, PlanError, PlanInput, default_file_name, make_plan,
+    AffinityPlan, FileNameArgs, MoveCap, Plan, PlanError, PlanInput, default_file_name, make_plan,
 };
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::ring::NodeSpec;
@@ -142,6 +142,9 @@ pub struct NodeReport {
     /// weighted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u64>,
+    /// Affinity groups on the node (with `affinity:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
     /// A delivery was attempted.
     pub delivered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,6 +184,10 @@ pub struct PassReport {
     /// Moves held back by `max_move_ratio` for the next pass.
     #[serde(skip_serializing_if = "is_zero")]
     pub deferred_moves: usize,
+    /// How targets were grouped, with `affinity:`: groups, ungrouped
+    /// targets, oversized groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPlan>,
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
@@ -202,7 +209,12 @@ impl SdSnapshot {
     /// `node`'s targets as http_sd JSON, or `None` when it is not planned.
     pub fn render(&self, node: &str) -> Option<Vec<u8>> {
         let n = self.plan.nodes.iter().find(|n| n.node == node)?;
-        Some(render(&self.targets, &n.targets, FileType::Json))
+        Some(render(
+            &self.targets,
+            &n.targets,
+            FileType::Json,
+            self.plan.shard_of(n),
+        ))
     }
 }
 
@@ -406,6 +418,8 @@ fn compute(
                     previous,
                     max_ratio,
                 }),
+            affinity: service.affinity.as_ref(),
+            shard_label: service.shard_label.as_deref(),
         },
         |args| match run.file_name(file_name_map(args)) {
             None => Ok(default_file_name(args, service.file_naming)),
@@ -456,14 +470,10 @@ fn is_zero(n: &usize) -> bool {
 
 /// Targets heavier than a node's fair share of the total weight.
 fn oversized_targets<'a>(targets: &'a [Target], plan: &Plan) -> Vec<&'a Target> {
-    if plan.nodes.is_empty() {
-        return Vec::new();
-    }
-    let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
-    let fair = total * plan.replicas as u64 / plan.nodes.len() as u64;
-    targets
-        .iter()
-        .filter(|t| u64::from(t.weight) > fair.max(1))
+    let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+    crate::plan::oversized(&weights, plan.replicas, plan.nodes.len())
+        .into_iter()
+        .map(|i| &targets[i])
         .collect()
 }
 
@@ -566,7 +576,7 @@ fn emit(
     let mut removed = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let t = Instant::now();
-        output::render_into(&mut bytes, targets, &n.targets, file_type);
+        output::render_into(&mut bytes, targets, &n.targets, file_type, plan.shard_of(n));
         render_time += t.elapsed();
         let hash = content_hash(&bytes);
         let prev = if early.is_some() {
@@ -809,6 +819,9 @@ pub async fn run_pass(
         let first: Vec<&str> = oversized.iter().take(5).map(|t| &*t.addr).collect();
         tracing::warn!(service = %service.name, count = oversized.len(), first = %first.join(" "), "targets heavier than a node's fair share: each placed whole on the node where it fits best");
     }
+    if let Some(a) = &computed.plan.affinity {
+        log_affinity(&service.name, a);
+    }
     let mut nodes: Vec<NodeReport> = computed
         .plan
         .nodes
@@ -834,6 +847,7 @@ pub async fn run_pass(
                     .map(|&i| u64::from(computed.targets[i as usize].weight))
                     .sum()
             }),
+            groups: n.groups,
             delivered: false,
             result: None,
             attempts: 0,
@@ -860,6 +874,7 @@ pub async fn run_pass(
             .collect(),
         oversized_count: oversized.len(),
         deferred_moves: computed.plan.deferred_moves,
+        affinity: computed.plan.affinity.clone(),
         nodes: Vec::new(),
         departed: Vec::new(),
         removed: Vec::new(),
@@ -917,7 +932,7 @@ pub async fn run_pass(
         }
         if !departed.is_empty() {
             let empty = empty_file(&out_dir, service.file_type);
-            let body = render(&[], &[], service.file_type);
+            let body = render(&[], &[], service.file_type, None);
             let written = empty
                 .parent()
                 .map(|d| {
@@ -1009,6 +1024,23 @@ pub async fn run_pass(
     Ok(report)
 }
 
+/// Warn about what affinity could not do as asked: targets without the
+/// labels of the template, groups too heavy to balance.
+fn log_affinity(service: &str, a: &AffinityPlan) {
+    if a.ungrouped > 0 {
+        tracing::warn!(service, affinity = %a.template, count = a.ungrouped, first = %a.ungrouped_samples.iter().take(5).cloned().collect::<Vec<_>>().join(" "), "targets lack a label of the affinity template: each placed by its own address");
+    }
+    if a.oversized_count > 0 {
+        let first: Vec<String> = a
+            .oversized
+            .iter()
+            .take(5)
+            .map(|g| format!("{}={}", g.key, g.weight))
+            .collect();
+        tracing::warn!(service, count = a.oversized_count, first = %first.join(" "), "affinity groups heavier than a node's fair share: each placed whole, not split");
+    }
+}
+
 /// The one summary line per pass.
 pub fn log_summary(r: &PassReport) {
     let per_node: Vec<String> = r
@@ -1050,6 +1082,42 @@ pub fn log_summary(r: &PassReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sd_answers_carry_the_shard_label_like_the_files() {
+        let targets = normalize(vec![crate::target::RawGroup {
+            index: 0,
+            targets: (1..=20).map(|i| format!("10.0.0.{i}:9100")).collect(),
+            labels: [("shard", "stale")].into_iter().collect(),
+            weight: None,
+        }])
+        .targets;
+        let nodes = [NodeSpec::new("p1:9090"), NodeSpec::new("p2:9090")];
+        let plan = make_plan(
+            &PlanInput {
+                service: "svc",
+                nodes: &nodes,
+                targets: &targets,
+                replicas: 1,
+                ring: &Default::default(),
+                file_type: FileType::Yaml,
+                move_cap: None,
+                affinity: None,
+                shard_label: Some("shard"),
+            },
+            |a| Ok(default_file_name(a, crate::config::FileNaming::Stable)),
+        )
+        .unwrap();
+        let snapshot = SdSnapshot { targets, plan };
+        for node in ["p1:9090", "p2:9090"] {
+            let body = snapshot.render(node).unwrap();
+            let groups: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            assert!(!groups.is_empty(), "{node} has targets");
+            for g in groups {
+                assert_eq!(g["labels"]["shard"], node, "{g}");
+            }
+        }
+    }
 
     #[test]
     fn mass_drop_rule() {

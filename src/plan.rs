@@ -4,13 +4,20 @@
 //! it scrapes and what its file is called. Every node gets an entry, empty
 //! if it has no targets, so that a node that lost its targets is told so.
 //! `plan`, `once` and the daemon all go through here; effects consume a Plan.
+//!
+//! With `affinity:` the ring places groups of targets instead of targets
+//! (see [`crate::affinity`]); the plan then also says how many groups each
+//! node has and which groups are too heavy to balance.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::affinity::{Affinity, Groups};
 use crate::config::{FileNaming, FileType};
 use crate::observe::Assignment;
+use crate::output::ShardLabel;
 use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
 use crate::target::Target;
 
@@ -106,6 +113,9 @@ pub struct NodePlan {
     #[serde(skip)]
     pub targets: Vec<u32>,
     pub count: usize,
+    /// Affinity groups on the node (with `affinity:` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
 }
 
 /// The assignment of one service's targets to its live nodes.
@@ -121,6 +131,12 @@ pub struct Plan {
     /// stay on their previous nodes for now.
     #[serde(skip_serializing_if = "is_zero")]
     pub deferred_moves: usize,
+    /// How targets were grouped (with `affinity:` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPlan>,
+    /// The label naming its node that every target of a file gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_label: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -135,6 +151,65 @@ pub struct MoveCap<'a> {
     pub max_ratio: f64,
 }
 
+impl Plan {
+    /// The shard label of `node`'s file, if the service sets one.
+    pub fn shard_of<'a>(&'a self, node: &'a NodePlan) -> Option<ShardLabel<'a>> {
+        self.shard_label.as_deref().map(|name| ShardLabel {
+            name,
+            node: &node.node,
+        })
+    }
+}
+
+/// How many groups/targets a plan lists in full.
+const SAMPLES: usize = 20;
+
+/// The grouping of a plan made with `affinity:`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AffinityPlan {
+    /// The template.
+    pub template: String,
+    /// Groups, ungrouped targets included.
+    pub groups: usize,
+    /// Targets whose template names a label they lack: each placed by its
+    /// own address, as without affinity.
+    pub ungrouped: usize,
+    /// The first of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ungrouped_samples: Vec<String>,
+    /// Groups heavier than a node's fair share, heaviest first (the first
+    /// 20): each placed whole, never split.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub oversized: Vec<OversizedGroup>,
+    pub oversized_count: usize,
+    /// The groups themselves, for `where` (shared, not copied, by the
+    /// report and the lookup table).
+    #[serde(skip)]
+    pub grouping: Arc<Groups>,
+}
+
+/// A group too heavy for a node's fair share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OversizedGroup {
+    pub key: String,
+    pub targets: usize,
+    pub weight: u64,
+}
+
+/// Indices of the `weights` heavier than a node's fair share of their
+/// total (`total × replicas / nodes`, at least 1): what cannot be balanced
+/// without splitting it.
+pub fn oversized(weights: &[u32], replicas: usize, nodes: usize) -> Vec<usize> {
+    if nodes == 0 {
+        return Vec::new();
+    }
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let fair = (total * replicas.min(nodes) as u64 / nodes as u64).max(1);
+    (0..weights.len())
+        .filter(|&i| u64::from(weights[i]) > fair)
+        .collect()
+}
+
 /// Inputs of [`make_plan`].
 pub struct PlanInput<'a> {
     pub service: &'a str,
@@ -147,6 +222,10 @@ pub struct PlanInput<'a> {
     pub file_type: FileType,
     /// Spread a big rebalance over several passes (`max_move_ratio`).
     pub move_cap: Option<MoveCap<'a>>,
+    /// Place targets in groups by this key.
+    pub affinity: Option<&'a Affinity>,
+    /// Label every target with its node under this name.
+    pub shard_label: Option<&'a str>,
 }
 
 /// Assign targets to nodes and name the files. `namer` is the script's
@@ -155,16 +234,28 @@ pub fn make_plan(
     input: &PlanInput<'_>,
     mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
 ) -> Result<Plan, PlanError> {
-    let hashes: Vec<u64> = input.targets.iter().map(|t| t.hash).collect();
-    let any_weight = input.targets.iter().any(|t| t.weight != 1);
-    let weights: Option<Vec<u32>> =
-        any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
-    let mut per_node = Ring::new(input.nodes, input.ring)?
-        .assign_hashes(&hashes, weights.as_deref(), input.replicas)?
-        .per_node;
-    let deferred_moves = match input.move_cap {
-        Some(cap) => cap_moves(&mut per_node, input.nodes, input.targets, cap),
-        None => 0,
+    let ring = Ring::new(input.nodes, input.ring)?;
+    let grouping = input.affinity.map(|a| Groups::new(input.targets, a));
+    let (assignment, mut per_node) = match &grouping {
+        None => {
+            let hashes: Vec<u64> = input.targets.iter().map(|t| t.hash).collect();
+            let any_weight = input.targets.iter().any(|t| t.weight != 1);
+            let weights: Option<Vec<u32>> =
+                any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
+            let a = ring.assign_hashes(&hashes, weights.as_deref(), input.replicas)?;
+            (None, a.per_node)
+        }
+        Some(g) => {
+            let a = ring.assign_hashes(&g.hashes, Some(&g.weights), input.replicas)?;
+            let per_node = a.per_node.iter().map(|groups| g.expand(groups)).collect();
+            (Some(a), per_node)
+        }
+    };
+    // Held-back moves are per target, so a group would be split while it
+    // moves: with affinity groups move whole, uncapped.
+    let deferred_moves = match (input.move_cap, &grouping) {
+        (Some(cap), None) => cap_moves(&mut per_node, input.nodes, input.targets, cap),
+        _ => 0,
     };
     let total = input.nodes.len();
     let mut names: BTreeMap<String, String> = BTreeMap::new();
@@ -201,15 +292,44 @@ pub fn make_plan(
             file,
             count: targets.len(),
             targets,
+            groups: assignment.as_ref().map(|a| a.per_node[i].len()),
         });
     }
+    let replicas = input.replicas.min(total);
+    let affinity = input.affinity.zip(grouping).map(|(a, grouping)| {
+        let mut heavy = oversized(&grouping.weights, replicas, total);
+        heavy.sort_by_key(|&g| std::cmp::Reverse(grouping.weights[g]));
+        AffinityPlan {
+            template: a.as_str().to_string(),
+            groups: grouping.len(),
+            ungrouped: grouping.ungrouped(),
+            ungrouped_samples: (0..grouping.len())
+                .filter(|&g| grouping.is_ungrouped(g))
+                .take(SAMPLES)
+                .map(|g| grouping.keys[g].to_string())
+                .collect(),
+            oversized: heavy
+                .iter()
+                .take(SAMPLES)
+                .map(|&g| OversizedGroup {
+                    key: grouping.keys[g].to_string(),
+                    targets: grouping.members(g).len(),
+                    weight: u64::from(grouping.weights[g]),
+                })
+                .collect(),
+            oversized_count: heavy.len(),
+            grouping: Arc::new(grouping),
+        }
+    });
     Ok(Plan {
         service: input.service.to_string(),
         file_type: input.file_type,
         targets: input.targets.len(),
-        replicas: input.replicas.min(total),
+        replicas,
         nodes,
         deferred_moves,
+        affinity,
+        shard_label: input.shard_label.map(str::to_string),
     })
 }
 
@@ -367,6 +487,8 @@ mod tests {
                 ring: &RingSettings::default(),
                 file_type: FileType::Json,
                 move_cap: None,
+                affinity: None,
+                shard_label: None,
             },
             |a| Ok(default_file_name(a, FileNaming::Stable)),
         )
@@ -421,6 +543,8 @@ mod tests {
                         previous: &previous,
                         max_ratio: 0.1,
                     }),
+                    affinity: None,
+                    shard_label: None,
                 },
                 |a| Ok(default_file_name(a, FileNaming::Stable)),
             )
@@ -469,6 +593,8 @@ mod tests {
             ring: &RingSettings::default(),
             file_type: FileType::Json,
             move_cap: None,
+            affinity: None,
+            shard_label: None,
         };
         let long = "x".repeat(251);
         for bad in [

@@ -54,6 +54,16 @@ pub struct SimArgs {
     /// a file, `file:PATH` (one number per line, repeated over the targets).
     #[arg(long, value_name = "lognormal:MU,SIGMA|file:PATH")]
     pub weights: Option<String>,
+    /// Place affinity groups instead of targets: the targets are spread
+    /// over this many groups, each placed whole (see `affinity:`), with
+    /// log-normal sizes (σ = 1: most groups small, a few ten times the
+    /// median) unless `--group-sizes` says otherwise.
+    #[arg(long)]
+    pub groups: Option<usize>,
+    /// Sizes of the groups (targets per group), `uniform:MIN,MAX`,
+    /// `lognormal:MU,SIGMA` or `file:PATH`; `--targets` is then their sum.
+    #[arg(long, value_name = "uniform:MIN,MAX|lognormal:MU,SIGMA|file:PATH")]
+    pub group_sizes: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +100,11 @@ pub struct SimConfig {
     /// Target weights from a distribution or a list (wins over
     /// `target_weights`).
     pub weight_dist: Option<WeightDist>,
+    /// Place this many affinity groups of targets instead of targets.
+    pub groups: Option<usize>,
+    /// Targets per group; default log-normal (σ = 1) around
+    /// `targets / groups`.
+    pub group_sizes: Option<WeightDist>,
 }
 
 /// Where simulated target weights come from.
@@ -98,6 +113,8 @@ pub struct SimConfig {
 pub enum WeightDist {
     /// `exp(N(mu, sigma))`: series counts are roughly log-normal.
     LogNormal { mu: f64, sigma: f64 },
+    /// Uniform integers in `min..=max`.
+    Uniform { min: u32, max: u32 },
     /// Given weights, repeated over the targets.
     List {
         count: usize,
@@ -107,8 +124,19 @@ pub enum WeightDist {
 }
 
 impl WeightDist {
-    /// Parse `lognormal:MU,SIGMA` or `file:PATH`.
+    /// Parse `lognormal:MU,SIGMA`, `uniform:MIN,MAX` or `file:PATH`.
     pub fn parse(spec: &str) -> Result<WeightDist, String> {
+        if let Some(rest) = spec.strip_prefix("uniform:") {
+            let range = rest.split_once(',').and_then(|(a, b)| {
+                Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+            });
+            return match range {
+                Some((min, max)) if 1 <= min && min <= max => Ok(WeightDist::Uniform { min, max }),
+                _ => Err(format!(
+                    "{spec:?}: want uniform:MIN,MAX with 1 <= MIN <= MAX"
+                )),
+            };
+        }
         if let Some(rest) = spec.strip_prefix("lognormal:") {
             let (mu, sigma) = rest
                 .split_once(',')
@@ -145,13 +173,20 @@ impl WeightDist {
                 weights,
             });
         }
-        Err(format!("{spec:?}: want lognormal:MU,SIGMA or file:PATH"))
+        Err(format!(
+            "{spec:?}: want lognormal:MU,SIGMA, uniform:MIN,MAX or file:PATH"
+        ))
     }
 
     /// `n` weights, reproducible from `seed`.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<u32> {
         match self {
             WeightDist::List { weights, .. } => weights.iter().copied().cycle().take(n).collect(),
+            WeightDist::Uniform { min, max } => {
+                let mut rng = SplitMix64(seed ^ 0x0075_6e69_666f_726d);
+                let span = u64::from(max - min) + 1;
+                (0..n).map(|_| min + rng.below(span) as u32).collect()
+            }
             WeightDist::LogNormal { mu, sigma } => {
                 let mut rng = SplitMix64(seed ^ 0x6c6f_676e_6f72);
                 let mut unit = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
@@ -180,8 +215,36 @@ impl SimConfig {
             node_weights: Vec::new(),
             target_weights: false,
             weight_dist: None,
+            groups: None,
+            group_sizes: None,
         }
     }
+
+    /// Targets per group (with `groups`), reproducible from the seed.
+    pub fn group_sizes(&self) -> Option<Vec<u32>> {
+        let groups = self.groups?;
+        let dist = self.group_sizes.clone().unwrap_or_else(|| {
+            // Mean of exp(N(mu, 1)) is exp(mu + 1/2).
+            let mean = (self.targets as f64 / groups.max(1) as f64).max(1.0);
+            WeightDist::LogNormal {
+                mu: mean.ln() - 0.5,
+                sigma: 1.0,
+            }
+        });
+        Some(dist.sample(groups, self.seed))
+    }
+}
+
+/// The affinity groups of a simulation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupStats {
+    pub groups: usize,
+    pub targets: u64,
+    pub smallest: u32,
+    pub median: u32,
+    pub largest: u32,
+    /// Groups heavier than a node's fair share: placed whole, flagged.
+    pub oversized: usize,
 }
 
 /// Spread of load over nodes. Load is the number of (target, replica)
@@ -233,6 +296,10 @@ pub struct SimReport {
     /// Prometheus `hashmod` (modulo hashing, one replica, weights ignored)
     /// on the same fleet and changes, for comparison.
     pub hashmod: HashmodStats,
+    /// With `groups`: the groups placed (keys, moves and hashmod then
+    /// count groups; load counts targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupStats>,
 }
 
 /// Modulo hashing (`hash % N`, as Prometheus `hashmod` relabelling does) on
@@ -478,15 +545,41 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
     if cfg.nodes == 0 {
         return Err(RingError::NoNodes);
     }
-    let addrs = synthetic_addresses(cfg.targets, cfg.seed);
-    let keys: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+    let sizes = cfg.group_sizes();
+    let targets = sizes
+        .as_ref()
+        .map_or(cfg.targets, |s| s.iter().map(|&n| n as usize).sum());
+    let addrs = synthetic_addresses(targets, cfg.seed);
     let tw = match &cfg.weight_dist {
-        Some(d) => Some(d.sample(keys.len(), cfg.seed)),
+        Some(d) => Some(d.sample(addrs.len(), cfg.seed)),
         None => cfg
             .target_weights
-            .then(|| synthetic_weights(keys.len(), cfg.seed)),
+            .then(|| synthetic_weights(addrs.len(), cfg.seed)),
     };
+    // With groups, the keys placed are the groups: consecutive runs of
+    // targets (neighbours, as an application's hosts often are), each
+    // weighing its targets' total.
+    let (hashes, tw) = match &sizes {
+        None => (addrs.iter().map(|k| hash_key(k)).collect::<Vec<u64>>(), tw),
+        Some(sizes) => {
+            let mut at = 0usize;
+            let weights = sizes
+                .iter()
+                .map(|&n| {
+                    let run = at..at + n as usize;
+                    at = run.end;
+                    tw.as_ref().map_or(n, |w| {
+                        w[run].iter().fold(0u32, |sum, &x| sum.saturating_add(x))
+                    })
+                })
+                .collect();
+            let hashes = (0..sizes.len())
+                .map(|g| hash_key(&format!("group-{g}")))
+                .collect();
+            (hashes, Some(weights))
+        }
+    };
+    let keys = hashes.len();
     let tw = tw.as_deref();
 
     // The fleet plus one spare node; weights follow the generator order.
@@ -518,7 +611,7 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
             } else {
                 Ring::new(nodes, &cfg.settings)?.assign_hashes(&hashes, tw, cfg.replicas)?
             };
-            let (moved, between) = movement((&fleet, &base), (nodes, &a), keys.len(), &node.addr);
+            let (moved, between) = movement((&fleet, &base), (nodes, &a), keys, &node.addr);
             Ok(MoveStats {
                 node: node.addr.clone(),
                 moved,
@@ -553,10 +646,10 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
         let (moved, _) = movement(
             (&fleet, &hm_base),
             (nodes, &modulo(nodes)),
-            keys.len(),
+            keys,
             &node.addr,
         );
-        moved as f64 / keys.len().max(1) as f64
+        moved as f64 / keys.max(1) as f64
     };
     let hashmod = HashmodStats {
         max_over_mean: load_stats(&fleet, &hm_base, tw).max_over_mean,
@@ -564,6 +657,19 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
         add_moved_frac: hm_moved(&larger, &spare),
     };
 
+    let groups = sizes.map(|mut sizes| {
+        let oversized =
+            crate::plan::oversized(tw.unwrap_or_default(), cfg.replicas, fleet.len()).len();
+        sizes.sort_unstable();
+        GroupStats {
+            groups: sizes.len(),
+            targets: targets as u64,
+            smallest: sizes.first().copied().unwrap_or(0),
+            median: sizes.get(sizes.len() / 2).copied().unwrap_or(0),
+            largest: sizes.last().copied().unwrap_or(0),
+            oversized,
+        }
+    });
     Ok(SimReport {
         config: cfg.clone(),
         placement_bytes: ring.memory_bytes(),
@@ -571,6 +677,7 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
         remove,
         add,
         hashmod,
+        groups,
     })
 }
 
@@ -602,9 +709,9 @@ fn fmt_load(s: &LoadStats) -> String {
     )
 }
 
-fn fmt_move(verb: &str, m: &MoveStats) -> String {
+fn fmt_move(verb: &str, m: &MoveStats, unit: &str) -> String {
     format!(
-        "{verb} {}: moved {} (ideal {}, {:.3}×), between other nodes {} ({:.2}%); after: max/mean {:.4}",
+        "{verb} {}: moved {} {unit} (ideal {}, {:.3}×), between other nodes {} ({:.2}%); after: max/mean {:.4}",
         m.node,
         m.moved,
         m.ideal,
@@ -624,22 +731,32 @@ pub fn render_text(r: &SimReport) -> String {
     };
     let weighted = c.target_weights || c.weight_dist.is_some();
     let unit = if weighted { "target weight" } else { "targets" };
+    let (targets, keys, grouping) = match &r.groups {
+        None => (c.targets as u64, "targets", String::new()),
+        Some(g) => (
+            g.targets,
+            "groups",
+            format!(
+                " in {} affinity groups (sizes {}–{}, median {}; {} heavier than a node's fair share)",
+                g.groups, g.smallest, g.largest, g.median, g.oversized
+            ),
+        ),
+    };
     [
         format!(
-            "ring: {} nodes, {} targets{}, replicas {}, balance {balance}, seed {}{}",
+            "ring: {} nodes, {targets} targets{}{grouping}, replicas {}, balance {balance}, seed {}{}",
             c.nodes,
-            c.targets,
             if weighted { " (weighted)" } else { "" },
             c.replicas,
             c.seed,
             weight_summary(c)
         ),
         format!("load ({unit} per node): {}", fmt_load(&r.load)),
-        fmt_move("remove", &r.remove),
-        fmt_move("add   ", &r.add),
+        fmt_move("remove", &r.remove, keys),
+        fmt_move("add   ", &r.add, keys),
         format!(
             "for comparison, hashmod (hash % N) on the same fleet: max/mean {:.4}, \
-             remove moves {:.1}%, add moves {:.1}% of targets",
+             remove moves {:.1}%, add moves {:.1}% of {keys}",
             r.hashmod.max_over_mean,
             r.hashmod.remove_moved_frac * 100.0,
             r.hashmod.add_moved_frac * 100.0
@@ -676,7 +793,20 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
             .map(WeightDist::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--weights {e}"))?,
+        groups: args.groups,
+        group_sizes: args
+            .group_sizes
+            .as_deref()
+            .map(WeightDist::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--group-sizes {e}"))?,
     };
+    if cfg.group_sizes.is_some() && cfg.groups.is_none() {
+        anyhow::bail!("--group-sizes needs --groups N");
+    }
+    if cfg.groups == Some(0) {
+        anyhow::bail!("--groups must be at least 1");
+    }
     let started = std::time::Instant::now();
     let report = simulate(&cfg)?;
     if args.json {

@@ -105,10 +105,14 @@ fn where_section(h: &mut String, target: &str, answers: &[WhereAnswer], now: u64
         let state = a.state.map(|s| s.as_str()).unwrap_or("not observed");
         let _ = write!(
             h,
-            "<p>service <b>{}</b>: assigned to {} ({}); state <b>{}</b>{}</p>",
+            "<p>service <b>{}</b>: assigned to {} ({}){}; state <b>{}</b>{}</p>",
             esc(&a.service),
             esc(&a.assigned.join(", ")),
             esc(&a.files.join(", ")),
+            a.group
+                .as_deref()
+                .map(|g| format!(", affinity group <b>{}</b>", esc(g)))
+                .unwrap_or_default(),
             esc(state),
             a.observed_at
                 .map(|t| format!(", observed {}", ago(Some(t), now)))
@@ -381,6 +385,25 @@ mod tests {
         assert_eq!(
             esc("<script>alert('x')</script> & \"y\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
+    }
+
+    #[test]
+    fn where_names_the_affinity_group_escaped() {
+        let answer = WhereAnswer {
+            service: "web".into(),
+            target: "10.0.0.1:9100".into(),
+            assigned: vec!["p1:9090".into()],
+            files: vec!["web_p1_9090.json".into()],
+            group: Some("<b>billing</b>".into()),
+            state: None,
+            observed_at: None,
+            nodes: Vec::new(),
+        };
+        let page = render(&[], Some(("10.0.0.1:9100", vec![answer])), 0);
+        assert!(
+            page.contains("affinity group <b>&lt;b&gt;billing&lt;/b&gt;</b>"),
+            "{page}"
         );
     }
 

@@ -1084,3 +1084,87 @@ fn check_warns_about_a_non_loopback_listener_without_a_token() {
     let run = dir.run(&["check"]).success();
     assert!(!run.stderr.contains("warning:"), "{}", run.stderr);
 }
+
+/// `affinity:` and `shard_label:` through `once`, `plan` and `where`: every
+/// target of an `app` is in the same file(s), a target without the label
+/// is placed on its own and counted, and every target in a node's file
+/// carries `shard="<node>"`, replacing a label of that name it had.
+#[test]
+fn affinity_keeps_each_app_in_one_file_and_shard_label_names_the_node() {
+    let mut data: Vec<Value> = (0..60)
+        .map(|g| {
+            let addrs: Vec<String> = (0..1 + g % 8)
+                .map(|i| format!("10.{}.{g}.{i}:9100", g % 5))
+                .collect();
+            json!({"targets": addrs, "labels": {"app": format!("app-{g}"), "env": "prod"}})
+        })
+        .collect();
+    data.push(
+        json!({"targets": ["10.9.0.1:9100", "10.9.0.2:9100", "10.9.0.3:9100"],
+                     "labels": {"shard": "stale"}}),
+    );
+    for replicas in [1usize, 2] {
+        let extra =
+            format!("replicas: {replicas}\naffinity: \"{{labels.app}}\"\nshard_label: shard");
+        let dir = one_service(3, &extra, &data);
+        let report = dir.run(&["once", "--json"]).success().json();
+        let svc = &report["services"][0];
+        let files = dir.files("out/svc");
+        let node_of: BTreeMap<&str, &str> = svc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["file"].as_str().unwrap(), n["node"].as_str().unwrap()))
+            .collect();
+        // app → the files holding its targets; each target's files.
+        let mut files_of_app: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        let mut files_of_target: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for (file, bytes) in &files {
+            for (addr, labels) in sd_entries(bytes) {
+                assert_eq!(
+                    labels.get("shard").map(String::as_str),
+                    Some(node_of[file.as_str()]),
+                    "{addr} in {file}: {labels:?}"
+                );
+                let app = labels.get("app").cloned().unwrap_or_else(|| addr.clone());
+                files_of_app.entry(app).or_default().insert(file);
+                files_of_target.entry(addr).or_default().insert(file);
+            }
+        }
+        let expected = addresses(&data);
+        assert_eq!(files_of_target.len(), expected.len(), "every target placed");
+        for (app, in_files) in &files_of_app {
+            assert_eq!(
+                in_files.len(),
+                replicas,
+                "replicas {replicas}: {app} in {in_files:?}"
+            );
+        }
+        for (addr, in_files) in &files_of_target {
+            assert_eq!(in_files.len(), replicas, "{addr}");
+        }
+        let a = &svc["affinity"];
+        assert_eq!(
+            (a["groups"].as_u64(), a["ungrouped"].as_u64()),
+            (Some(63), Some(3)),
+            "{a}"
+        );
+        let placed: u64 = svc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["groups"].as_u64().unwrap())
+            .sum();
+        assert_eq!(placed, 63 * replicas as u64);
+    }
+    let dir = one_service(3, "affinity: \"{labels.app}\"", &data);
+    dir.run(&["plan"]).success().stdout_has(&[
+        "GROUPS",
+        "affinity \"{labels.app}\": 63 groups, 3 target(s) lacking",
+    ]);
+    let answer = dir
+        .run(&["where", "10.2.7.3:9100", "--json"])
+        .success()
+        .json();
+    assert_eq!(answer["services"][0]["group"], "app-7", "{answer:#}");
+}

@@ -7,16 +7,8 @@ use std::time::Duration;
 
 use promshard::script::{CompiledScript, Sandbox, ScriptRun};
 
-/// Peak resident set size of this process, in MiB.
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib / 1024
-}
+mod util;
+use util::peak_rss_mib;
 
 #[test]
 fn a_call_is_stopped_near_max_memory_even_when_each_step_allocates_a_megabyte() {

@@ -651,23 +651,59 @@ fn wait_for(
     }
 }
 
+/// A watcher on a temp dir holding `web.rhai` (`["a:1"]`), compiled.
+struct Watched {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    key: PathBuf,
+    cache: Arc<ScriptCache>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<ScriptEvent>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watched {
+    fn start() -> Watched {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.rhai");
+        std::fs::write(&path, r#"fn targets(ctx) { ["a:1"] }"#).unwrap();
+        let cache = Arc::new(ScriptCache::new());
+        cache.get(&path).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = watch(
+            vec![dir.path().to_path_buf()],
+            cache.clone(),
+            tx,
+            cancel.clone(),
+        )
+        .unwrap();
+        Watched {
+            key: normalize(&path),
+            dir,
+            path,
+            cache,
+            rx,
+            cancel,
+            task,
+        }
+    }
+}
+
+/// Cancel a watcher and require that it stops.
+async fn stop(cancel: CancellationToken, task: tokio::task::JoinHandle<()>) {
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("watcher stops when cancelled")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_noticed_and_recompiled_within_one_second() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("web.rhai");
-    let key = normalize(&path);
-    std::fs::write(&path, r#"fn targets(ctx) { ["a:1"] }"#).unwrap();
-    let cache = Arc::new(ScriptCache::new());
-    cache.get(&path).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let cancel = CancellationToken::new();
-    let task = watch(
-        vec![dir.path().to_path_buf()],
-        cache.clone(),
-        tx,
-        cancel.clone(),
-    )
-    .unwrap();
+    let w = Watched::start();
+    let (path, key, cache, mut rx) = (w.path.clone(), w.key.clone(), Arc::clone(&w.cache), w.rx);
+    let dir = &w.dir;
     let targets = |cache: &ScriptCache| {
         let s = cache.get(&path).unwrap();
         ScriptRun::new(&s, &Sandbox::default())
@@ -753,30 +789,13 @@ async fn edits_are_noticed_and_recompiled_within_one_second() {
         let ev = wait_for(&mut rx, second, "the next reload", |_| true);
         assert!(is("reloaded")(&ev), "{ev:?}");
     });
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), task)
-        .await
-        .expect("watcher stops when cancelled")
-        .unwrap();
+    stop(w.cancel, w.task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_script_is_a_failed_reload_and_the_last_good_version_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("web.rhai");
-    let key = normalize(&path);
-    std::fs::write(&path, r#"fn targets(ctx) { ["a:1"] }"#).unwrap();
-    let cache = Arc::new(ScriptCache::new());
-    cache.get(&path).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let cancel = CancellationToken::new();
-    let task = watch(
-        vec![dir.path().to_path_buf()],
-        cache.clone(),
-        tx,
-        cancel.clone(),
-    )
-    .unwrap();
+    let w = Watched::start();
+    let (path, key, cache, mut rx) = (w.path.clone(), w.key.clone(), Arc::clone(&w.cache), w.rx);
     for empty in ["", "\n  \n", "// nothing here yet\n"] {
         tokio::task::block_in_place(|| {
             std::fs::write(&path, empty).unwrap();
@@ -799,11 +818,7 @@ async fn an_emptied_script_is_a_failed_reload_and_the_last_good_version_keeps_se
     let o = site.run(&["check"], &[]);
     assert!(!o.status.success(), "check passed an empty script");
     assert!(text(&o).contains("defines no function"), "{}", text(&o));
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(2), task)
-        .await
-        .expect("watcher stops when cancelled")
-        .unwrap();
+    stop(w.cancel, w.task).await;
 }
 
 // ------------------------------------------------------------------ mass-drop guard

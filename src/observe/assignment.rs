@@ -7,6 +7,9 @@
 //! address in one flat vector — about 30 bytes per target at `replicas: 1`
 //! (3 MiB for 100k targets) instead of a map entry with its own allocations.
 
+use std::sync::Arc;
+
+use crate::affinity::Groups;
 use crate::plan::Plan;
 use crate::target::Target;
 
@@ -30,7 +33,14 @@ pub struct Assignment {
     offsets: Vec<u32>,
     /// `stride` node indexes per address.
     owners: Vec<u16>,
+    /// With `affinity:`: each address's group in `grouping` (`NO_GROUP`
+    /// for a target that lacks a label of the template); else empty.
+    groups: Vec<u32>,
+    grouping: Option<Arc<Groups>>,
 }
+
+/// An address outside every affinity group.
+const NO_GROUP: u32 = u32::MAX;
 
 impl Assignment {
     /// The assignment `plan` makes of `targets`. Linear when `targets` are
@@ -63,6 +73,11 @@ impl Assignment {
         a.addrs.reserve(targets.iter().map(|t| t.addr.len()).sum());
         a.offsets.reserve(targets.len() + 1);
         a.owners.reserve(targets.len() * stride);
+        let grouping = plan.affinity.as_ref().map(|p| &p.grouping);
+        if let Some(g) = grouping {
+            a.grouping = Some(Arc::clone(g));
+            a.groups.reserve(targets.len());
+        }
         let mut last: Option<&str> = None;
         for i in order {
             let addr = &*targets[i].addr;
@@ -76,6 +91,11 @@ impl Assignment {
             a.addrs.push_str(addr);
             a.owners
                 .extend_from_slice(&owners[i * stride..(i + 1) * stride]);
+            if let Some(g) = grouping {
+                let group = g.of_target[i];
+                let grouped = !g.is_ungrouped(group as usize);
+                a.groups.push(if grouped { group } else { NO_GROUP });
+            }
         }
         a.offsets.push(a.addrs.len() as u32);
         a
@@ -102,19 +122,35 @@ impl Assignment {
             .map(|&n| self.nodes[n as usize].as_str())
     }
 
-    /// The nodes `addr` is assigned to (empty if it is not in the plan).
-    /// Binary search: O(log n), well under a microsecond at 100k targets.
-    pub fn nodes_of(&self, addr: &str) -> Vec<&str> {
+    /// The index of `addr`. Binary search: O(log n), well under a
+    /// microsecond at 100k targets.
+    fn find(&self, addr: &str) -> Option<usize> {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = (lo + hi) / 2;
             match self.addr(mid).cmp(addr) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return self.owners_of(mid).collect(),
+                std::cmp::Ordering::Equal => return Some(mid),
             }
         }
-        Vec::new()
+        None
+    }
+
+    /// The nodes `addr` is assigned to (empty if it is not in the plan).
+    pub fn nodes_of(&self, addr: &str) -> Vec<&str> {
+        self.find(addr)
+            .map(|i| self.owners_of(i).collect())
+            .unwrap_or_default()
+    }
+
+    /// The affinity group key of `addr`: `None` without `affinity:`, for an
+    /// address not in the plan, or for a target lacking a label of the
+    /// template (placed by its own address).
+    pub fn group_of(&self, addr: &str) -> Option<&str> {
+        let group = *self.groups.get(self.find(addr)?)?;
+        let keys = &self.grouping.as_ref()?.keys;
+        keys.get(group as usize).map(|k| &**k)
     }
 
     /// Every address with its nodes, sorted by address.
@@ -129,7 +165,10 @@ impl Assignment {
 
     /// Bytes held, for the memory figures.
     pub fn heap_bytes(&self) -> usize {
-        self.addrs.capacity() + self.offsets.capacity() * 4 + self.owners.capacity() * 2
+        self.addrs.capacity()
+            + self.offsets.capacity() * 4
+            + self.owners.capacity() * 2
+            + self.groups.capacity() * 4
     }
 }
 
@@ -154,9 +193,12 @@ mod tests {
                     file: format!("{node}.json"),
                     count: targets.len(),
                     targets,
+                    groups: None,
                 })
                 .collect(),
             deferred_moves: 0,
+            affinity: None,
+            shard_label: None,
         }
     }
 

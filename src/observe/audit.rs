@@ -280,10 +280,13 @@ mod tests {
                         file: format!("{node}.json"),
                         count: idx.len(),
                         targets: idx,
+                        groups: None,
                     }
                 })
                 .collect(),
             deferred_moves: 0,
+            affinity: None,
+            shard_label: None,
         };
         Assignment::from_plan(&targets, &plan)
     }

@@ -185,6 +185,10 @@ pub struct WhereAnswer {
     pub assigned: Vec<String>,
     /// Each assigned node's file name.
     pub files: Vec<String>,
+    /// Its affinity group key (`None` without `affinity:`, or when it lacks
+    /// a label of the template).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Its audit state, when the service is observed.
     pub state: Option<TargetState>,
     /// Unix seconds of the observation used (`None`: nothing observed).
@@ -248,6 +252,7 @@ pub fn locate(
         target: target.to_string(),
         assigned,
         files,
+        group: assignment.group_of(target).map(String::from),
         state,
         observed_at: observation.map(|o| o.at),
         nodes,

@@ -293,3 +293,15 @@ pub fn nodes(n: usize) -> Vec<String> {
 pub fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// Peak resident set size of this process, in MiB (`VmHWM`): memory tests
+/// run one test per binary so that it is theirs alone.
+pub fn peak_rss_mib() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib / 1024
+}
