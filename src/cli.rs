@@ -52,6 +52,20 @@ pub enum Command {
     /// Which Prometheus scrapes a target: asks the running daemon, or
     /// computes the assignment from the config when none answers.
     Where(WhereArgs),
+    /// Take a node out of every service that has it without losing a
+    /// sample: it keeps its targets until their new nodes have scraped
+    /// them, then gets an empty file. Tells the running daemon, else
+    /// records it for the next pass.
+    Drain(DrainArgs),
+    /// Put a drained node back.
+    Undrain(DrainArgs),
+}
+
+/// Arguments of `drain` and `undrain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node, as in the service's nodes (`host:port`).
+    pub node: String,
 }
 
 /// Arguments of `plan`.
@@ -130,6 +144,10 @@ pub fn main() -> ExitCode {
         Command::Ring(args) => crate::sim::main(args).map(|_| true),
         Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
         Command::Check(args) => check(&cli.config, args),
+        Command::Drain(args) => crate::handover_edge::drain_command(&cli.config, &args.node, true),
+        Command::Undrain(args) => {
+            crate::handover_edge::drain_command(&cli.config, &args.node, false)
+        }
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
         Command::Once(args) => with_runtime(|| {
             let options = PassOptions {
@@ -302,6 +320,7 @@ fn static_input<'a>(
         node_script: None,
         learned_weights: None,
         previous: None,
+        observation: None,
     }
 }
 

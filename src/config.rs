@@ -136,6 +136,10 @@ struct RawService {
     affinity: Option<String>,
     #[serde(default)]
     shard_label: Option<String>,
+    #[serde(default)]
+    handover: Option<String>,
+    #[serde(default)]
+    handover_timeout: Option<String>,
 }
 
 /// `weights:`; `from` is required, the rest take the defaults of
@@ -366,6 +370,8 @@ pub struct Service {
     pub affinity: Option<Affinity>,
     /// Every target in a node's file gets this label, valued the node.
     pub shard_label: Option<String>,
+    /// How targets move between nodes (`handover:`, `handover_timeout:`).
+    pub handover: crate::handover_edge::Settings,
 }
 
 /// `weights: {from: series}`: each target weighs the series it feeds, as
@@ -1060,10 +1066,20 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         observe.get_or_insert_with(Observe::default);
         ring.balance = crate::ring::Balance::Bounded;
     }
+    let (handover, needs_observe) = crate::handover_edge::check_settings(
+        rs.handover.as_deref(),
+        rs.handover_timeout.as_deref(),
+        observe.is_some(),
+        &mut p,
+    );
+    if needs_observe {
+        observe.get_or_insert_with(Observe::default);
+    }
     if !p.is_empty() {
         return Err(p);
     }
     Ok(Service {
+        handover,
         resync_interval,
         health,
         observe,
@@ -1117,6 +1133,8 @@ impl RawService {
         or(&mut self.weights, &d.weights);
         or(&mut self.affinity, &d.affinity);
         or(&mut self.shard_label, &d.shard_label);
+        or(&mut self.handover, &d.handover);
+        or(&mut self.handover_timeout, &d.handover_timeout);
         self
     }
 }

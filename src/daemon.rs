@@ -319,6 +319,7 @@ impl Shared {
                             .max_move_ratio
                             .and_then(|_| self.status(&service.name)?.current)
                             .map(|c| c.assignment),
+                        observation: self.status(&service.name).and_then(|s| s.observation),
                     };
                     run_pass(input, PassOptions::default(), &self.shutdown).await
                 }
@@ -374,6 +375,10 @@ impl Shared {
             }
             if outcome == "ok" {
                 s.last_success = Some(unix_now());
+            }
+            if let Some(h) = &report.handover {
+                let before = s.current.as_ref().and_then(|c| c.handover.as_ref());
+                self.metrics.handover.record(&service.name, before, h);
             }
             s.nodes_seen
                 .extend(report.nodes.iter().map(|n| n.node.clone()));
@@ -440,6 +445,7 @@ impl Shared {
                     );
                     last_counts = Some(counts.clone());
                 }
+                let handover_due = self.handover_due(&service, &observed);
                 let relearned = service
                     .weights
                     .map(|w| self.learn_weights(&service, w, &observed))
@@ -459,6 +465,9 @@ impl Shared {
                         s.observation = Some(Arc::new(observed));
                     }
                 }
+                if handover_due {
+                    self.trigger(&name, "handover can end").await;
+                }
                 if relearned > 0 {
                     tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
                     self.trigger(&name, "weights learned").await;
@@ -468,6 +477,20 @@ impl Shared {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Whether a pass now would end one of `service`'s handovers.
+    fn handover_due(&self, service: &Service, observed: &ServiceObservation) -> bool {
+        let status = self.status.read().unwrap_or_else(|p| p.into_inner());
+        let pending = status
+            .get(&service.name)
+            .and_then(|s| s.current.as_ref()?.handover.as_ref())
+            .map(|h| h.records.as_slice())
+            .unwrap_or_default();
+        !pending.is_empty() && {
+            let timeout = crate::handover_edge::timeout(&service.handover, Some(observed));
+            crate::handover_edge::due(pending, observed, timeout)
         }
     }
 

@@ -40,6 +40,8 @@ pub async fn serve(
         .route("/api/v1/services/{name}/dispatch", post(dispatch))
         .route("/api/v1/services/{name}/audit", get(audit))
         .route("/api/v1/where", get(where_is))
+        .route("/api/v1/nodes/{node}/drain", post(drain))
+        .route("/api/v1/nodes/{node}/undrain", post(undrain))
         .route("/", get(status_page))
         .route("/sd/{service}/{node}", get(http_sd))
         .with_state(shared);
@@ -321,6 +323,29 @@ async fn dispatch(State(shared): App, Path(name): Path<String>, headers: HeaderM
     } else {
         error(StatusCode::NOT_FOUND, format!("no service {name:?}"))
     }
+}
+
+async fn drain(state: App, Path(node): Path<String>, headers: HeaderMap) -> Response {
+    set_drain(state, node, headers, true).await
+}
+
+async fn undrain(state: App, Path(node): Path<String>, headers: HeaderMap) -> Response {
+    set_drain(state, node, headers, false).await
+}
+
+/// Drain or undrain a node in every service that has it; 404 when none does.
+async fn set_drain(State(shared): App, node: String, headers: HeaderMap, drain: bool) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return *denied;
+    }
+    let services = crate::handover_edge::drain_node(&shared, &node, drain).await;
+    if services.is_empty() && drain {
+        return error(StatusCode::NOT_FOUND, format!("no service has node {node:?}"));
+    }
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "node": node, "drained": drain, "services": services }),
+    )
 }
 
 /// The node's targets in the plan in effect, in http_sd format. Served

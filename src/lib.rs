@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod handover;
+pub mod handover_edge;
 pub mod http;
 pub mod membership;
 pub mod metrics;

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub node_head_series: Family<Labels, Gauge>,
     pub observe_errors: Family<Labels, Counter>,
     pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Handovers and drains (see `handover_edge`).
+    pub handover: crate::handover_edge::HandoverMetrics,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,7 @@ impl Metrics {
             node_head_series: Family::default(),
             observe_errors: Family::default(),
             observe_duration: Family::new_with_constructor(pass_histogram),
+            handover: crate::handover_edge::HandoverMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

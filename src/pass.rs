@@ -194,6 +194,10 @@ pub struct PassReport {
     /// What each node holds after this pass (not in dry runs), for `/sd`.
     #[serde(skip)]
     pub sd: Option<Arc<SdSnapshot>>,
+    /// Moving targets and drained nodes (with `handover: make_before_break`
+    /// or a drained node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handover: Option<crate::handover_edge::HandoverReport>,
 }
 
 /// The targets and plan of a pass, kept in memory so that `/sd` answers
@@ -267,6 +271,8 @@ pub struct PassInput<'a> {
     pub learned_weights: Option<Arc<BTreeMap<String, u32>>>,
     /// The plan in effect, for `max_move_ratio` (`None`: no cap this pass).
     pub previous: Option<Arc<Assignment>>,
+    /// The last observation, which confirms handovers (`None`: none yet).
+    pub observation: Option<Arc<crate::observe::ServiceObservation>>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -281,6 +287,8 @@ struct Computed {
     duplicates: usize,
     plan: Plan,
     phases: Phases,
+    /// Live nodes, drained ones included (the plan leaves those out).
+    live: BTreeSet<String>,
 }
 
 /// The `ctx` map given to `targets(ctx)`.
@@ -349,6 +357,8 @@ struct Memory {
     learned: Option<Arc<BTreeMap<String, u32>>>,
     /// The plan in effect (`max_move_ratio`).
     previous: Option<Arc<Assignment>>,
+    /// Nodes drained by an operator: left out of the plan.
+    drained: BTreeSet<String>,
 }
 
 fn compute(
@@ -376,6 +386,14 @@ fn compute(
         (n, _) => n,
     };
     let nodes = from_script.as_deref().unwrap_or(nodes);
+    let live: BTreeSet<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let undrained: Vec<NodeSpec>;
+    let nodes = if memory.drained.is_empty() {
+        nodes
+    } else {
+        undrained = crate::handover_edge::undrained(nodes, &memory.drained);
+        &undrained
+    };
     if let Some(n) = &from_script {
         tracing::debug!(service = %service.name, nodes = n.len(), "nodes from script");
     }
@@ -444,6 +462,7 @@ fn compute(
         duplicates: normalized.duplicates,
         plan,
         phases,
+        live,
     })
 }
 
@@ -684,10 +703,11 @@ pub async fn run_pass(
             .clone()
             .unwrap_or_else(|| Arc::new(ServiceState::load(&out_dir, &service.name).weights))
     });
-    let computed = {
+    let mut computed = {
         let memory = Memory {
             learned: learned.clone(),
             previous: input.previous.clone(),
+            drained: ServiceState::load(&out_dir, &service.name).drained,
         };
         let (svc, script, node_script, nodes, sandbox, filter) = (
             Arc::new(service.clone()),
@@ -714,7 +734,7 @@ pub async fn run_pass(
     // One pass per service across processes too; the state is read, and
     // the directory checked for files promshard did not write, under the
     // lock. Blocking I/O: off the runtime.
-    let planned: BTreeMap<String, String> = computed
+    let mut planned: BTreeMap<String, String> = computed
         .plan
         .nodes
         .iter()
@@ -763,6 +783,23 @@ pub async fn run_pass(
             now: now_count,
             max_drop_ratio: service.max_drop_ratio,
         });
+    }
+    let handover = crate::handover_edge::in_pass(
+        service,
+        &mut computed.plan,
+        &computed.targets,
+        &mut state,
+        &crate::handover_edge::Apply {
+            settings: service.handover,
+            dir: &dir,
+            file_naming: service.file_naming,
+            live: &computed.live,
+            observation: input.observation.as_deref(),
+            now_ms: crate::handover_edge::now_ms(),
+        },
+    );
+    for n in &computed.plan.nodes {
+        planned.entry(n.file.clone()).or_insert_with(|| n.node.clone());
     }
     for bad in &computed.invalid {
         tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
@@ -883,6 +920,7 @@ pub async fn run_pass(
         phases_ms: computed.phases.clone(),
         delivery_runs_s: Vec::new(),
         sd: None,
+        handover,
     };
     report.phases_ms.render = emitted.render_ms;
     if options.dry_run {

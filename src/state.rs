@@ -53,6 +53,14 @@ pub struct ServiceState {
     /// (and saved) before its file is first written, so that after a crash
     /// at any point every file promshard left is still known as its own.
     pub files: BTreeMap<String, String>,
+    /// Targets moving between nodes and waiting for their new node to
+    /// confirm (see `handover`): a restart finishes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub handovers: Vec<crate::handover::Handover>,
+    /// Nodes drained by an operator: out of the plan, kept until their
+    /// targets' new nodes confirm, then sent an empty file.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub drained: BTreeSet<String>,
 }
 
 /// Path of a service's state file.

@@ -1,0 +1,587 @@
+//! The effects around the pure [`crate::handover`] core: its settings
+//! (`handover:`, `handover_timeout:`), what a pass feeds it (the files on
+//! disk, the last observation) and does with its answer (the plan the
+//! files are written from, the pending handovers saved in the service
+//! state), drain and undrain, and its metrics.
+//!
+//! A pass plans over the live nodes that are not drained, then widens that
+//! plan: each moving target stays in its old owner's file beside its new
+//! owner's until the new owner has scraped it. The observation loop wakes a
+//! pass as soon as a handover can end ([`due`]), and that pass drops the
+//! target from its old owner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::config::{FileNaming, FileType};
+use crate::handover::{self, Files, Handover, Mode, Seen};
+use crate::observe::ServiceObservation;
+use crate::plan::{FileNameArgs, NodePlan, Plan, default_file_name};
+use crate::ring::NodeSpec;
+use crate::state::ServiceState;
+use crate::target::Target;
+
+/// The checked `handover:` settings of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    /// `handover_timeout`; `None`: three scrape intervals (as observed) and
+    /// 15 s.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Immediate,
+            timeout: None,
+        }
+    }
+}
+
+/// Check `handover:` and `handover_timeout:`. The mode defaults to
+/// `make_before_break` when the service is observed (the only way to know
+/// that a new owner scrapes), else `immediate`. Returns whether the mode
+/// needs `observe:` switched on (it was asked for without it).
+pub fn check_settings(
+    mode: Option<&str>,
+    timeout: Option<&str>,
+    observed: bool,
+    problems: &mut Vec<(&'static str, String)>,
+) -> (Settings, bool) {
+    let mode = match mode {
+        None if observed => Mode::MakeBeforeBreak,
+        None => Mode::Immediate,
+        Some("make_before_break") => Mode::MakeBeforeBreak,
+        Some("immediate") => Mode::Immediate,
+        Some(other) => {
+            problems.push((
+                "handover",
+                format!("{other:?} is not one of make_before_break, immediate"),
+            ));
+            Mode::Immediate
+        }
+    };
+    let timeout = timeout.and_then(|t| match crate::config::parse_duration(t) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        Ok(_) => {
+            problems.push(("handover_timeout", format!("{t:?} must be at least 1s")));
+            None
+        }
+        Err(e) => {
+            problems.push(("handover_timeout", e));
+            None
+        }
+    });
+    let needs_observe = mode == Mode::MakeBeforeBreak && !observed;
+    (Settings { mode, timeout }, needs_observe)
+}
+
+/// The timeout in effect: the configured one, or three scrape intervals
+/// (the longest any node reports, 60 s before any does) and 15 s.
+pub fn timeout(settings: &Settings, observation: Option<&ServiceObservation>) -> Duration {
+    settings.timeout.unwrap_or_else(|| {
+        let interval = observation
+            .into_iter()
+            .flat_map(|o| o.nodes.iter())
+            .filter_map(|n| n.observed.as_ref()?.scrape_interval)
+            .max()
+            .unwrap_or(Duration::from_secs(60));
+        handover::default_timeout(interval)
+    })
+}
+
+/// Per node, the targets it reported active and healthy, with the time of
+/// their last scrape.
+pub fn seen(observation: &ServiceObservation) -> Seen {
+    observation
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.node.clone(), n.observed.as_ref()?)))
+        .map(|(node, o)| {
+            let healthy = o.targets.iter().filter(|t| t.health == "up").filter_map(|t| {
+                let at = chrono::DateTime::parse_from_rfc3339(t.last_scrape.as_deref()?).ok()?;
+                Some((t.address.clone(), u64::try_from(at.timestamp_millis()).ok()?))
+            });
+            (node, healthy.collect())
+        })
+        .collect()
+}
+
+/// Whether a pass now would end a handover of `pending`.
+pub fn due(pending: &[Handover], observation: &ServiceObservation, timeout: Duration) -> bool {
+    let now = now_ms();
+    handover::any_due(pending, &seen(observation), now, timeout.as_millis() as u64)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How a drained node stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrainState {
+    pub node: String,
+    /// `draining` while it still holds targets, then `drained`.
+    pub state: &'static str,
+    /// Targets it still holds until their new owners confirm.
+    pub targets_left: usize,
+    /// Whether the node is live (a dead drained node holds nothing).
+    pub live: bool,
+}
+
+/// One handover that ended in a pass.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ended {
+    pub target: String,
+    pub from: String,
+    pub to: String,
+    /// How long both nodes held the target.
+    pub seconds: f64,
+    pub timed_out: bool,
+}
+
+/// What a pass did with handovers, in its report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandoverReport {
+    pub mode: Mode,
+    pub timeout_s: f64,
+    /// Handovers waiting for their new owner (old owner → new owner).
+    pub pending: usize,
+    /// The first of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_samples: Vec<Handover>,
+    /// Handovers that ended in this pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<Ended>,
+    /// Drained nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<DrainState>,
+    /// Every pending record (new owners restoring coverage included), for
+    /// [`due`].
+    #[serde(skip)]
+    pub records: Vec<Handover>,
+}
+
+/// How many pending handovers a report lists.
+const SAMPLES: usize = 20;
+
+/// What a pass hands to [`apply`].
+pub struct Apply<'a> {
+    pub settings: Settings,
+    /// The service directory (the files as they are).
+    pub dir: &'a Path,
+    pub file_naming: FileNaming,
+    /// Live nodes, drained ones included.
+    pub live: &'a BTreeSet<String>,
+    pub observation: Option<&'a ServiceObservation>,
+    pub now_ms: u64,
+}
+
+/// The nodes that are not drained.
+pub fn undrained(nodes: &[NodeSpec], drained: &BTreeSet<String>) -> Vec<NodeSpec> {
+    nodes
+        .iter()
+        .filter(|n| !drained.contains(&n.addr))
+        .cloned()
+        .collect()
+}
+
+/// The pass's hook: [`apply`] with `make_before_break` or while a node is
+/// drained; else the plan as it is (no report).
+pub fn in_pass(
+    service: &crate::config::Service,
+    plan: &mut Plan,
+    targets: &[Target],
+    state: &mut ServiceState,
+    a: &Apply<'_>,
+) -> Option<HandoverReport> {
+    let active = service.handover.mode == Mode::MakeBeforeBreak || !state.drained.is_empty();
+    if !active {
+        state.handovers.clear();
+        return None;
+    }
+    let report = apply(plan, targets, state, a);
+    if report.pending > 0 || !report.ended.is_empty() {
+        tracing::info!(
+            service = %service.name,
+            pending = report.pending,
+            ended = report.ended.len(),
+            timed_out = report.ended.iter().filter(|e| e.timed_out).count(),
+            "handovers"
+        );
+    }
+    Some(report)
+}
+
+/// Widen `plan` (made over the live nodes that are not drained) with what
+/// each node must keep while its targets move, give each live drained node
+/// its file, and save the pending handovers in `state`.
+pub fn apply(
+    plan: &mut Plan,
+    targets: &[Target],
+    state: &mut ServiceState,
+    a: &Apply<'_>,
+) -> HandoverReport {
+    let timeout = timeout(&a.settings, a.observation);
+    let wanted = plan_files(plan, targets);
+    let outcome = match a.settings.mode {
+        Mode::MakeBeforeBreak => {
+            let files = current_files(a.dir, state, plan.file_type, a.live);
+            let seen = a.observation.map(seen).unwrap_or_default();
+            handover::step(&handover::Step {
+                files: &files,
+                plan: &wanted,
+                live: a.live,
+                pending: &state.handovers,
+                seen: &seen,
+                now_ms: a.now_ms,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+        }
+        Mode::Immediate => handover::Outcome {
+            files: wanted,
+            ..Default::default()
+        },
+    };
+    let mut by_addr: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (i, t) in targets.iter().enumerate() {
+        by_addr.entry(&t.addr).or_default().push(i as u32);
+    }
+    for (node, addrs) in &outcome.files {
+        let indices = addrs.iter().flat_map(|a| by_addr.get(a.as_str())).flatten();
+        let n = node_plan(plan, state, node, a.file_naming);
+        n.targets = indices.copied().collect::<BTreeSet<u32>>().into_iter().collect();
+        n.count = n.targets.len();
+    }
+    for node in state.drained.iter().filter(|n| a.live.contains(*n)) {
+        node_plan(plan, state, node, a.file_naming);
+    }
+    state.handovers = outcome.pending;
+    report(plan, state, &outcome.finished, a, timeout)
+}
+
+fn report(
+    plan: &Plan,
+    state: &ServiceState,
+    finished: &[handover::Finished],
+    a: &Apply<'_>,
+    timeout: Duration,
+) -> HandoverReport {
+    let moves: Vec<&Handover> = state.handovers.iter().filter(|h| h.from.is_some()).collect();
+    let drained = state
+        .drained
+        .iter()
+        .map(|node| {
+            let left = plan.nodes.iter().find(|n| &n.node == node).map_or(0, |n| n.count);
+            DrainState {
+                node: node.clone(),
+                state: if left > 0 { "draining" } else { "drained" },
+                targets_left: left,
+                live: a.live.contains(node),
+            }
+        })
+        .collect();
+    HandoverReport {
+        mode: a.settings.mode,
+        timeout_s: timeout.as_secs_f64(),
+        pending: moves.len(),
+        pending_samples: moves.into_iter().take(SAMPLES).cloned().collect(),
+        ended: finished
+            .iter()
+            .map(|f| Ended {
+                target: f.handover.target.clone(),
+                from: f.handover.from.clone().unwrap_or_default(),
+                to: f.handover.to.clone(),
+                seconds: f.overlap_ms as f64 / 1000.0,
+                timed_out: f.timed_out,
+            })
+            .collect(),
+        drained,
+        records: state.handovers.clone(),
+    }
+}
+
+/// `node`'s entry in `plan`, added (in node order, empty) for a node the
+/// plan left out: a drained node keeps its file.
+fn node_plan<'p>(
+    plan: &'p mut Plan,
+    state: &ServiceState,
+    node: &str,
+    naming: FileNaming,
+) -> &'p mut NodePlan {
+    let at = match plan.nodes.binary_search_by(|n| n.node.as_str().cmp(node)) {
+        Ok(i) => i,
+        Err(i) => {
+            let file = state
+                .nodes
+                .get(node)
+                .map(|s| s.file.clone())
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| {
+                    let args = FileNameArgs {
+                        service: plan.service.clone(),
+                        node: node.to_string(),
+                        index: i + 1,
+                        total: plan.nodes.len() + 1,
+                        count: 0,
+                        file_type: plan.file_type,
+                    };
+                    default_file_name(&args, naming)
+                });
+            plan.nodes.insert(
+                i,
+                NodePlan {
+                    node: node.to_string(),
+                    index: i + 1,
+                    file,
+                    targets: Vec::new(),
+                    count: 0,
+                    groups: None,
+                },
+            );
+            i
+        }
+    };
+    &mut plan.nodes[at]
+}
+
+/// The plan as node → addresses.
+fn plan_files(plan: &Plan, targets: &[Target]) -> Files {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let addrs = n.targets.iter().map(|&i| targets[i as usize].addr.to_string());
+            (n.node.clone(), addrs.collect())
+        })
+        .collect()
+}
+
+/// What each live node's file holds now, read from the service directory
+/// (the files are the truth after a crash or restart). An unreadable file
+/// counts as empty: its node then gets no overlap.
+fn current_files(
+    dir: &Path,
+    state: &ServiceState,
+    file_type: FileType,
+    live: &BTreeSet<String>,
+) -> Files {
+    state
+        .nodes
+        .iter()
+        .filter(|(node, ns)| live.contains(*node) && ns.departed_at.is_none() && !ns.file.is_empty())
+        .filter_map(|(node, ns)| {
+            let bytes = std::fs::read(dir.join(&ns.file)).ok()?;
+            let addrs = crate::output::parse_addresses(&bytes, file_type).ok()?;
+            Some((node.clone(), addrs))
+        })
+        .collect()
+}
+
+/// Drain (`drain: true`) or undrain `node` in `service`'s state, under the
+/// service's lock (a pass in progress finishes first). Returns whether it
+/// changed anything.
+pub fn set_drained(
+    out_dir: &Path,
+    service: &str,
+    node: &str,
+    drain: bool,
+) -> std::io::Result<bool> {
+    let _lock = ServiceState::lock(out_dir, service)?;
+    let mut state = ServiceState::load(out_dir, service);
+    let changed = if drain {
+        state.drained.insert(node.to_string())
+    } else {
+        state.drained.remove(node)
+    };
+    if changed {
+        state.save(out_dir, service)?;
+    }
+    Ok(changed)
+}
+
+/// Drain or undrain `node` in every service that has it (in its nodes, its
+/// plan, or its drained list), then pass each of them. Returns those
+/// services.
+pub async fn drain_node(shared: &crate::daemon::Shared, node: &str, drain: bool) -> Vec<String> {
+    let out_dir = shared.config().out_dir.clone();
+    let mut touched = Vec::new();
+    for status in shared.statuses().await {
+        let configured = shared
+            .service(&status.name)
+            .await
+            .is_some_and(|s| s.nodes.iter().any(|n| n.addr == node));
+        let (dir, name, n) = (out_dir.clone(), status.name.clone(), node.to_string());
+        let known = configured || status.nodes_seen.contains(node) || !drain;
+        if !known {
+            continue;
+        }
+        let changed = tokio::task::spawn_blocking(move || set_drained(&dir, &name, &n, drain)).await;
+        match changed {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) if drain => {}
+            Ok(Ok(false)) => continue,
+            Ok(Err(e)) => {
+                tracing::error!(service = %status.name, node, error = %e, "cannot save the drain state");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(service = %status.name, node, error = %e, "drain task failed");
+                continue;
+            }
+        }
+        tracing::info!(service = %status.name, node, drain, "node {}", if drain { "drained" } else { "undrained" });
+        shared.trigger(&status.name, if drain { "drain" } else { "undrain" }).await;
+        touched.push(status.name);
+    }
+    touched
+}
+
+/// `promshard drain|undrain <node>`: ask the running daemon (it passes the
+/// services at once); when none answers, record it in the state of every
+/// configured service that has the node, for the next pass.
+pub fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::Result<bool> {
+    let config = crate::config::Config::load(config)?;
+    let verb = if drain { "drain" } else { "undrain" };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!(
+        "http://{addr}/api/v1/nodes/{}/{verb}",
+        crate::observe::prom::encode(node)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.post(&url);
+    if let Some(token) = &config.api_token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    match request.send_empty() {
+        Ok(mut resp) => {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            if resp.status().is_success() {
+                println!("{verb}: {body}");
+                return Ok(true);
+            }
+            anyhow::bail!("{url}: {}: {body}", resp.status());
+        }
+        Err(e) => eprintln!("promshard: no daemon answered at {addr} ({e}); recording the {verb} for the next pass"),
+    }
+    let mut touched = Vec::new();
+    for s in &config.services {
+        let known = s.nodes.iter().any(|n| n.addr == node)
+            || ServiceState::load(&config.out_dir, &s.name).nodes.contains_key(node);
+        if (known || !drain) && set_drained(&config.out_dir, &s.name, node, drain)? {
+            touched.push(s.name.as_str());
+        }
+    }
+    println!("{verb} {node}: services {}", touched.join(", "));
+    Ok(!touched.is_empty() || !drain)
+}
+
+/// The handover metrics.
+pub struct HandoverMetrics {
+    seconds: Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>,
+    timeouts: Family<Vec<(&'static str, String)>, Counter>,
+    pending: Family<Vec<(&'static str, String)>, Gauge>,
+    draining: Family<Vec<(&'static str, String)>, Gauge>,
+}
+
+fn overlap_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 12))
+}
+
+impl HandoverMetrics {
+    /// Create and register them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = HandoverMetrics {
+            seconds: Family::new_with_constructor(overlap_histogram),
+            timeouts: Family::default(),
+            pending: Family::default(),
+            draining: Family::default(),
+        };
+        registry.register(
+            "handover_seconds",
+            "How long a moving target was on both its old and its new node",
+            m.seconds.clone(),
+        );
+        registry.register(
+            "handover_timeouts",
+            "Handovers ended by handover_timeout, not by the new node's confirmation",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "handovers_pending",
+            "Handovers waiting for the new node to confirm",
+            m.pending.clone(),
+        );
+        registry.register(
+            "node_draining",
+            "1 while a drained node still holds targets, 0 once it holds none",
+            m.draining.clone(),
+        );
+        m
+    }
+
+    /// Record a pass's handovers; `before` is the previous pass's report
+    /// (nodes no longer drained lose their gauge).
+    pub fn record(&self, service: &str, before: Option<&HandoverReport>, r: &HandoverReport) {
+        let svc = vec![("service", service.to_string())];
+        self.pending.get_or_create(&svc).set(r.pending as i64);
+        self.timeouts.get_or_create(&svc).inc_by(0);
+        for e in &r.ended {
+            self.seconds.get_or_create(&svc).observe(e.seconds);
+            if e.timed_out {
+                self.timeouts.get_or_create(&svc).inc();
+            }
+        }
+        let node = |n: &str| vec![("service", service.to_string()), ("node", n.to_string())];
+        for d in &r.drained {
+            let draining = i64::from(d.targets_left > 0);
+            self.draining.get_or_create(&node(&d.node)).set(draining);
+        }
+        let undrained = before
+            .into_iter()
+            .flat_map(|b| b.drained.iter())
+            .filter(|d| !r.drained.iter().any(|n| n.node == d.node));
+        for d in undrained {
+            self.draining.remove(&node(&d.node));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mode_defaults_to_make_before_break_only_when_observed() {
+        let mut p = Vec::new();
+        assert_eq!(check_settings(None, None, true, &mut p).0.mode, Mode::MakeBeforeBreak);
+        assert_eq!(check_settings(None, None, false, &mut p).0.mode, Mode::Immediate);
+        let (s, needs) = check_settings(Some("make_before_break"), Some("45s"), false, &mut p);
+        assert_eq!((s.mode, s.timeout, needs), (Mode::MakeBeforeBreak, Some(Duration::from_secs(45)), true));
+        assert!(p.is_empty());
+        check_settings(Some("sometimes"), Some("soon"), true, &mut p);
+        let keys: Vec<&str> = p.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["handover", "handover_timeout"]);
+        assert!(p[0].1.contains("make_before_break, immediate"), "{}", p[0].1);
+    }
+}
