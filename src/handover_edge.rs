@@ -107,10 +107,18 @@ pub fn seen(observation: &ServiceObservation) -> Seen {
         .iter()
         .filter_map(|n| Some((n.node.clone(), n.observed.as_ref()?)))
         .map(|(node, o)| {
-            let healthy = o.targets.iter().filter(|t| t.health == "up").filter_map(|t| {
-                let at = chrono::DateTime::parse_from_rfc3339(t.last_scrape.as_deref()?).ok()?;
-                Some((t.address.clone(), u64::try_from(at.timestamp_millis()).ok()?))
-            });
+            let healthy = o
+                .targets
+                .iter()
+                .filter(|t| t.health == "up")
+                .filter_map(|t| {
+                    let at =
+                        chrono::DateTime::parse_from_rfc3339(t.last_scrape.as_deref()?).ok()?;
+                    Some((
+                        t.address.clone(),
+                        u64::try_from(at.timestamp_millis()).ok()?,
+                    ))
+                });
             (node, healthy.collect())
         })
         .collect()
@@ -263,7 +271,11 @@ pub fn apply(
     for (node, addrs) in &outcome.files {
         let indices = addrs.iter().flat_map(|a| by_addr.get(a.as_str())).flatten();
         let n = node_plan(plan, state, node, a.file_naming);
-        n.targets = indices.copied().collect::<BTreeSet<u32>>().into_iter().collect();
+        n.targets = indices
+            .copied()
+            .collect::<BTreeSet<u32>>()
+            .into_iter()
+            .collect();
         n.count = n.targets.len();
     }
     for node in state.drained.iter().filter(|n| a.live.contains(*n)) {
@@ -280,12 +292,20 @@ fn report(
     a: &Apply<'_>,
     timeout: Duration,
 ) -> HandoverReport {
-    let moves: Vec<&Handover> = state.handovers.iter().filter(|h| h.from.is_some()).collect();
+    let moves: Vec<&Handover> = state
+        .handovers
+        .iter()
+        .filter(|h| h.from.is_some())
+        .collect();
     let drained = state
         .drained
         .iter()
         .map(|node| {
-            let left = plan.nodes.iter().find(|n| &n.node == node).map_or(0, |n| n.count);
+            let left = plan
+                .nodes
+                .iter()
+                .find(|n| &n.node == node)
+                .map_or(0, |n| n.count);
             DrainState {
                 node: node.clone(),
                 state: if left > 0 { "draining" } else { "drained" },
@@ -363,7 +383,10 @@ fn plan_files(plan: &Plan, targets: &[Target]) -> Files {
     plan.nodes
         .iter()
         .map(|n| {
-            let addrs = n.targets.iter().map(|&i| targets[i as usize].addr.to_string());
+            let addrs = n
+                .targets
+                .iter()
+                .map(|&i| targets[i as usize].addr.to_string());
             (n.node.clone(), addrs.collect())
         })
         .collect()
@@ -381,7 +404,9 @@ fn current_files(
     state
         .nodes
         .iter()
-        .filter(|(node, ns)| live.contains(*node) && ns.departed_at.is_none() && !ns.file.is_empty())
+        .filter(|(node, ns)| {
+            live.contains(*node) && ns.departed_at.is_none() && !ns.file.is_empty()
+        })
         .filter_map(|(node, ns)| {
             let bytes = std::fs::read(dir.join(&ns.file)).ok()?;
             let addrs = crate::output::parse_addresses(&bytes, file_type).ok()?;
@@ -428,7 +453,8 @@ pub async fn drain_node(shared: &crate::daemon::Shared, node: &str, drain: bool)
         if !known {
             continue;
         }
-        let changed = tokio::task::spawn_blocking(move || set_drained(&dir, &name, &n, drain)).await;
+        let changed =
+            tokio::task::spawn_blocking(move || set_drained(&dir, &name, &n, drain)).await;
         match changed {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) if drain => {}
@@ -443,7 +469,9 @@ pub async fn drain_node(shared: &crate::daemon::Shared, node: &str, drain: bool)
             }
         }
         tracing::info!(service = %status.name, node, drain, "node {}", if drain { "drained" } else { "undrained" });
-        shared.trigger(&status.name, if drain { "drain" } else { "undrain" }).await;
+        shared
+            .trigger(&status.name, if drain { "drain" } else { "undrain" })
+            .await;
         touched.push(status.name);
     }
     touched
@@ -482,12 +510,16 @@ pub fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::Result<b
             }
             anyhow::bail!("{url}: {}: {body}", resp.status());
         }
-        Err(e) => eprintln!("promshard: no daemon answered at {addr} ({e}); recording the {verb} for the next pass"),
+        Err(e) => eprintln!(
+            "promshard: no daemon answered at {addr} ({e}); recording the {verb} for the next pass"
+        ),
     }
     let mut touched = Vec::new();
     for s in &config.services {
         let known = s.nodes.iter().any(|n| n.addr == node)
-            || ServiceState::load(&config.out_dir, &s.name).nodes.contains_key(node);
+            || ServiceState::load(&config.out_dir, &s.name)
+                .nodes
+                .contains_key(node);
         if (known || !drain) && set_drained(&config.out_dir, &s.name, node, drain)? {
             touched.push(s.name.as_str());
         }
@@ -574,14 +606,27 @@ mod tests {
     #[test]
     fn the_mode_defaults_to_make_before_break_only_when_observed() {
         let mut p = Vec::new();
-        assert_eq!(check_settings(None, None, true, &mut p).0.mode, Mode::MakeBeforeBreak);
-        assert_eq!(check_settings(None, None, false, &mut p).0.mode, Mode::Immediate);
+        assert_eq!(
+            check_settings(None, None, true, &mut p).0.mode,
+            Mode::MakeBeforeBreak
+        );
+        assert_eq!(
+            check_settings(None, None, false, &mut p).0.mode,
+            Mode::Immediate
+        );
         let (s, needs) = check_settings(Some("make_before_break"), Some("45s"), false, &mut p);
-        assert_eq!((s.mode, s.timeout, needs), (Mode::MakeBeforeBreak, Some(Duration::from_secs(45)), true));
+        assert_eq!(
+            (s.mode, s.timeout, needs),
+            (Mode::MakeBeforeBreak, Some(Duration::from_secs(45)), true)
+        );
         assert!(p.is_empty());
         check_settings(Some("sometimes"), Some("soon"), true, &mut p);
         let keys: Vec<&str> = p.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, ["handover", "handover_timeout"]);
-        assert!(p[0].1.contains("make_before_break, immediate"), "{}", p[0].1);
+        assert!(
+            p[0].1.contains("make_before_break, immediate"),
+            "{}",
+            p[0].1
+        );
     }
 }

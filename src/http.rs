@@ -340,7 +340,10 @@ async fn set_drain(State(shared): App, node: String, headers: HeaderMap, drain: 
     }
     let services = crate::handover_edge::drain_node(&shared, &node, drain).await;
     if services.is_empty() && drain {
-        return error(StatusCode::NOT_FOUND, format!("no service has node {node:?}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no service has node {node:?}"),
+        );
     }
     json(
         StatusCode::ACCEPTED,

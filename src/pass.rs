@@ -799,7 +799,9 @@ pub async fn run_pass(
         },
     );
     for n in &computed.plan.nodes {
-        planned.entry(n.file.clone()).or_insert_with(|| n.node.clone());
+        planned
+            .entry(n.file.clone())
+            .or_insert_with(|| n.node.clone());
     }
     for bad in &computed.invalid {
         tracing::warn!(service = %service.name, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
