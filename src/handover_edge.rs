@@ -528,12 +528,14 @@ pub fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::Result<b
     Ok(!touched.is_empty() || !drain)
 }
 
+type Labels = Vec<(&'static str, String)>;
+
 /// The handover metrics.
 pub struct HandoverMetrics {
-    seconds: Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>,
-    timeouts: Family<Vec<(&'static str, String)>, Counter>,
-    pending: Family<Vec<(&'static str, String)>, Gauge>,
-    draining: Family<Vec<(&'static str, String)>, Gauge>,
+    seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    timeouts: Family<Labels, Counter>,
+    pending: Family<Labels, Gauge>,
+    draining: Family<Labels, Gauge>,
 }
 
 fn overlap_histogram() -> Histogram {

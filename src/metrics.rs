@@ -559,6 +559,7 @@ mod tests {
             }),
             assignment: Default::default(),
             sd: None,
+            handover: None,
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();
