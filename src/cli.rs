@@ -81,6 +81,9 @@ pub struct PlanArgs {
     /// much weight (series, with weights: {from: series}; else targets).
     #[arg(long, value_name = "WEIGHT_PER_NODE")]
     pub capacity: Option<u64>,
+    /// `plan` only: show what draining this node would move (repeatable).
+    #[arg(long, value_name = "NODE")]
+    pub drain: Vec<String>,
 }
 
 /// Arguments of `once`.
@@ -241,6 +244,9 @@ async fn pass_command(
     args: &PlanArgs,
     options: PassOptions,
 ) -> anyhow::Result<bool> {
+    if !options.dry_run && !args.drain.is_empty() {
+        anyhow::bail!("--drain only previews a drain with `plan`; use `promshard drain NODE`");
+    }
     let config = Config::load(path)?;
     let sandbox = Sandbox::for_config(&config);
     let cancel = CancellationToken::new();
@@ -261,7 +267,8 @@ async fn pass_command(
         let result = match cache.get(&service.script) {
             Err(e) => Err(e.into()),
             Ok(script) => {
-                let input = static_input(&config, service, &script, &sandbox);
+                let mut input = static_input(&config, service, &script, &sandbox);
+                input.preview_drained.clone_from(&args.drain);
                 run_pass(input, options, &cancel).await
             }
         };
@@ -321,6 +328,7 @@ fn static_input<'a>(
         learned_weights: None,
         previous: None,
         observation: None,
+        preview_drained: Vec::new(),
     }
 }
 
@@ -398,6 +406,9 @@ fn print_table(r: &PassReport) {
     );
     for bad in &r.invalid_samples {
         println!("  invalid: {bad}");
+    }
+    for line in r.handover.iter().flat_map(crate::handover_edge::describe) {
+        println!("{line}");
     }
     if let Some(a) = &r.affinity {
         println!(

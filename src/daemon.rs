@@ -320,6 +320,7 @@ impl Shared {
                             .and_then(|_| self.status(&service.name)?.current)
                             .map(|c| c.assignment),
                         observation: self.status(&service.name).and_then(|s| s.observation),
+                        preview_drained: Vec::new(),
                     };
                     run_pass(input, PassOptions::default(), &self.shutdown).await
                 }

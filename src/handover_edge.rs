@@ -207,6 +207,46 @@ pub fn undrained(nodes: &[NodeSpec], drained: &BTreeSet<String>) -> Vec<NodeSpec
         .collect()
 }
 
+/// The nodes a pass leaves out of its plan: those drained in the state,
+/// and in a dry run those `plan --drain` names.
+pub fn drained_for(
+    out_dir: &Path,
+    service: &crate::config::Service,
+    input: &crate::pass::PassInput<'_>,
+    options: crate::pass::PassOptions,
+) -> BTreeSet<String> {
+    let mut drained = ServiceState::load(out_dir, &service.name).drained;
+    if options.dry_run {
+        drained.extend(input.preview_drained.iter().cloned());
+    }
+    drained
+}
+
+/// Lines for `plan` and `once`: pending handovers and drained nodes.
+pub fn describe(r: &HandoverReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if r.pending > 0 {
+        lines.push(format!(
+            "  handovers pending: {} (old node keeps the target until the new one has scraped it, at most {:.0}s)",
+            r.pending, r.timeout_s
+        ));
+        for h in &r.pending_samples {
+            let from = h.from.as_deref().unwrap_or("-");
+            lines.push(format!("    {}: {from} -> {}", h.target, h.to));
+        }
+    }
+    for d in &r.drained {
+        lines.push(format!(
+            "  drained {}: {}, {} target(s) left{}",
+            d.node,
+            d.state,
+            d.targets_left,
+            if d.live { "" } else { " (not live)" }
+        ));
+    }
+    lines
+}
+
 /// The pass's hook: [`apply`] with `make_before_break` or while a node is
 /// drained; else the plan as it is (no report).
 pub fn in_pass(

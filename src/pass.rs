@@ -273,6 +273,8 @@ pub struct PassInput<'a> {
     pub previous: Option<Arc<Assignment>>,
     /// The last observation, which confirms handovers (`None`: none yet).
     pub observation: Option<Arc<crate::observe::ServiceObservation>>,
+    /// Nodes treated as drained in this dry run only (`plan --drain`).
+    pub preview_drained: Vec<String>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -707,7 +709,7 @@ pub async fn run_pass(
         let memory = Memory {
             learned: learned.clone(),
             previous: input.previous.clone(),
-            drained: ServiceState::load(&out_dir, &service.name).drained,
+            drained: crate::handover_edge::drained_for(&out_dir, service, &input, options),
         };
         let (svc, script, node_script, nodes, sandbox, filter) = (
             Arc::new(service.clone()),
@@ -783,6 +785,9 @@ pub async fn run_pass(
             now: now_count,
             max_drop_ratio: service.max_drop_ratio,
         });
+    }
+    if options.dry_run {
+        state.drained.extend(input.preview_drained.iter().cloned());
     }
     let handover = crate::handover_edge::in_pass(
         service,
