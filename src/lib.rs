@@ -7,7 +7,6 @@
 //! → `push` (deliver changed files) → `state` (remember what was done).
 //! `pass` drives that flow; `cli` wires it to commands.
 
-pub mod affinity;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -15,14 +14,10 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
-pub mod output;
 pub mod pass;
-pub mod plan;
 pub mod push;
-pub mod ring;
 pub mod script;
+pub mod shard;
 pub mod sim;
-pub mod state;
 pub mod status_page;
-pub mod target;
-pub mod template;
+pub mod store;

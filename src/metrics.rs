@@ -542,16 +542,16 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             deferred_moves: 0,
-            affinity: Some(crate::plan::AffinityPlan {
+            affinity: Some(crate::shard::plan::AffinityPlan {
                 template: "{labels.app}".into(),
                 groups: 7,
                 ungrouped: 2,
                 ungrouped_samples: Vec::new(),
                 oversized: Vec::new(),
                 oversized_count: 1,
-                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
+                grouping: std::sync::Arc::new(crate::shard::affinity::Groups::new(
                     &[],
-                    &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
+                    &crate::shard::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
             assignment: Default::default(),

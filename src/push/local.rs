@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::Service;
-use crate::output::write_atomic;
+use crate::store::files::write_atomic;
 
 /// Fill `{node}` and `{service}` into a destination template. The values are
 /// validated names (no `/`), and the result must not contain `..`.

@@ -37,8 +37,8 @@ pub use convert::groups_from_dynamic;
 pub use host::{DEFAULT_HTTP_TIMEOUT, env_allowed};
 pub use watch::{ScriptEvent, watch};
 
-use crate::ring::NodeSpec;
-use crate::target::{Invalid, RawGroup};
+use crate::shard::placement::NodeSpec;
+use crate::shard::target::{Invalid, RawGroup};
 
 // Nesting limits of the parser; Rhai's debug-build defaults reject ordinary
 // scripts (a map literal inside a loop inside a function).

@@ -15,17 +15,17 @@ use rhai::Map;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FileType, Service};
-use crate::observe::Assignment;
-use crate::output::{self, OutputError, content_hash, render};
-use crate::plan::{
-    AffinityPlan, FileNameArgs, MoveCap, Plan, PlanError, PlanInput, default_file_name, make_plan,
-};
+use crate::config::{Config, Service};
 use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
-use crate::ring::NodeSpec;
 use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
-use crate::state::{NodeState, ServiceState, unix_now};
-use crate::target::{Invalid, Target, normalize};
+use crate::shard::assignment::Assignment;
+use crate::shard::names::{FileNameArgs, FileType, default_file_name};
+use crate::shard::placement::NodeSpec;
+use crate::shard::plan::{AffinityPlan, MoveCap, Plan, PlanError, PlanInput, make_plan};
+use crate::shard::render::{content_hash, render};
+use crate::shard::target::{Invalid, Target, normalize};
+use crate::store::files::{self, OutputError};
+use crate::store::state::{NodeState, ServiceState, unix_now};
 
 /// How many invalid targets a report lists in full.
 const INVALID_SAMPLES: usize = 20;
@@ -458,7 +458,7 @@ fn apply_learned(
         .filter(|&i| !explicit.contains(&*targets[i].addr))
         .collect();
     let addrs: Vec<&str> = open.iter().map(|&i| &*targets[i].addr).collect();
-    let weights = crate::observe::weights::weights_for(&addrs, learned);
+    let weights = crate::shard::weights::weights_for(&addrs, learned);
     for (i, w) in open.into_iter().zip(weights) {
         targets[i].weight = w;
     }
@@ -471,7 +471,7 @@ fn is_zero(n: &usize) -> bool {
 /// Targets heavier than a node's fair share of the total weight.
 fn oversized_targets<'a>(targets: &'a [Target], plan: &Plan) -> Vec<&'a Target> {
     let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
-    crate::plan::oversized(&weights, plan.replicas, plan.nodes.len())
+    crate::shard::plan::oversized(&weights, plan.replicas, plan.nodes.len())
         .into_iter()
         .map(|i| &targets[i])
         .collect()
@@ -516,7 +516,7 @@ struct Emitted {
 /// had, if readable) to `next` (the addresses of its new file).
 fn node_movement(next: &HashSet<&str>, old: Option<&[u8]>, file_type: FileType) -> (usize, usize) {
     let now = old
-        .and_then(|b| output::parse_addresses(b, file_type).ok())
+        .and_then(|b| crate::shard::render::parse_addresses(b, file_type).ok())
         .unwrap_or_default();
     (
         next.iter().filter(|a| !now.contains(**a)).count(),
@@ -550,7 +550,7 @@ fn emit(
     if write {
         std::fs::create_dir_all(dir).map_err(err(dir.to_path_buf()))?;
     }
-    let next_set = |n: &crate::plan::NodePlan| -> HashSet<&str> {
+    let next_set = |n: &crate::shard::plan::NodePlan| -> HashSet<&str> {
         n.targets
             .iter()
             .map(|&i| &*targets[i as usize].addr)
@@ -576,7 +576,13 @@ fn emit(
     let mut removed = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
         let t = Instant::now();
-        output::render_into(&mut bytes, targets, &n.targets, file_type, plan.shard_of(n));
+        crate::shard::render::render_into(
+            &mut bytes,
+            targets,
+            &n.targets,
+            file_type,
+            plan.shard_of(n),
+        );
         render_time += t.elapsed();
         let hash = content_hash(&bytes);
         let prev = if early.is_some() {
@@ -629,7 +635,7 @@ fn emit(
                 drop_leftovers(&mut removed)?;
             }
             if current.as_deref() != Some(bytes.as_slice()) {
-                output::write_atomic(dir, &n.file, &bytes).map_err(err(path))?;
+                files::write_atomic(dir, &n.file, &bytes).map_err(err(path))?;
                 written = true;
             }
             if !had_file {
@@ -645,7 +651,7 @@ fn emit(
     }
     if write {
         let owned: BTreeSet<&str> = owned.keys().map(String::as_str).collect();
-        removed.extend(output::remove_stale(dir, &owned, &planned)?);
+        removed.extend(files::remove_stale(dir, &owned, &planned)?);
         removed.sort();
     }
     let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
@@ -742,12 +748,12 @@ pub async fn run_pass(
             let state = ServiceState::load_existing(&out_dir, &name).unwrap_or_default();
             let owned: BTreeSet<&str> = state.owned().into_keys().collect();
             let planned: BTreeSet<&str> = planned.keys().map(String::as_str).collect();
-            let foreign = output::foreign_files(&dir, &owned, &planned)?;
+            let foreign = files::foreign_files(&dir, &owned, &planned)?;
             if !foreign.is_empty() {
                 return Err(PassError::ForeignFiles {
                     dir,
                     files: foreign,
-                    state: crate::state::state_path(&out_dir, &name),
+                    state: crate::store::state::state_path(&out_dir, &name),
                 });
             }
             Ok((lock, state))
@@ -787,7 +793,7 @@ pub async fn run_pass(
             saved
                 .save(&out_dir, &name)
                 .map_err(|source| PassError::State {
-                    path: crate::state::state_path(&out_dir, &name),
+                    path: crate::store::state::state_path(&out_dir, &name),
                     source,
                 })
         })
@@ -937,11 +943,7 @@ pub async fn run_pass(
                 .parent()
                 .map(|d| {
                     std::fs::create_dir_all(d).and_then(|_| {
-                        output::write_atomic(
-                            d,
-                            &format!("empty.{}", service.file_type.ext()),
-                            &body,
-                        )
+                        files::write_atomic(d, &format!("empty.{}", service.file_type.ext()), &body)
                     })
                 })
                 .unwrap_or(Ok(()));
@@ -1006,7 +1008,7 @@ pub async fn run_pass(
             let saved = state.save(&out_dir, &name);
             drop(lock);
             saved.map_err(|source| PassError::StateNotSaved {
-                path: crate::state::state_path(&out_dir, &name),
+                path: crate::store::state::state_path(&out_dir, &name),
                 source,
             })
         })
@@ -1085,7 +1087,7 @@ mod tests {
 
     #[test]
     fn sd_answers_carry_the_shard_label_like_the_files() {
-        let targets = normalize(vec![crate::target::RawGroup {
+        let targets = normalize(vec![crate::shard::target::RawGroup {
             index: 0,
             targets: (1..=20).map(|i| format!("10.0.0.{i}:9100")).collect(),
             labels: [("shard", "stale")].into_iter().collect(),
@@ -1105,7 +1107,12 @@ mod tests {
                 affinity: None,
                 shard_label: Some("shard"),
             },
-            |a| Ok(default_file_name(a, crate::config::FileNaming::Stable)),
+            |a| {
+                Ok(default_file_name(
+                    a,
+                    crate::shard::names::FileNaming::Stable,
+                ))
+            },
         )
         .unwrap();
         let snapshot = SdSnapshot { targets, plan };

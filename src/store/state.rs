@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::write_atomic;
+use crate::store::files::write_atomic;
 
 /// Per-node memory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::affinity::Affinity;
-use crate::ring::{NodeSpec, RingSettings};
 use crate::script::Limits;
 pub use crate::script::dropin::{DropInProblem, check_service_scripts, effective_services};
-use crate::target::{check_address, check_label_name};
+use crate::shard::affinity::Affinity;
+use crate::shard::names::{FileNaming, FileType};
+use crate::shard::placement::{NodeSpec, PlacementSettings};
+use crate::shard::target::{check_address, check_label_name};
 
 /// More copies of a target than this is a config mistake (and the ring
 /// counts replicas in a byte).
@@ -119,7 +120,7 @@ struct RawService {
     #[serde(default)]
     push: Option<RawPush>,
     #[serde(default)]
-    ring: Option<RingSettings>,
+    ring: Option<PlacementSettings>,
     #[serde(default)]
     max_drop_ratio: Option<f64>,
     #[serde(default)]
@@ -254,35 +255,6 @@ pub struct Config {
     defaults: RawService,
 }
 
-/// Format of the sd files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileType {
-    Json,
-    Yaml,
-}
-
-impl FileType {
-    /// File extension without the dot.
-    pub fn ext(self) -> &'static str {
-        match self {
-            FileType::Json => "json",
-            FileType::Yaml => "yaml",
-        }
-    }
-}
-
-/// How sd files are named when the script defines no `fn file_name(f)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileNaming {
-    /// `{service}_{node}.{ext}`: a node keeps one name, so it never has two
-    /// files, even for an instant.
-    Stable,
-    /// `{service}_{node}_{index}_{total}_{count}.{ext}`, the names of the
-    /// tool promshard replaces; the name changes with the count.
-    Counted,
-}
-
 /// When a service's pass runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
@@ -348,7 +320,7 @@ pub struct Service {
     pub file_naming: FileNaming,
     pub port: Option<u16>,
     pub push: Push,
-    pub ring: RingSettings,
+    pub ring: PlacementSettings,
     /// A pass that would drop more than this share of targets is refused.
     pub max_drop_ratio: f64,
     /// At most this share of the total weight changes node in one pass (a
@@ -1058,7 +1030,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         // Series come from observation, and only bounded placement uses
         // target weights.
         observe.get_or_insert_with(Observe::default);
-        ring.balance = crate::ring::Balance::Bounded;
+        ring.balance = crate::shard::placement::Balance::Bounded;
     }
     if !p.is_empty() {
         return Err(p);

@@ -36,11 +36,11 @@ use uuid::Uuid;
 use crate::config::{Config, Schedule, Service};
 use crate::membership::{Membership, NodeStatus};
 use crate::metrics::Metrics;
-use crate::observe::weights::Weights;
 use crate::observe::{self, ServiceObservation, TargetState};
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::cache::ScriptState;
 use crate::script::{Sandbox, ScriptCache, ScriptEvent};
+use crate::shard::weights::Weights;
 
 /// Result of the last pass of a service, for `/api/v1/services`.
 #[derive(Debug, Clone, Serialize)]
@@ -125,7 +125,7 @@ pub struct Shared {
     retiring: Mutex<Vec<JoinHandle<()>>>,
 }
 
-use crate::state::unix_now;
+use crate::store::state::unix_now;
 
 impl Shared {
     /// The config in effect.
@@ -182,7 +182,8 @@ impl Shared {
         service.weights?;
         let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
         let learned = all.entry(service.name.clone()).or_insert_with(|| {
-            let state = crate::state::ServiceState::load(&self.config().out_dir, &service.name);
+            let state =
+                crate::store::state::ServiceState::load(&self.config().out_dir, &service.name);
             Weights::from_applied(&state.weights)
         });
         Some(Arc::new(learned.applied()))
@@ -477,10 +478,12 @@ impl Shared {
         let health = service.health.clone()?;
         let membership = Arc::clone(&self.membership);
         let name = service.name.clone();
-        Some(Arc::new(move |nodes: &[crate::ring::NodeSpec]| {
-            membership.watch(&name, Some(&health), nodes);
-            membership.live(&name, nodes)
-        }))
+        Some(Arc::new(
+            move |nodes: &[crate::shard::placement::NodeSpec]| {
+                membership.watch(&name, Some(&health), nodes);
+                membership.live(&name, nodes)
+            },
+        ))
     }
 
     /// Start a runner for `service` (its first pass runs at once).
@@ -806,7 +809,7 @@ impl Shared {
 /// files). A returning server may have lost its disk, so each node is sent
 /// its file again when it is back, even if the content is unchanged.
 fn forget_deliveries(config: &Config, service: &Service) {
-    let mut state = crate::state::ServiceState::load(&config.out_dir, &service.name);
+    let mut state = crate::store::state::ServiceState::load(&config.out_dir, &service.name);
     if state.nodes.values().all(|n| n.delivered_hash.is_none()) {
         return;
     }

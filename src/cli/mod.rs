@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Service};
 use crate::config::{check_service_scripts, effective_services};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
-use crate::ring::NodeSpec;
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
+use crate::shard::placement::NodeSpec;
 use crate::sim::SimArgs;
 
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
@@ -48,7 +48,7 @@ pub enum Command {
     /// Validate the config, find drop-in services and compile every script.
     Check(CheckArgs),
     /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
-    Ring(SimArgs),
+    Rendezvous(SimArgs),
     /// Which Prometheus scrapes a target: asks the running daemon, or
     /// computes the assignment from the config when none answers.
     Where(WhereArgs),
@@ -127,7 +127,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match &cli.command {
-        Command::Ring(args) => crate::sim::main(args).map(|_| true),
+        Command::Rendezvous(args) => crate::sim::main(args).map(|_| true),
         Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
         Command::Check(args) => check(&cli.config, args),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
@@ -579,16 +579,16 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
 /// pass requires.
 fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
     let dir = config.out_dir.join(&s.name);
-    let state = crate::state::ServiceState::load(&config.out_dir, &s.name);
+    let state = crate::store::state::ServiceState::load(&config.out_dir, &s.name);
     let owned = state.owned().into_keys().collect();
-    let foreign = crate::output::foreign_files(&dir, &owned, &Default::default())?;
+    let foreign = crate::store::files::foreign_files(&dir, &owned, &Default::default())?;
     if foreign.is_empty() {
         return Ok(());
     }
     Err(crate::pass::PassError::ForeignFiles {
         dir,
         files: foreign,
-        state: crate::state::state_path(&config.out_dir, &s.name),
+        state: crate::store::state::state_path(&config.out_dir, &s.name),
     }
     .into())
 }
@@ -597,7 +597,7 @@ fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
 /// and fit in a file name (a long service name and a long node name
 /// together may not). A counted name is checked with a 7-digit count.
 fn check_default_file_names(s: &Service, nodes: &[NodeSpec]) -> anyhow::Result<()> {
-    use crate::plan::{FileNameArgs, check_file_name, default_file_name};
+    use crate::shard::names::{FileNameArgs, check_file_name, default_file_name};
     for (i, node) in nodes.iter().enumerate() {
         let args = FileNameArgs {
             service: s.name.clone(),
@@ -647,7 +647,7 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
             false
         }
         Ok((groups, mut invalid)) => {
-            let normalized = crate::target::normalize(groups);
+            let normalized = crate::shard::target::normalize(groups);
             invalid.extend(normalized.invalid);
             invalid.sort_by_key(|i| i.group);
             println!(

@@ -6,7 +6,7 @@
 //! `plan`, `once` and the daemon all go through here; effects consume a Plan.
 //!
 //! With `affinity:` the ring places groups of targets instead of targets
-//! (see [`crate::affinity`]); the plan then also says how many groups each
+//! (see [`crate::shard::affinity`]); the plan then also says how many groups each
 //! node has and which groups are too heavy to balance.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,81 +14,18 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::affinity::{Affinity, Groups};
-use crate::config::{FileNaming, FileType};
-use crate::observe::Assignment;
-use crate::output::ShardLabel;
-use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
-use crate::target::Target;
-
-/// What the file name of one node is made from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FileNameArgs {
-    pub service: String,
-    pub node: String,
-    /// 1-based position of the node in sorted node order.
-    pub index: usize,
-    pub total: usize,
-    pub count: usize,
-    pub file_type: FileType,
-}
-
-/// The file name of a node when the script defines no `fn file_name(f)`.
-pub fn default_file_name(a: &FileNameArgs, naming: FileNaming) -> String {
-    let ext = a.file_type.ext();
-    match naming {
-        FileNaming::Stable => format!("{}_{}.{ext}", a.service, filename_safe(&a.node)),
-        FileNaming::Counted => format!(
-            "{}_{}_{}_{}_{}.{ext}",
-            a.service, a.node, a.index, a.total, a.count
-        ),
-    }
-}
-
-/// `node` with every character but letters, digits, `.`, `-` and `_`
-/// replaced by `_` (`10.0.0.1:9090` → `10.0.0.1_9090`), so that the name
-/// needs no quoting in a shell, a glob or another file system.
-fn filename_safe(node: &str) -> String {
-    node.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The longest file name a file system takes (`NAME_MAX` on Linux).
-const NAME_MAX: usize = 255;
-
-/// Check a file name before anything is written under it.
-pub fn check_file_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        Err("is empty")
-    } else if name.contains('/') || name.contains('\\') {
-        Err("contains a path separator")
-    } else if name.contains("..") {
-        Err("contains '..'")
-    } else if name.chars().any(char::is_control) {
-        Err("contains a NUL or control character")
-    } else if name.starts_with('.') {
-        Err("starts with '.' (reserved for temporary files)")
-    } else if crate::output::temp_name(name).len() > NAME_MAX {
-        Err(
-            "is too long: with its temporary file's '.' and '.tmp' it exceeds the 255 bytes a file name may have",
-        )
-    } else {
-        Ok(())
-    }
-}
+use crate::shard::affinity::{Affinity, Groups};
+use crate::shard::assignment::Assignment;
+use crate::shard::names::{FileNameArgs, FileType, check_file_name};
+use crate::shard::placement::{NodeSpec, PlacementError, PlacementSettings, Rendezvous};
+use crate::shard::render::ShardLabel;
+use crate::shard::target::Target;
 
 /// Why no plan could be made; nothing is written for that service.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]
-    Ring(#[from] RingError),
+    Rendezvous(#[from] PlacementError),
     #[error("file name {name:?} for node {node} {reason}")]
     BadFileName {
         node: String,
@@ -218,7 +155,7 @@ pub struct PlanInput<'a> {
     /// Normalized (sorted, deduplicated) targets.
     pub targets: &'a [Target],
     pub replicas: usize,
-    pub ring: &'a RingSettings,
+    pub ring: &'a PlacementSettings,
     pub file_type: FileType,
     /// Spread a big rebalance over several passes (`max_move_ratio`).
     pub move_cap: Option<MoveCap<'a>>,
@@ -234,7 +171,7 @@ pub fn make_plan(
     input: &PlanInput<'_>,
     mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
 ) -> Result<Plan, PlanError> {
-    let ring = Ring::new(input.nodes, input.ring)?;
+    let ring = Rendezvous::new(input.nodes, input.ring)?;
     let grouping = input.affinity.map(|a| Groups::new(input.targets, a));
     let (assignment, mut per_node) = match &grouping {
         None => {
@@ -458,7 +395,8 @@ pub fn movement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{RawGroup, normalize};
+    use crate::shard::names::{FileNaming, default_file_name};
+    use crate::shard::target::{RawGroup, normalize};
 
     fn targets(n: usize) -> Vec<Target> {
         normalize(vec![RawGroup {
@@ -484,7 +422,7 @@ mod tests {
                 nodes: n,
                 targets: t,
                 replicas,
-                ring: &RingSettings::default(),
+                ring: &PlacementSettings::default(),
                 file_type: FileType::Json,
                 move_cap: None,
                 affinity: None,
@@ -537,7 +475,7 @@ mod tests {
                     nodes: &n4,
                     targets: &t,
                     replicas: 1,
-                    ring: &RingSettings::default(),
+                    ring: &PlacementSettings::default(),
                     file_type: FileType::Json,
                     move_cap: Some(MoveCap {
                         previous: &previous,
@@ -577,7 +515,7 @@ mod tests {
     fn no_nodes_is_an_error() {
         assert!(matches!(
             plan_of(&targets(3), &[], 1),
-            Err(PlanError::Ring(RingError::NoNodes))
+            Err(PlanError::Rendezvous(PlacementError::NoNodes))
         ));
     }
 
@@ -590,7 +528,7 @@ mod tests {
             nodes: &n,
             targets: &t,
             replicas: 1,
-            ring: &RingSettings::default(),
+            ring: &PlacementSettings::default(),
             file_type: FileType::Json,
             move_cap: None,
             affinity: None,

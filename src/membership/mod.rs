@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Health;
-use crate::ring::NodeSpec;
+use crate::shard::placement::NodeSpec;
 
 /// Result of one probe: `Err` carries a short reason (`connection refused`,
 /// `HTTP 503`, `timed out after 2s`).
@@ -391,7 +391,7 @@ pub struct Membership {
     shutdown: CancellationToken,
 }
 
-use crate::state::unix_now;
+use crate::store::state::unix_now;
 
 impl Membership {
     /// A registry whose probers stop on `shutdown`; changes arrive on the
