@@ -10,7 +10,6 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
@@ -18,6 +17,6 @@ pub mod pass;
 pub mod push;
 pub mod script;
 pub mod shard;
+pub mod shutdown;
 pub mod sim;
-pub mod status_page;
 pub mod store;

@@ -159,27 +159,30 @@ pub fn main() -> ExitCode {
 /// How long a shutdown may take before the process exits anyway.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(9);
 
+/// Run the daemon until SIGTERM or SIGINT, then give its tasks
+/// [`SHUTDOWN_GRACE`] to finish. A pass stuck in a script cannot be
+/// interrupted from outside its thread: past the grace the runtime is
+/// left behind (see [`with_runtime`]) and the process exits.
 async fn run_daemon(config: PathBuf) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
-    let shutdown = CancellationToken::new();
+    let shutdown = crate::shutdown::Shutdown::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let watcher = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+    let signalled = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            shutdown.cancel();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
         }
-        watcher.cancel();
-        // A pass stuck in a script cannot be interrupted from outside its
-        // thread; never let that hold the process past the grace period.
-        std::thread::spawn(|| {
-            std::thread::sleep(SHUTDOWN_GRACE);
-            tracing::warn!("shutdown grace period over; exiting");
-            std::process::exit(0);
-        });
-    });
-    crate::daemon::run(config, shutdown).await?;
+    };
+    tokio::select! {
+        result = crate::daemon::run(config, shutdown) => result?,
+        () = signalled => tracing::warn!("shutdown grace period over; exiting"),
+    }
     Ok(true)
 }
 
@@ -188,10 +191,14 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(f())
+        .build()?;
+    let result = runtime.block_on(f());
+    // Blocking tasks still running (a script stuck past a shutdown's
+    // grace) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// The services a command applies to, among `services` (from

@@ -23,86 +23,30 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Serialize;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio_cron_scheduler::{Job, JobScheduler};
-use tokio_util::sync::CancellationToken;
+use tokio_cron_scheduler::JobScheduler;
 use uuid::Uuid;
 
-use crate::config::{Config, Schedule, Service};
-use crate::membership::{Membership, NodeStatus};
+use crate::config::{Config, Service};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::observe::{self, ServiceObservation, TargetState};
-use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
-use crate::script::cache::ScriptState;
-use crate::script::{Sandbox, ScriptCache, ScriptEvent};
+use crate::script::ScriptCache;
 use crate::shard::weights::Weights;
+use crate::shutdown::Shutdown;
+use tokio::sync::mpsc;
 
-/// Result of the last pass of a service, for `/api/v1/services`.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastPass {
-    /// Unix seconds when the pass finished.
-    pub finished_at: u64,
-    /// `ok`, `failed` (script, plan, I/O or delivery) or `refused` (mass-drop guard).
-    pub result: &'static str,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+mod http;
+mod observer;
+mod reconcile;
+mod runner;
+mod status;
+pub mod status_page;
 
-/// What the API shows about one service.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub script: PathBuf,
-    pub schedule: String,
-    /// Next cron tick (RFC 3339), when known.
-    pub next_run: Option<String>,
-    pub passes: u64,
-    /// The script version serving and why a newer edit is not.
-    pub script_state: ScriptState,
-    pub last_pass: Option<LastPass>,
-    /// Unix seconds of the last successful pass.
-    pub last_success: Option<u64>,
-    /// The last successful pass (the plan now in effect).
-    pub current: Option<PassReport>,
-    /// Per-node health, when the service has `health:`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health: Option<Vec<NodeStatus>>,
-    /// Every node any plan of this service has had; `/sd` answers `[]`
-    /// (not 404) for those no longer in the plan.
-    #[serde(skip)]
-    pub nodes_seen: std::collections::BTreeSet<String>,
-    /// Audit counts of the last observation (`observe:`), by state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit: Option<BTreeMap<TargetState, usize>>,
-    /// Unix seconds of the last observation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_at: Option<u64>,
-    /// Series each node really ingests from the service's targets, as last
-    /// observed (next to the planned `weight` of each node in `current`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_series: Option<BTreeMap<String, u64>>,
-    /// The last observation (served whole by `/api/v1/services/{name}/audit`).
-    #[serde(skip)]
-    pub observation: Option<Arc<ServiceObservation>>,
-    /// When each node's file last changed: the audit's grace.
-    #[serde(skip)]
-    pub changed_at: BTreeMap<String, Instant>,
-}
-
-/// One running service.
-struct Runner {
-    service: Arc<Service>,
-    wake: Arc<Notify>,
-    stop: CancellationToken,
-    job: Option<Uuid>,
-    task: JoinHandle<()>,
-}
+use reconcile::{start_script_watch, watch_config};
+use runner::Runner;
+pub use status::{LastPass, ServiceStatus};
 
 /// State shared by the runners, the watchers and the HTTP API.
 pub struct Shared {
@@ -119,13 +63,9 @@ pub struct Shared {
     /// Compiled scripts; the last good version of each survives bad edits.
     cache: Arc<ScriptCache>,
     scheduler: JobScheduler,
-    shutdown: CancellationToken,
-    /// Runners of changed or removed services finishing their last pass;
-    /// shutdown waits for them too.
-    retiring: Mutex<Vec<JoinHandle<()>>>,
+    /// Every task of the daemon is spawned through it.
+    shutdown: Shutdown,
 }
-
-use crate::store::state::unix_now;
 
 impl Shared {
     /// The config in effect.
@@ -174,43 +114,6 @@ impl Shared {
             .cloned()?;
         s.health = self.membership.status(name);
         Some(s)
-    }
-
-    /// The weights a pass of `service` uses (`weights: {from: series}`):
-    /// what the observer learned, starting from the state file.
-    fn learned_weights(&self, service: &Service) -> Option<Arc<BTreeMap<String, u32>>> {
-        service.weights?;
-        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        let learned = all.entry(service.name.clone()).or_insert_with(|| {
-            let state =
-                crate::store::state::ServiceState::load(&self.config().out_dir, &service.name);
-            Weights::from_applied(&state.weights)
-        });
-        Some(Arc::new(learned.applied()))
-    }
-
-    /// Feed an observation into `name`'s learned weights; whether a weight
-    /// in use changed (then the placement should follow).
-    fn learn_weights(
-        &self,
-        service: &Service,
-        settings: crate::config::SeriesWeights,
-        observed: &ServiceObservation,
-    ) -> usize {
-        let seen = observed
-            .nodes
-            .iter()
-            .filter_map(|n| n.observed.as_ref())
-            .flat_map(|o| o.targets.iter())
-            .filter_map(|t| Some((t.address.as_str(), t.series?)));
-        // Make sure the state file's weights are the starting point.
-        let _ = self.learned_weights(service);
-        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        let learned = all.entry(service.name.clone()).or_default();
-        let changed = learned.observe(seen, settings.smoothing, settings.threshold);
-        let assignment = &observed.assignment;
-        learned.retain(|a| !assignment.nodes_of(a).is_empty());
-        changed
     }
 
     /// The running settings of service `name`.
@@ -267,608 +170,11 @@ impl Shared {
             None => false,
         }
     }
-
-    fn pass_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.pass_locks.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(locks.entry(name.to_string()).or_default())
-    }
-
-    fn sandbox(&self) -> Sandbox {
-        Sandbox::for_config(&self.config())
-    }
-
-    /// Run one pass of `service` and record its outcome. Returns when the
-    /// next step of a rebalance held back by `max_move_ratio` is due: after
-    /// the observation interval (so the audit sees each step), or 2 s
-    /// without observation.
-    async fn pass(&self, service: &Service) -> Option<Duration> {
-        let lock = self.pass_lock(&service.name);
-        let _one_at_a_time = lock.lock().await;
-        let started = Instant::now();
-        let config = self.config();
-        let nodes = self.membership.live(&service.name, &service.nodes);
-        let result = if nodes.is_empty() && !service.nodes.is_empty() {
-            // Re-planning onto nobody: refuse, loudly, and leave every file
-            // and delivery as the last pass left them.
-            Err(PassError::AllNodesDown {
-                nodes: service.nodes.len(),
-            })
-        } else {
-            self.run_service_pass(&config, service, nodes).await
-        };
-        if matches!(result, Err(PassError::AllNodesDown { .. })) {
-            forget_deliveries(&config, service);
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        self.metrics.record_pass(&service.name, seconds, &result);
-        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-        let s = status.get_mut(&service.name)?;
-        s.passes += 1;
-        let (outcome, error) = crate::metrics::pass_outcome(&result);
-        match (&result, &error) {
-            (Ok(_), Some(e)) => {
-                tracing::error!(service = %service.name, error = %e, "pass wrote its files but deliveries failed; they are retried next pass");
-            }
-            (Err(err), Some(e)) => {
-                let files = if err.files_kept() {
-                    "; last good files kept"
-                } else {
-                    " after changing files"
-                };
-                tracing::error!(service = %service.name, error = %e, "pass {outcome}{files}");
-            }
-            _ => {}
-        }
-        s.last_pass = Some(LastPass {
-            finished_at: unix_now(),
-            result: outcome,
-            duration_ms: (seconds * 1000.0) as u64,
-            error,
-        });
-        let mut next_step = None;
-        if let Ok(report) = result {
-            if report.deferred_moves > 0 {
-                next_step = Some(
-                    service
-                        .observe
-                        .as_ref()
-                        .map_or(Duration::from_secs(2), |o| o.interval),
-                );
-            }
-            if let Some(old) = &s.current {
-                for gone in old
-                    .nodes
-                    .iter()
-                    .filter(|o| !report.nodes.iter().any(|n| n.node == o.node))
-                {
-                    self.metrics.forget_node(&service.name, &gone.node);
-                }
-            }
-            if outcome == "ok" {
-                s.last_success = Some(unix_now());
-            }
-            s.nodes_seen
-                .extend(report.nodes.iter().map(|n| n.node.clone()));
-            let now = Instant::now();
-            for n in report.nodes.iter().filter(|n| n.changed) {
-                s.changed_at.insert(n.node.clone(), now);
-            }
-            s.current = Some(report);
-        }
-        next_step
-    }
-
-    /// Observe the nodes of `name`'s plan in effect every `interval` until
-    /// `stop`; never blocks a pass (it only reads the plan).
-    async fn observe_loop(
-        self: Arc<Self>,
-        service: Arc<Service>,
-        settings: crate::config::Observe,
-        stop: CancellationToken,
-    ) {
-        let (name, replicas) = (service.name.clone(), service.replicas);
-        let mut last_counts = None;
-        let mut failing = std::collections::BTreeSet::new();
-        loop {
-            let plan = self.status(&name).and_then(|s| {
-                let a = Arc::clone(&s.current.as_ref()?.assignment);
-                Some((a, s.changed_at))
-            });
-            // Until the first pass has a plan, look again soon.
-            let wait = if plan.is_some() {
-                settings.interval
-            } else {
-                settings.interval.min(Duration::from_secs(1))
-            };
-            if let Some((assignment, changed_at)) = plan {
-                let observed =
-                    observe::observe_service(&name, &settings, assignment, &changed_at, replicas)
-                        .await;
-                self.metrics.record_observation(&name, &observed);
-                for n in &observed.nodes {
-                    match &n.error {
-                        Some(e) if failing.insert(n.node.clone()) => {
-                            tracing::warn!(service = %name, node = %n.node, error = %e, "cannot observe node; its targets are unknown");
-                        }
-                        None if failing.remove(&n.node) => {
-                            tracing::info!(service = %name, node = %n.node, "node answers observation again");
-                        }
-                        _ => {}
-                    }
-                }
-                let counts = observed.audit.counts.clone();
-                if last_counts.as_ref() != Some(&counts) {
-                    let c = |s: TargetState| counts.get(&s).copied().unwrap_or(0);
-                    tracing::info!(
-                        service = %name,
-                        ok = c(TargetState::Ok),
-                        missing = c(TargetState::Missing),
-                        extra = c(TargetState::Extra),
-                        duplicate = c(TargetState::Duplicate),
-                        down = c(TargetState::Down),
-                        unknown = c(TargetState::Unknown),
-                        pending = c(TargetState::Pending),
-                        "audit changed"
-                    );
-                    last_counts = Some(counts.clone());
-                }
-                let relearned = service
-                    .weights
-                    .map(|w| self.learn_weights(&service, w, &observed))
-                    .unwrap_or(0);
-                {
-                    let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-                    if let Some(s) = status.get_mut(&name) {
-                        s.audit = Some(counts);
-                        s.observed_at = Some(observed.at);
-                        s.observed_series = Some(
-                            observed
-                                .nodes
-                                .iter()
-                                .filter_map(|n| Some((n.node.clone(), n.series?)))
-                                .collect(),
-                        );
-                        s.observation = Some(Arc::new(observed));
-                    }
-                }
-                if relearned > 0 {
-                    tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
-                    self.trigger(&name, "weights learned").await;
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// A pass of `service` on its live nodes: `static_live` (the live
-    /// ones of its configured `nodes:`), unless its script supplies the
-    /// nodes; then those, and with `health:` the live ones of them.
-    async fn run_service_pass(
-        &self,
-        config: &Config,
-        service: &Service,
-        static_live: Vec<crate::shard::placement::NodeSpec>,
-    ) -> Result<PassReport, PassError> {
-        let script = self.cache.get(&service.script)?;
-        let node_script = service
-            .node_script
-            .as_ref()
-            .map(|p| self.cache.get(p))
-            .transpose()?;
-        let sandbox = self.sandbox();
-        let nodes =
-            match crate::pass::resolve_nodes(service, &script, node_script, &sandbox).await? {
-                None => static_live,
-                Some(all) => match &service.health {
-                    None => all,
-                    Some(health) => {
-                        self.membership.watch(&service.name, Some(health), &all);
-                        let up = self.membership.live(&service.name, &all);
-                        if up.is_empty() && !all.is_empty() {
-                            return Err(PassError::AllNodesDown { nodes: all.len() });
-                        }
-                        up
-                    }
-                },
-            };
-        let input = PassInput {
-            config,
-            service,
-            script: &script,
-            nodes: &nodes,
-            sandbox: &sandbox,
-            learned_weights: self.learned_weights(service),
-            previous: service
-                .max_move_ratio
-                .and_then(|_| self.status(&service.name)?.current)
-                .map(|c| c.assignment),
-        };
-        run_pass(input, PassOptions::default(), &self.shutdown).await
-    }
-
-    /// Start a runner for `service` (its first pass runs at once).
-    async fn start(
-        self: &Arc<Self>,
-        runners: &mut BTreeMap<String, Runner>,
-        service: Arc<Service>,
-    ) {
-        let wake = Arc::new(Notify::new());
-        let stop = self.shutdown.child_token();
-        self.membership
-            .watch(&service.name, service.health.as_ref(), &service.nodes);
-        let job = match self.add_job(&service, &wake).await {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::error!(service = %service.name, error = %e, "cannot schedule; only triggers will run it");
-                None
-            }
-        };
-        {
-            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-            let entry = status
-                .entry(service.name.clone())
-                .or_insert_with(|| ServiceStatus {
-                    name: service.name.clone(),
-                    script: service.script.clone(),
-                    schedule: service.schedule.to_string(),
-                    next_run: None,
-                    passes: 0,
-                    script_state: ScriptState::default(),
-                    last_pass: None,
-                    last_success: None,
-                    current: None,
-                    health: None,
-                    nodes_seen: Default::default(),
-                    audit: None,
-                    observed_at: None,
-                    observed_series: None,
-                    observation: None,
-                    changed_at: BTreeMap::new(),
-                });
-            entry.script = service.script.clone();
-            entry.schedule = service.schedule.to_string();
-        }
-        let task = {
-            let shared = Arc::clone(self);
-            let (service, wake, stop) = (Arc::clone(&service), Arc::clone(&wake), stop.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        _ = wake.notified() => {}
-                    }
-                    if let Some(wait) = shared.pass(&service).await {
-                        // The rebalance's next step, unless a trigger comes first.
-                        let (wake, stop) = (Arc::clone(&wake), stop.clone());
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = tokio::time::sleep(wait) => wake.notify_one(),
-                            }
-                        });
-                    }
-                }
-            })
-        };
-        if let Some(settings) = service.observe.clone() {
-            let shared = Arc::clone(self);
-            let (service, stop) = (Arc::clone(&service), stop.clone());
-            tokio::spawn(async move { shared.observe_loop(service, settings, stop).await });
-        }
-        wake.notify_one();
-        tracing::info!(service = %service.name, schedule = %service.schedule, nodes = service.nodes.len(), "service started");
-        runners.insert(
-            service.name.clone(),
-            Runner {
-                service,
-                wake,
-                stop,
-                job,
-                task,
-            },
-        );
-    }
-
-    async fn add_job(&self, service: &Service, wake: &Arc<Notify>) -> anyhow::Result<Uuid> {
-        let tick = {
-            let wake = Arc::clone(wake);
-            move |_id, _sched| {
-                wake.notify_one();
-                Box::pin(async {})
-                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-            }
-        };
-        let job = match &service.schedule {
-            Schedule::Cron(expr) => Job::new_async(expr.as_str(), tick)?,
-            Schedule::Every(d) => Job::new_repeated_async(*d, tick)?,
-        };
-        Ok(self.scheduler.add(job).await?)
-    }
-
-    /// Stop a runner; its current pass (if any) completes first.
-    async fn stop(&self, runner: Runner) {
-        runner.stop.cancel();
-        if let Some(id) = runner.job {
-            let _ = self.scheduler.remove(&id).await;
-        }
-        let _ = runner.task.await;
-    }
-
-    /// Stop a runner without waiting for its pass in progress; `then` runs
-    /// once that pass is over.
-    fn retire(self: &Arc<Self>, runner: Runner, then: impl FnOnce(&Shared) + Send + 'static) {
-        runner.stop.cancel();
-        let shared = Arc::clone(self);
-        let task = tokio::spawn(async move {
-            shared.stop(runner).await;
-            then(&shared);
-        });
-        let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-        retiring.retain(|t| !t.is_finished());
-        retiring.push(task);
-    }
-
-    /// Whether a pass of `name` is running now.
-    fn busy(&self, name: &str) -> bool {
-        self.pass_lock(name).try_lock().is_err()
-    }
-
-    /// Make the running services match `config`: start new ones, restart
-    /// changed ones, stop removed ones (their files stay in place).
-    pub async fn reconcile(self: &Arc<Self>, config: Arc<Config>) {
-        let globals_changed = {
-            let old = self.config();
-            old.out_dir != config.out_dir || old.allowed_dirs != config.allowed_dirs
-        };
-        if self.config().listen != config.listen {
-            tracing::warn!(old = %self.config().listen, new = %config.listen, "listen address changes take effect after a restart");
-        }
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
-        // Drop-ins run their `fn service()`: blocking work.
-        let services = {
-            let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
-            tokio::task::spawn_blocking(move || crate::config::effective_services(&config, &cache))
-                .await
-        };
-        let (services, problems) = match services {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "listing services failed; running services kept");
-                return;
-            }
-        };
-        for p in &problems {
-            tracing::error!(service = %p.name, path = %p.path.display(), "{p}");
-        }
-        let mut wanted: BTreeMap<String, Arc<Service>> = services
-            .iter()
-            .map(|s| (s.name.clone(), Arc::clone(s)))
-            .collect();
-        let mut runners = self.runners.lock().await;
-        // A running drop-in whose file is still there but whose edit broke
-        // it (e.g. `fn service()` returns `replicas: 0`) keeps its last good
-        // settings, as a running service does when a config edit is
-        // rejected. Removing the file is what stops it.
-        for p in &problems {
-            if let Some(r) = runners.get(&p.name)
-                && r.service.drop_in
-                && !wanted.contains_key(&p.name)
-            {
-                tracing::warn!(service = %p.name, path = %p.path.display(), "drop-in service keeps running with its last good settings");
-                wanted.insert(p.name.clone(), Arc::clone(&r.service));
-            }
-        }
-        let names: Vec<String> = runners.keys().cloned().collect();
-        // Old runners are retired, not awaited (see the module doc). A
-        // replacement queues on the service's pass lock, so passes still
-        // never overlap.
-        for name in names {
-            let keep = wanted
-                .get(&name)
-                .is_some_and(|s| !globals_changed && *s == runners[&name].service);
-            if keep {
-                continue;
-            }
-            let Some(runner) = runners.remove(&name) else {
-                continue;
-            };
-            let busy = self.busy(&name);
-            if wanted.contains_key(&name) {
-                if busy {
-                    tracing::info!(service = %name, "service changed; new settings apply after the pass in progress");
-                } else {
-                    tracing::info!(service = %name, "service changed; re-planning");
-                }
-                self.retire(runner, |_| {});
-                continue;
-            }
-            self.membership.unwatch(&name);
-            let gone = self
-                .status
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
-            tracing::warn!(
-                service = %name,
-                dir = %config.out_dir.join(&name).display(),
-                finishing_pass = busy,
-                "service removed; its files are left in place"
-            );
-            // Its metrics go once its last pass can no longer record any,
-            // unless it was added back meanwhile.
-            self.retire(runner, move |shared| {
-                let back = shared
-                    .status
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&name);
-                if !back {
-                    shared.metrics.forget_service(&name, &nodes)
-                }
-            });
-        }
-        for (name, service) in wanted {
-            if !runners.contains_key(&name) {
-                self.start(&mut runners, service).await;
-            }
-        }
-    }
-
-    /// A script was added, edited or removed: re-list services (drop-ins come
-    /// and go, `fn service()` may have changed) and pass those that use it.
-    async fn script_changed(self: &Arc<Self>, event: ScriptEvent) {
-        // A rejected edit is logged here, with its position; the watcher
-        // logs the others.
-        match &event {
-            ScriptEvent::Failed { path, error } => {
-                self.metrics.script_reload("failed");
-                let (line, column) = error.position().unwrap_or((0, 0));
-                tracing::error!(script = %path.display(), line, column, kept_previous = self.cache.has_good(path), error = %error, "script rejected; the last good version keeps running");
-                return;
-            }
-            ScriptEvent::Reloaded { .. } | ScriptEvent::Added { .. } => {
-                self.metrics.script_reload("ok");
-            }
-            ScriptEvent::Removed { .. } => {}
-        }
-        let before: HashMap<String, Arc<Service>> = self
-            .runners
-            .lock()
-            .await
-            .iter()
-            .map(|(name, r)| (name.clone(), Arc::clone(&r.service)))
-            .collect();
-        self.reconcile(self.config()).await;
-        // Runners that reconcile just started or replaced run their first
-        // pass anyway; waking them again would run the script twice.
-        let affected: Vec<String> = self
-            .runners
-            .lock()
-            .await
-            .values()
-            .filter(|r| event.affects(&r.service))
-            .filter(|r| {
-                before
-                    .get(&r.service.name)
-                    .is_some_and(|old| Arc::ptr_eq(old, &r.service))
-            })
-            .map(|r| r.service.name.clone())
-            .collect();
-        for name in affected {
-            self.trigger(&name, "script change").await;
-        }
-    }
-
-    /// Re-read the config file; on error keep the running config. A new
-    /// config must pass what `check` checks: the file, and the scripts of
-    /// every service in it. (Drop-in scripts are checked as they change;
-    /// a broken one never blocks the config.)
-    pub async fn reload_config(self: &Arc<Self>, why: &str) {
-        let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
-        let checked = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&path).map_err(|e| e.to_string())?;
-            let problems: Vec<String> = config
-                .services
-                .iter()
-                .filter_map(|s| {
-                    crate::config::check_service_scripts(s, &cache)
-                        .err()
-                        .map(|e| format!("{e} (service {})", s.name))
-                })
-                .collect();
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(problems.join("\n"))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));
-        match checked {
-            Ok(config) => {
-                self.metrics.config_reload("ok");
-                tracing::info!(trigger = why, path = %self.config_path.display(), "config reloaded");
-                self.reconcile(Arc::new(config)).await;
-            }
-            Err(e) => {
-                self.metrics.config_reload("failed");
-                for line in e.lines() {
-                    tracing::error!(
-                        trigger = why,
-                        "config rejected, running config kept: {line}"
-                    );
-                }
-            }
-        }
-    }
 }
 
-/// Every node of `service` is down: forget what was delivered (not the
-/// files). A returning server may have lost its disk, so each node is sent
-/// its file again when it is back, even if the content is unchanged.
-fn forget_deliveries(config: &Config, service: &Service) {
-    let mut state = crate::store::state::ServiceState::load(&config.out_dir, &service.name);
-    if state.nodes.values().all(|n| n.delivered_hash.is_none()) {
-        return;
-    }
-    for n in state.nodes.values_mut() {
-        n.delivered_hash = None;
-        n.last_result = Some(crate::store::state::LastResult::NodeDown);
-    }
-    if let Err(e) = state.save(&config.out_dir, &service.name) {
-        tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");
-    }
-}
-
-/// Watch the config file (its directory, so editors' save-by-rename is
-/// seen) and send a tick on every change, debounced.
-fn watch_config(
-    path: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let name = path.file_name().map(|n| n.to_os_string());
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && ev.kind.is_modify() | ev.kind.is_create()
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-        {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
-}
-
-/// Start the script watcher; its token stops it.
-fn start_script_watch(
-    shared: &Shared,
-    config: &Config,
-    tx: &tokio::sync::mpsc::UnboundedSender<ScriptEvent>,
-) -> (CancellationToken, Option<JoinHandle<()>>) {
-    let cancel = shared.shutdown.child_token();
-    let dirs = crate::script::watch::watch_dirs(config);
-    let handle = crate::script::watch(dirs, Arc::clone(&shared.cache), tx.clone(), cancel.clone())
-        .map_err(|e| tracing::error!(error = %e, "cannot watch scripts; edits need a restart"))
-        .ok();
-    (cancel, handle)
-}
-
-/// Run the daemon until `shutdown` is cancelled.
-pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Run the daemon until `shutdown` is cancelled; returns once every task
+/// it started has ended.
+pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()> {
     // Before anything else: SIGHUP's default action kills the process, and
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -876,41 +182,74 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     if let Some(warning) = config.exposure_warning() {
         tracing::warn!("{warning}");
     }
-    let scheduler = JobScheduler::new()
-        .await
-        .context("starting the cron scheduler")?;
-    let (membership, mut membership_events) = Membership::new(shutdown.clone());
-    let shared = Arc::new(Shared {
-        config_path: config_path.clone(),
-        config: RwLock::new(Arc::clone(&config)),
-        metrics: Metrics::new(),
-        membership,
-        runners: tokio::sync::Mutex::new(BTreeMap::new()),
-        status: RwLock::new(BTreeMap::new()),
-        pass_locks: Mutex::new(HashMap::new()),
-        weights: Mutex::new(HashMap::new()),
-        cache: Arc::new(ScriptCache::new()),
-        scheduler: scheduler.clone(),
-        shutdown: shutdown.clone(),
-        retiring: Mutex::new(Vec::new()),
-    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
-            format!(
-                "{}: listen {}: cannot bind",
-                config_path.display(),
-                config.listen
-            )
+            let (path, listen) = (config_path.display(), config.listen);
+            format!("{path}: listen {listen}: cannot bind")
         })?;
-    // Membership changes: metrics, and a pass of the service at once.
-    let membership_task = {
-        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
-        tokio::spawn(async move {
+    let (shared, membership_events) = Shared::new(&config_path, &config, &shutdown).await?;
+    shared.forward_membership_events(membership_events);
+    shutdown.spawn(http::serve(
+        listener,
+        Arc::clone(&shared),
+        shutdown.token().clone(),
+    ));
+    shared.reconcile(Arc::clone(&config)).await;
+    shared
+        .scheduler
+        .start()
+        .await
+        .context("starting the cron scheduler")?;
+    tracing::info!(listen = %config.listen, services = shared.runners.lock().await.len(), "promshard running");
+    shared.watch_until_shutdown(&mut hangup).await;
+    tracing::info!("shutting down: finishing passes in progress");
+    shared.stop_all().await;
+    shutdown.finished().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Shared {
+    async fn new(
+        config_path: &Path,
+        config: &Arc<Config>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<(
+        Arc<Shared>,
+        mpsc::UnboundedReceiver<crate::membership::Event>,
+    )> {
+        let scheduler = JobScheduler::new()
+            .await
+            .context("starting the cron scheduler")?;
+        let (membership, events) = Membership::new(shutdown.clone());
+        let shared = Arc::new(Shared {
+            config_path: config_path.to_path_buf(),
+            config: RwLock::new(Arc::clone(config)),
+            metrics: Metrics::new(),
+            membership,
+            runners: tokio::sync::Mutex::new(BTreeMap::new()),
+            status: RwLock::new(BTreeMap::new()),
+            pass_locks: Mutex::new(HashMap::new()),
+            weights: Mutex::new(HashMap::new()),
+            cache: Arc::new(ScriptCache::new()),
+            scheduler,
+            shutdown: shutdown.clone(),
+        });
+        Ok((shared, events))
+    }
+
+    /// Membership changes: metrics, and a pass of the service at once.
+    fn forward_membership_events(
+        self: &Arc<Self>,
+        mut events: mpsc::UnboundedReceiver<crate::membership::Event>,
+    ) {
+        let shared = Arc::clone(self);
+        self.shutdown.spawn(async move {
             loop {
                 let event = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    e = membership_events.recv() => match e { Some(e) => e, None => break },
+                    _ = shared.shutdown.cancelled() => break,
+                    e = events.recv() => match e { Some(e) => e, None => break },
                 };
                 shared.metrics.membership(&event);
                 if event.changes.is_empty() {
@@ -921,65 +260,51 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
                 }
                 shared.trigger(&event.service, "membership").await;
             }
-        })
-    };
-    let http = tokio::spawn(crate::http::serve(
-        listener,
-        Arc::clone(&shared),
-        shutdown.clone(),
-    ));
-    shared.reconcile(Arc::clone(&config)).await;
-    let (script_tx, mut script_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut script_watch = start_script_watch(&shared, &config, &script_tx);
-    scheduler
-        .start()
-        .await
-        .context("starting the cron scheduler")?;
+        });
+    }
 
-    let (config_tx, mut config_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _config_watcher = watch_config(&config_path, config_tx.clone())
-        .map_err(
-            |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
-        )
-        .ok();
-    tracing::info!(listen = %config.listen, services = shared.runners.lock().await.len(), "promshard running");
-    loop {
-        let watched = crate::script::watch::watch_dirs(&shared.config());
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = hangup.recv() => shared.reload_config("SIGHUP").await,
-            Some(()) = config_rx.recv() => {
-                // Debounce: editors write a file in several steps.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while config_rx.try_recv().is_ok() {}
-                shared.reload_config("file change").await;
+    /// Apply SIGHUP, config file edits and script edits until shutdown.
+    async fn watch_until_shutdown(self: &Arc<Self>, hangup: &mut tokio::signal::unix::Signal) {
+        let (script_tx, mut script_rx) = mpsc::unbounded_channel();
+        let mut script_watch = start_script_watch(self, &self.config(), &script_tx);
+        let (config_tx, mut config_rx) = mpsc::unbounded_channel();
+        let _config_watcher = watch_config(&self.config_path, config_tx)
+            .map_err(
+                |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
+            )
+            .ok();
+        loop {
+            let watched = crate::script::watch::watch_dirs(&self.config());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = hangup.recv() => self.reload_config("SIGHUP").await,
+                Some(()) = config_rx.recv() => {
+                    // Debounce: editors write a file in several steps.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while config_rx.try_recv().is_ok() {}
+                    self.reload_config("file change").await;
+                }
+                Some(event) = script_rx.recv() => self.script_changed(event).await,
             }
-            Some(event) = script_rx.recv() => shared.script_changed(event).await,
+            // A reload may have moved scripts_dir or added script directories.
+            let config = self.config();
+            if crate::script::watch::watch_dirs(&config) != watched {
+                script_watch.cancel();
+                script_watch = start_script_watch(self, &config, &script_tx);
+            }
         }
-        // A reload may have moved scripts_dir or added script directories.
-        let config = shared.config();
-        if crate::script::watch::watch_dirs(&config) != watched {
-            script_watch.0.cancel();
-            script_watch = start_script_watch(&shared, &config, &script_tx);
-        }
+        script_watch.cancel();
     }
-    script_watch.0.cancel();
 
-    tracing::info!("shutting down: finishing passes in progress");
-    // Runners first (each removes its job), then the scheduler: removing a
-    // job from a scheduler already shut down logs errors.
-    let runners = std::mem::take(&mut *shared.runners.lock().await);
-    for (_, r) in runners {
-        shared.stop(r).await;
+    /// Stop every runner (each finishes its pass in progress), then the
+    /// scheduler: removing a job from a scheduler already shut down logs
+    /// errors.
+    async fn stop_all(&self) {
+        let runners = std::mem::take(&mut *self.runners.lock().await);
+        for (_, r) in runners {
+            self.stop(r).await;
+        }
+        let mut sched = self.scheduler.clone();
+        let _ = sched.shutdown().await;
     }
-    let retiring = std::mem::take(&mut *shared.retiring.lock().unwrap_or_else(|p| p.into_inner()));
-    for task in retiring {
-        let _ = task.await;
-    }
-    let mut sched = scheduler.clone();
-    let _ = sched.shutdown().await;
-    let _ = http.await;
-    let _ = membership_task.await;
-    tracing::info!("stopped");
-    Ok(())
 }

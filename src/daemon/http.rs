@@ -261,7 +261,7 @@ async fn status_page(State(shared): App, Query(q): Query<PageQuery>) -> Response
     let statuses = shared.statuses().await;
     let target = q.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let found = target.map(|t| (t, where_answers(&statuses, t, None)));
-    let page = crate::status_page::render(&statuses, found, crate::store::state::unix_now());
+    let page = super::status_page::render(&statuses, found, crate::store::state::unix_now());
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
