@@ -628,8 +628,10 @@ impl Shared {
         // Drop-ins run their `fn service()`: blocking work.
         let services = {
             let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
-            tokio::task::spawn_blocking(move || crate::config::effective_services(&config, &cache))
-                .await
+            tokio::task::spawn_blocking(move || {
+                crate::script::dropin::effective_services(&config, &cache)
+            })
+            .await
         };
         let (services, problems) = match services {
             Ok(found) => found,
@@ -773,7 +775,7 @@ impl Shared {
                 .services
                 .iter()
                 .filter_map(|s| {
-                    crate::config::check_service_scripts(s, &cache)
+                    crate::script::dropin::check_service_scripts(s, &cache)
                         .err()
                         .map(|e| format!("{e} (service {})", s.name))
                 })
