@@ -81,7 +81,7 @@ fn check_limits(raw: &RawLimits, p: &mut Problems) -> Limits {
     let d = Limits::default();
     let timeout = |t: &str| duration_not_zero(t, "must be greater than 0");
     Limits {
-        // Checked first, so its problem comes first as it always has.
+        // Checked first: its problem is listed before the sizes.
         timeout: p.setting("timeout", raw.timeout.as_deref(), timeout, d.timeout),
         max_operations: p.setting(
             "max_operations",
