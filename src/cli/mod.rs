@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Service};
-use crate::config::{check_service_scripts, effective_services};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::script::dropin::{check_service_scripts, effective_services};
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::shard::placement::NodeSpec;
 use crate::sim::SimArgs;
@@ -202,7 +202,7 @@ where
 }
 
 /// The services a command applies to, among `services` (from
-/// [`crate::config::effective_services`]).
+/// [`crate::script::dropin::effective_services`]).
 fn select<'a>(
     config: &Config,
     services: &'a [Arc<Service>],

@@ -26,7 +26,7 @@ impl Shared {
         // Drop-ins run their `fn service()`: blocking work.
         let services = {
             let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
-            tokio::task::spawn_blocking(move || crate::config::effective_services(&config, &cache))
+            tokio::task::spawn_blocking(move || crate::script::dropin::effective_services(&config, &cache))
                 .await
         };
         let (services, problems) = match services {
@@ -171,7 +171,7 @@ impl Shared {
                 .services
                 .iter()
                 .filter_map(|s| {
-                    crate::config::check_service_scripts(s, &cache)
+                    crate::script::dropin::check_service_scripts(s, &cache)
                         .err()
                         .map(|e| format!("{e} (service {})", s.name))
                 })

@@ -38,14 +38,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::{AnsiblePush, Service};
 
-/// Inventory vars promshard sets itself; `vars` may not use these names.
-pub const RESERVED_VARS: &[&str] = &[
-    "src_sd_file",
-    "dest_sd_file_name",
-    "service",
-    "service_port",
-    "node",
-];
+/// Inventory vars promshard sets itself (checked against `vars` in config).
+pub use crate::config::RESERVED_VARS;
 
 /// Backoff before retry `n` (1-based): 1s, 2s, 4s, … capped at 30s.
 fn backoff(retry: u32) -> Duration {
