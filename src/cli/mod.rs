@@ -242,10 +242,7 @@ async fn pass_command(
     for service in select(&config, &services, args.service.as_deref())? {
         let result = match cache.get(&service.script) {
             Err(e) => Err(e.into()),
-            Ok(script) => {
-                let input = static_input(&config, service, &script, &sandbox);
-                run_pass(input, options, &cancel).await
-            }
+            Ok(script) => static_pass(&config, service, &script, &sandbox, options, &cancel).await,
         };
         match &result {
             Ok(r) if r.failed_deliveries() > 0 => {
@@ -284,25 +281,30 @@ async fn pass_command(
     Ok(all_ok)
 }
 
-/// A pass as the commands run it: the nodes as configured (no health
-/// probes), node scripts compiled afresh, weights from the state file.
-fn static_input<'a>(
-    config: &'a Config,
-    service: &'a Service,
-    script: &'a crate::script::CompiledScript,
-    sandbox: &'a Sandbox,
-) -> PassInput<'a> {
-    PassInput {
+/// A pass as the commands run it: the nodes as configured or as the
+/// script returns them (no health probes), node scripts compiled afresh,
+/// weights from the state file.
+async fn static_pass(
+    config: &Config,
+    service: &Service,
+    script: &crate::script::CompiledScript,
+    sandbox: &Sandbox,
+    options: PassOptions,
+    cancel: &CancellationToken,
+) -> Result<PassReport, crate::pass::PassError> {
+    let nodes = crate::pass::resolve_nodes(service, script, None, sandbox)
+        .await?
+        .unwrap_or_else(|| service.nodes.clone());
+    let input = PassInput {
         config,
         service,
         script,
-        nodes: &service.nodes,
+        nodes: &nodes,
         sandbox,
-        node_filter: None,
-        node_script: None,
         learned_weights: None,
         previous: None,
-    }
+    };
+    run_pass(input, options, cancel).await
 }
 
 /// `--json`: every service's report. A dry run delivers nothing, so its
@@ -754,12 +756,12 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
                 continue;
             }
         };
-        let input = static_input(config, service, &script, &sandbox);
         let options = PassOptions {
             dry_run: true,
             force: true,
         };
-        match run_pass(input, options, &CancellationToken::new()).await {
+        let cancel = CancellationToken::new();
+        match static_pass(config, service, &script, &sandbox, options, &cancel).await {
             Ok(report) => found.extend(crate::observe::locate(
                 &service.name,
                 args.target.trim(),

@@ -286,7 +286,6 @@ impl Shared {
         let _one_at_a_time = lock.lock().await;
         let started = Instant::now();
         let config = self.config();
-        let sandbox = self.sandbox();
         let nodes = self.membership.live(&service.name, &service.nodes);
         let result = if nodes.is_empty() && !service.nodes.is_empty() {
             // Re-planning onto nobody: refuse, loudly, and leave every file
@@ -295,35 +294,7 @@ impl Shared {
                 nodes: service.nodes.len(),
             })
         } else {
-            let node_script = service
-                .node_script
-                .as_ref()
-                .map(|p| self.cache.get(p))
-                .transpose();
-            match self
-                .cache
-                .get(&service.script)
-                .and_then(|s| Ok((s, node_script?)))
-            {
-                Err(e) => Err(PassError::Script(e)),
-                Ok((script, node_script)) => {
-                    let input = PassInput {
-                        config: &config,
-                        service,
-                        script: &script,
-                        nodes: &nodes,
-                        sandbox: &sandbox,
-                        node_filter: self.script_node_filter(service),
-                        node_script,
-                        learned_weights: self.learned_weights(service),
-                        previous: service
-                            .max_move_ratio
-                            .and_then(|_| self.status(&service.name)?.current)
-                            .map(|c| c.assignment),
-                    };
-                    run_pass(input, PassOptions::default(), &self.shutdown).await
-                }
-            }
+            self.run_service_pass(&config, service, nodes).await
         };
         if matches!(result, Err(PassError::AllNodesDown { .. })) {
             forget_deliveries(&config, service);
@@ -472,18 +443,50 @@ impl Shared {
         }
     }
 
-    /// For a health-checked service whose script supplies the nodes: watch
-    /// the nodes it returns and keep the live ones.
-    fn script_node_filter(&self, service: &Service) -> Option<crate::pass::NodeFilter> {
-        let health = service.health.clone()?;
-        let membership = Arc::clone(&self.membership);
-        let name = service.name.clone();
-        Some(Arc::new(
-            move |nodes: &[crate::shard::placement::NodeSpec]| {
-                membership.watch(&name, Some(&health), nodes);
-                membership.live(&name, nodes)
-            },
-        ))
+    /// A pass of `service` on its live nodes: `static_live` (the live
+    /// ones of its configured `nodes:`), unless its script supplies the
+    /// nodes; then those, and with `health:` the live ones of them.
+    async fn run_service_pass(
+        &self,
+        config: &Config,
+        service: &Service,
+        static_live: Vec<crate::shard::placement::NodeSpec>,
+    ) -> Result<PassReport, PassError> {
+        let script = self.cache.get(&service.script)?;
+        let node_script = service
+            .node_script
+            .as_ref()
+            .map(|p| self.cache.get(p))
+            .transpose()?;
+        let sandbox = self.sandbox();
+        let nodes =
+            match crate::pass::resolve_nodes(service, &script, node_script, &sandbox).await? {
+                None => static_live,
+                Some(all) => match &service.health {
+                    None => all,
+                    Some(health) => {
+                        self.membership.watch(&service.name, Some(health), &all);
+                        let up = self.membership.live(&service.name, &all);
+                        if up.is_empty() && !all.is_empty() {
+                            return Err(PassError::AllNodesDown { nodes: all.len() });
+                        }
+                        up
+                    }
+                },
+            };
+        let input = PassInput {
+            config,
+            service,
+            script: &script,
+            nodes: &nodes,
+            sandbox: &sandbox,
+            learned_weights: self.learned_weights(service),
+            previous: service
+                .max_move_ratio
+                .and_then(|_| self.status(&service.name)?.current)
+                .map(|c| c.assignment),
+        };
+        run_pass(input, PassOptions::default(), &self.shutdown).await
     }
 
     /// Start a runner for `service` (its first pass runs at once).
@@ -815,7 +818,7 @@ fn forget_deliveries(config: &Config, service: &Service) {
     }
     for n in state.nodes.values_mut() {
         n.delivered_hash = None;
-        n.last_result = Some("node_down".into());
+        n.last_result = Some(crate::store::state::LastResult::NodeDown);
     }
     if let Err(e) = state.save(&config.out_dir, &service.name) {
         tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");

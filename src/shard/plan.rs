@@ -89,6 +89,14 @@ pub struct MoveCap<'a> {
 }
 
 impl Plan {
+    /// Every planned file name with its node.
+    pub fn files(&self) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .map(|n| (n.file.clone(), n.node.clone()))
+            .collect()
+    }
+
     /// The shard label of `node`'s file, if the service sets one.
     pub fn shard_of<'a>(&'a self, node: &'a NodePlan) -> Option<ShardLabel<'a>> {
         self.shard_label.as_deref().map(|name| ShardLabel {
