@@ -2,7 +2,7 @@
 //!
 //! Every test runs the real binary on its own temp directory (see
 //! `tests/util/mod.rs`) and asserts on the files it wrote, its exit code and
-//! its output: the invariants of DESIGN.md (exactly R, every node gets a
+//! its output: the invariants of placement (exactly R, every node gets a
 //! file, determinism, no torn files, nothing outside `out_dir`) are checked
 //! on real files, not on library values.
 

@@ -26,8 +26,10 @@ impl Shared {
         // Drop-ins run their `fn service()`: blocking work.
         let services = {
             let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
-            tokio::task::spawn_blocking(move || crate::script::dropin::effective_services(&config, &cache))
-                .await
+            tokio::task::spawn_blocking(move || {
+                crate::script::dropin::effective_services(&config, &cache)
+            })
+            .await
         };
         let (services, problems) = match services {
             Ok(found) => found,

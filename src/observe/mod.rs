@@ -92,7 +92,7 @@ pub async fn observe_service(
         .nodes
         .iter()
         .map(|node| {
-            let api = settings.api.replace("{node}", node);
+            let api = crate::shard::template::for_node(&settings.api, service, node);
             let (job, timeout) = (job.clone(), settings.timeout);
             tokio::task::spawn_blocking(move || prom::observe(&api, &job, timeout))
         })

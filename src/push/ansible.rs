@@ -90,7 +90,7 @@ pub fn node_host(node: &str) -> &str {
 /// Fill `{node}` and `{service}` into every string of `v`.
 fn expand(v: &Value, node: &str, service: &str) -> Value {
     match v {
-        Value::String(s) => Value::String(s.replace("{node}", node).replace("{service}", service)),
+        Value::String(s) => Value::String(crate::shard::template::for_node(s, service, node)),
         Value::Array(a) => Value::Array(a.iter().map(|x| expand(x, node, service)).collect()),
         Value::Object(m) => Value::Object(
             m.iter()
@@ -131,10 +131,7 @@ pub fn host_vars(settings: &AnsiblePush, service: &Service, d: &Delivery) -> Map
     );
     vars.insert(
         "dest_sd_file_name".into(),
-        settings
-            .dest_sd_file_name
-            .replace("{node}", &d.node)
-            .replace("{service}", &service.name)
+        crate::shard::template::for_node(&settings.dest_sd_file_name, &service.name, &d.node)
             .into(),
     );
     vars.insert("service".into(), service.name.clone().into());

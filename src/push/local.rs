@@ -13,11 +13,7 @@ use crate::store::files::write_atomic;
 /// Fill `{node}` and `{service}` into a destination template. The values are
 /// validated names (no `/`), and the result must not contain `..`.
 pub fn expand_template(template: &str, node: &str, service: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(
-        template
-            .replace("{node}", node)
-            .replace("{service}", service),
-    );
+    let path = PathBuf::from(crate::shard::template::for_node(template, service, node));
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("destination {} contains '..'", path.display()));
     }

@@ -2,7 +2,7 @@
 
 use rhai::{Dynamic, Map};
 
-use super::fast::TargetList;
+use super::json_targets::TargetList;
 use crate::shard::target::{Invalid, Labels, RawGroup};
 
 /// Turn the array a script returned into groups. Items that are neither a

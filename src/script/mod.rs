@@ -22,8 +22,8 @@ mod alloc;
 pub mod cache;
 mod convert;
 pub mod dropin;
-pub mod fast;
 mod host;
+pub mod json_targets;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

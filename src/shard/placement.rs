@@ -6,7 +6,7 @@
 //!
 //! # Rendezvous hashing, chosen by measurement
 //!
-//! DESIGN.md calls this "the ring"; the placement itself is weighted
+//! The config calls this "the ring"; the placement itself is weighted
 //! rendezvous (highest-random-weight) hashing. Every (target, node) pair
 //! gets a pseudo-random draw `u` from xxh3 of the target and of the node's
 //! address; the target goes to the node with the highest `w / -ln(u)`

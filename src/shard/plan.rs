@@ -9,7 +9,7 @@
 //! (see [`crate::shard::affinity`]); the plan then also says how many groups each
 //! node has and which groups are too heavy to balance.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -349,57 +349,6 @@ fn cap_moves(
     deferred
 }
 
-/// How one node's target set changes from what it scrapes now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeMove {
-    pub node: String,
-    pub count: usize,
-    /// Targets the node gains.
-    pub moved_in: usize,
-    /// Targets the node loses.
-    pub moved_out: usize,
-}
-
-/// Compare a plan with the current per-node address sets. A node missing
-/// from `current` starts empty; nodes in `current` but not in the plan are
-/// reported with count 0 (they will lose everything).
-pub fn movement(
-    plan: &Plan,
-    targets: &[Target],
-    current: &BTreeMap<String, BTreeSet<String>>,
-) -> Vec<NodeMove> {
-    let empty = BTreeSet::new();
-    let mut out: Vec<NodeMove> = plan
-        .nodes
-        .iter()
-        .map(|n| {
-            let now = current.get(&n.node).unwrap_or(&empty);
-            let next: BTreeSet<&str> = n
-                .targets
-                .iter()
-                .map(|&i| &*targets[i as usize].addr)
-                .collect();
-            NodeMove {
-                node: n.node.clone(),
-                count: n.count,
-                moved_in: next.iter().filter(|a| !now.contains(**a)).count(),
-                moved_out: now.iter().filter(|a| !next.contains(a.as_str())).count(),
-            }
-        })
-        .collect();
-    for (node, now) in current {
-        if !plan.nodes.iter().any(|n| &n.node == node) {
-            out.push(NodeMove {
-                node: node.clone(),
-                count: 0,
-                moved_in: 0,
-                moved_out: now.len(),
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,34 +506,5 @@ mod tests {
         }
         let r = make_plan(&input, |_| Ok("same.json".into()));
         assert!(matches!(r, Err(PlanError::DuplicateFileName { .. })));
-    }
-
-    #[test]
-    fn movement_counts_in_and_out() {
-        let t = targets(300);
-        let p3 = plan_of(&t, &nodes(3), 1).unwrap();
-        let current: BTreeMap<String, BTreeSet<String>> = p3
-            .nodes
-            .iter()
-            .map(|n| {
-                let set = n
-                    .targets
-                    .iter()
-                    .map(|&i| t[i as usize].addr.to_string())
-                    .collect();
-                (n.node.clone(), set)
-            })
-            .collect();
-        let same = movement(&p3, &t, &current);
-        assert!(same.iter().all(|m| m.moved_in == 0 && m.moved_out == 0));
-        let p2 = plan_of(&t, &nodes(2), 1).unwrap();
-        let moved = movement(&p2, &t, &current);
-        let gone = moved.iter().find(|m| m.node == "prom3:9090").unwrap();
-        assert_eq!(gone.moved_out, p3.nodes[2].count);
-        let total_in: usize = moved.iter().map(|m| m.moved_in).sum();
-        assert_eq!(
-            total_in, p3.nodes[2].count,
-            "only the removed node's targets move"
-        );
     }
 }
