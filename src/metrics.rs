@@ -16,9 +16,9 @@ use prometheus_client::registry::Registry;
 
 use crate::pass::{PassError, PassReport};
 
-type Labels = Vec<(&'static str, String)>;
+type LabelSet = Vec<(&'static str, String)>;
 
-fn service(name: &str) -> Labels {
+fn service(name: &str) -> LabelSet {
     vec![("service", name.to_string())]
 }
 
@@ -48,34 +48,34 @@ const PASS_OUTCOMES: [&str; 4] = ["ok", "failed", "refused", "all_nodes_down"];
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
-    pub pass_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub passes: Family<Labels, Counter>,
-    pub targets: Family<Labels, Gauge>,
-    pub node_targets: Family<Labels, Gauge>,
-    pub invalid_targets: Family<Labels, Gauge>,
-    pub script_errors: Family<Labels, Counter>,
-    pub script_reloads: Family<Labels, Counter>,
-    pub config_reloads: Family<Labels, Counter>,
-    pub files_written: Family<Labels, Counter>,
-    pub deliveries: Family<Labels, Counter>,
-    pub mass_drop_refusals: Family<Labels, Counter>,
-    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    pub node_up: Family<Labels, Gauge>,
-    pub membership_changes: Family<Labels, Counter>,
-    pub live_nodes: Family<Labels, Gauge>,
-    pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub audit_targets: Family<Labels, Gauge>,
-    pub node_weight: Family<Labels, Gauge>,
-    pub oversized_targets: Family<Labels, Gauge>,
-    pub affinity_groups: Family<Labels, Gauge>,
-    pub affinity_ungrouped_targets: Family<Labels, Gauge>,
-    pub oversized_groups: Family<Labels, Gauge>,
-    pub node_series: Family<Labels, Gauge>,
-    pub node_head_series: Family<Labels, Gauge>,
-    pub observe_errors: Family<Labels, Counter>,
-    pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    /// Handovers and drains (see `handover_edge`).
-    pub handover: crate::handover_edge::HandoverMetrics,
+    pub pass_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub passes: Family<LabelSet, Counter>,
+    pub targets: Family<LabelSet, Gauge>,
+    pub node_targets: Family<LabelSet, Gauge>,
+    pub invalid_targets: Family<LabelSet, Gauge>,
+    pub script_errors: Family<LabelSet, Counter>,
+    pub script_reloads: Family<LabelSet, Counter>,
+    pub config_reloads: Family<LabelSet, Counter>,
+    pub files_written: Family<LabelSet, Counter>,
+    pub deliveries: Family<LabelSet, Counter>,
+    pub mass_drop_refusals: Family<LabelSet, Counter>,
+    pub last_success: Family<LabelSet, Gauge<f64, AtomicU64>>,
+    pub node_up: Family<LabelSet, Gauge>,
+    pub membership_changes: Family<LabelSet, Counter>,
+    pub live_nodes: Family<LabelSet, Gauge>,
+    pub delivery_run_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub audit_targets: Family<LabelSet, Gauge>,
+    pub node_weight: Family<LabelSet, Gauge>,
+    pub oversized_targets: Family<LabelSet, Gauge>,
+    pub affinity_groups: Family<LabelSet, Gauge>,
+    pub affinity_ungrouped_targets: Family<LabelSet, Gauge>,
+    pub oversized_groups: Family<LabelSet, Gauge>,
+    pub node_series: Family<LabelSet, Gauge>,
+    pub node_head_series: Family<LabelSet, Gauge>,
+    pub observe_errors: Family<LabelSet, Counter>,
+    pub observe_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    /// Handovers and drains.
+    pub handover: HandoverMetrics,
 }
 
 impl Default for Metrics {
@@ -115,7 +115,7 @@ impl Metrics {
             node_head_series: Family::default(),
             observe_errors: Family::default(),
             observe_duration: Family::new_with_constructor(pass_histogram),
-            handover: crate::handover_edge::HandoverMetrics::register(&mut registry),
+            handover: HandoverMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(
@@ -472,6 +472,82 @@ impl Metrics {
     }
 }
 
+/// The handover metrics.
+pub struct HandoverMetrics {
+    seconds: Family<LabelSet, Histogram, fn() -> Histogram>,
+    timeouts: Family<LabelSet, Counter>,
+    pending: Family<LabelSet, Gauge>,
+    draining: Family<LabelSet, Gauge>,
+}
+
+fn overlap_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 12))
+}
+
+impl HandoverMetrics {
+    /// Create and register them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = HandoverMetrics {
+            seconds: Family::new_with_constructor(overlap_histogram),
+            timeouts: Family::default(),
+            pending: Family::default(),
+            draining: Family::default(),
+        };
+        registry.register(
+            "handover_seconds",
+            "How long a moving target was on both its old and its new node",
+            m.seconds.clone(),
+        );
+        registry.register(
+            "handover_timeouts",
+            "Handovers ended by handover_timeout, not by the new node's confirmation",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "handovers_pending",
+            "Handovers waiting for the new node to confirm",
+            m.pending.clone(),
+        );
+        registry.register(
+            "node_draining",
+            "1 while a drained node still holds targets, 0 once it holds none",
+            m.draining.clone(),
+        );
+        m
+    }
+
+    /// Record a pass's handovers; `before` is the previous pass's report
+    /// (nodes no longer drained lose their gauge).
+    pub fn record(
+        &self,
+        service: &str,
+        before: Option<&crate::pass::handover::HandoverReport>,
+        r: &crate::pass::handover::HandoverReport,
+    ) {
+        let svc = vec![("service", service.to_string())];
+        self.pending.get_or_create(&svc).set(r.pending as i64);
+        self.timeouts.get_or_create(&svc).inc_by(0);
+        for e in &r.ended {
+            self.seconds.get_or_create(&svc).observe(e.seconds);
+            if e.timed_out {
+                self.timeouts.get_or_create(&svc).inc();
+            }
+        }
+        let node = |n: &str| vec![("service", service.to_string()), ("node", n.to_string())];
+        for d in &r.drained {
+            let draining = i64::from(d.targets_left > 0);
+            self.draining.get_or_create(&node(&d.node)).set(draining);
+        }
+        let undrained = before
+            .into_iter()
+            .flat_map(|b| b.drained.iter())
+            .filter(|d| !r.drained.iter().any(|n| n.node == d.node));
+        for d in undrained {
+            self.draining.remove(&node(&d.node));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,16 +621,16 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             deferred_moves: 0,
-            affinity: Some(crate::plan::AffinityPlan {
+            affinity: Some(crate::shard::plan::AffinityPlan {
                 template: "{labels.app}".into(),
                 groups: 7,
                 ungrouped: 2,
                 ungrouped_samples: Vec::new(),
                 oversized: Vec::new(),
                 oversized_count: 1,
-                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
+                grouping: std::sync::Arc::new(crate::shard::affinity::Groups::new(
                     &[],
-                    &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
+                    &crate::shard::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
             assignment: Default::default(),

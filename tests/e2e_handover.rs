@@ -326,17 +326,16 @@ fn report(what: &str, immediate: &Measured, mbb: &Measured) {
 }
 
 fn post(lab: &Lab, path: &str) {
-    let url = format!("{}{path}", lab.d.base);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .build()
-        .into();
-    let resp = agent
-        .post(&url)
-        .send_empty()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    let reply = lab
+        .d
+        .post(path, None)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        (200..300).contains(&reply.status),
+        "{path}: {} {}",
+        reply.status,
+        reply.body
+    );
 }
 
 #[test]
@@ -365,7 +364,7 @@ fn planned_moves_leave_no_gap_with_make_before_break() {
         (Some(drained.as_str()), Some("drained")),
         "{s}"
     );
-    let metrics = lab.d.get("/metrics").expect("metrics");
+    let metrics = lab.d.get("/metrics").expect("metrics").body;
     for line in [
         format!("promshard_node_draining{{service=\"web\",node=\"{drained}\"}} 0"),
         "promshard_handover_seconds_count{service=\"web\"}".to_string(),
@@ -445,7 +444,7 @@ fn timeout_case(lab: &Lab) {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     };
-    let earlier = counted(&lab.d.get("/metrics").expect("metrics"));
+    let earlier = counted(&lab.d.get("/metrics").expect("metrics").body);
     let started = Instant::now();
     lab.configure(4, "make_before_break");
     let (moved, n) = lab
@@ -456,7 +455,7 @@ fn timeout_case(lab: &Lab) {
                 .keys()
                 .filter(|t| owners.get(*t) != before.get(*t))
                 .collect();
-            let n = counted(&lab.d.get("/metrics")?) - earlier;
+            let n = counted(&lab.d.get("/metrics")?.body) - earlier;
             let on_3_only = moved.iter().all(|t| owners[*t] == BTreeSet::from([3]));
             let covered = owners.len() == TARGETS;
             if !covered {
@@ -478,9 +477,7 @@ fn timeout_case(lab: &Lab) {
 }
 
 fn post_to(url: &str) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
-    agent
-        .post(url)
-        .send_empty()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let agent = util::http::agent(Duration::from_secs(5));
+    let reply = util::http::read_reply(agent.post(url).send_empty()).expect(url);
+    assert_eq!(reply.status, 200, "{url}: {}", reply.body);
 }

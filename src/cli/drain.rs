@@ -1,0 +1,59 @@
+//! `promshard drain|undrain NODE`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// `promshard drain|undrain <node>`: ask the running daemon (it passes the
+/// services at once); when none answers, record it in the state of every
+/// configured service that has the node, for the next pass.
+pub(super) fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::Result<bool> {
+    let config = Config::load(config)?;
+    let verb = if drain { "drain" } else { "undrain" };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!(
+        "http://{addr}/api/v1/nodes/{}/{verb}",
+        crate::observe::prom::encode(node)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.post(&url);
+    if let Some(token) = &config.api_token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    match request.send_empty() {
+        Ok(mut resp) => {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            if resp.status().is_success() {
+                println!("{verb}: {body}");
+                return Ok(true);
+            }
+            anyhow::bail!("{url}: {}: {body}", resp.status());
+        }
+        Err(e) => eprintln!(
+            "promshard: no daemon answered at {addr} ({e}); recording the {verb} for the next pass"
+        ),
+    }
+    let mut touched = Vec::new();
+    for s in &config.services {
+        let known = s.nodes.iter().any(|n| n.addr == node)
+            || crate::store::state::ServiceState::load(&config.out_dir, &s.name)
+                .nodes
+                .contains_key(node);
+        if (known || !drain)
+            && crate::pass::handover::set_drained(&config.out_dir, &s.name, node, drain)?
+        {
+            touched.push(s.name.as_str());
+        }
+    }
+    println!("{verb} {node}: services {}", touched.join(", "));
+    Ok(!touched.is_empty() || !drain)
+}
