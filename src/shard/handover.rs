@@ -192,29 +192,7 @@ fn settle<'a>(target: &str, h: Holders<'a>, input: &Step<'_>, out: &mut Outcome)
     }
     let goal = wanted.len();
     let is_wanted = |n: &str| wanted.contains(&n);
-    // Records of nodes still holding the target and not confirmed yet.
-    let mut waiting: Vec<Handover> = Vec::new();
-    for p in pending {
-        if !held.contains(&p.to.as_str()) || waiting.iter().any(|w| w.to == p.to) {
-            continue; // it no longer holds the target (died, or dropped)
-        }
-        let scraped = input
-            .seen
-            .get(&p.to)
-            .and_then(|s| s.get(target))
-            .is_some_and(|&at| at > p.started_ms);
-        if scraped || input.now_ms >= p.started_ms.saturating_add(input.timeout_ms) {
-            if p.from.is_some() {
-                out.finished.push(Finished {
-                    handover: p.clone(),
-                    overlap_ms: input.now_ms.saturating_sub(p.started_ms),
-                    timed_out: !scraped,
-                });
-            }
-        } else {
-            waiting.push(p.clone());
-        }
-    }
+    let mut waiting = still_waiting(target, &held, &pending, input, out);
     let mut established = held.iter().filter(|n| !fresh(&waiting, n)).count();
     let mut leaving: Vec<&str> = held.iter().copied().filter(|n| !is_wanted(n)).collect();
     leaving.sort_by_key(|n| !fresh(&waiting, n));
@@ -263,6 +241,40 @@ fn settle<'a>(target: &str, h: Holders<'a>, input: &Step<'_>, out: &mut Outcome)
     }
     out.pending.extend(waiting);
     now
+}
+
+/// The records of nodes that still hold `target` and have not confirmed
+/// it; the others ended (confirmed, or timed out) and go to `out`.
+fn still_waiting(
+    target: &str,
+    held: &[&str],
+    pending: &[&Handover],
+    input: &Step<'_>,
+    out: &mut Outcome,
+) -> Vec<Handover> {
+    let mut waiting: Vec<Handover> = Vec::new();
+    for &p in pending {
+        if !held.contains(&p.to.as_str()) || waiting.iter().any(|w| w.to == p.to) {
+            continue; // it no longer holds the target (died, or dropped)
+        }
+        let scraped = input
+            .seen
+            .get(&p.to)
+            .and_then(|s| s.get(target))
+            .is_some_and(|&at| at > p.started_ms);
+        if scraped || input.now_ms >= p.started_ms.saturating_add(input.timeout_ms) {
+            if p.from.is_some() {
+                out.finished.push(Finished {
+                    handover: p.clone(),
+                    overlap_ms: input.now_ms.saturating_sub(p.started_ms),
+                    timed_out: !scraped,
+                });
+            }
+        } else {
+            waiting.push(p.clone());
+        }
+    }
+    waiting
 }
 
 /// Whether `node` holds the target without having confirmed it yet.
