@@ -766,20 +766,7 @@ impl Shared {
         let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
         let checked = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path).map_err(|e| e.to_string())?;
-            let problems: Vec<String> = config
-                .services
-                .iter()
-                .filter_map(|s| {
-                    crate::config::check_service_scripts(s, &cache)
-                        .err()
-                        .map(|e| format!("{e} (service {})", s.name))
-                })
-                .collect();
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(problems.join("\n"))
-            }
+            crate::script::dropin::check_config_scripts(&config, &cache).map(|()| config)
         })
         .await
         .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));
@@ -867,6 +854,15 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
+    // Start-up takes only what a reload would: there is no last good
+    // version of a script yet, so a missing or broken one stops the start.
+    let cache = Arc::new(ScriptCache::new());
+    crate::script::dropin::check_config_scripts(&config, &cache).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}: config rejected, not starting:\n{problems}",
+            config_path.display()
+        )
+    })?;
     if let Some(warning) = config.exposure_warning() {
         tracing::warn!("{warning}");
     }
@@ -883,7 +879,7 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         status: RwLock::new(BTreeMap::new()),
         pass_locks: Mutex::new(HashMap::new()),
         weights: Mutex::new(HashMap::new()),
-        cache: Arc::new(ScriptCache::new()),
+        cache,
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),
         retiring: Mutex::new(Vec::new()),
