@@ -169,20 +169,7 @@ impl Shared {
         let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
         let checked = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path).map_err(|e| e.to_string())?;
-            let problems: Vec<String> = config
-                .services
-                .iter()
-                .filter_map(|s| {
-                    crate::script::dropin::check_service_scripts(s, &cache)
-                        .err()
-                        .map(|e| format!("{e} (service {})", s.name))
-                })
-                .collect();
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(problems.join("\n"))
-            }
+            crate::script::dropin::check_config_scripts(&config, &cache).map(|()| config)
         })
         .await
         .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));
