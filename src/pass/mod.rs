@@ -330,15 +330,9 @@ mod tests {
         let nodes = [NodeSpec::new("p1:9090"), NodeSpec::new("p2:9090")];
         let plan = make_plan(
             &PlanInput {
-                service: "svc",
-                nodes: &nodes,
-                targets: &targets,
-                replicas: 1,
-                ring: &Default::default(),
                 file_type: FileType::Yaml,
-                move_cap: None,
-                affinity: None,
                 shard_label: Some("shard"),
+                ..PlanInput::new("svc", &nodes, &targets)
             },
             |a| {
                 Ok(default_file_name(
