@@ -224,6 +224,12 @@ async fn pass_command(
     options: PassOptions,
 ) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
+    if config.ha.is_some() && !options.dry_run {
+        anyhow::bail!(
+            "{}: ha: is set, so only the elected leader of `promshard run` writes and delivers; `once` would bypass the election (use `plan`, or remove ha: for a one-off)",
+            path.display()
+        );
+    }
     let sandbox = Sandbox::for_config(&config);
     let cancel = CancellationToken::new();
     let cache = Arc::new(ScriptCache::new());
@@ -302,6 +308,7 @@ fn static_input<'a>(
         node_script: None,
         learned_weights: None,
         previous: None,
+        fence: None,
     }
 }
 

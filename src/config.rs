@@ -85,6 +85,9 @@ struct RawConfig {
     env_allowlist: Option<Vec<String>>,
     #[serde(default)]
     services: Vec<RawService>,
+    /// Leader election on etcd (`crate::ha`); absent: one instance.
+    #[serde(default)]
+    ha: Option<crate::ha::RawHa>,
 }
 
 fn default_scripts_dir() -> PathBuf {
@@ -252,6 +255,8 @@ pub struct Config {
     pub services: Vec<Arc<Service>>,
     /// The `defaults:` block, applied to every service.
     defaults: RawService,
+    /// `ha:`: elect one delivering leader on etcd.
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 /// Format of the sd files.
@@ -630,6 +635,16 @@ impl Config {
                 }
             }
         }
+        let ha = raw.ha.and_then(|h| {
+            crate::ha::config::check(h, &base_dir, listen)
+                .map_err(|p| {
+                    problems.extend(
+                        p.into_iter()
+                            .map(|(location, message)| ConfigProblem { location, message }),
+                    )
+                })
+                .ok()
+        });
         let out_dir = base_dir.join(raw.out_dir);
         if let Err(message) = check_out_dir(&out_dir) {
             problems.push(ConfigProblem {
@@ -655,6 +670,7 @@ impl Config {
             base_dir,
             listen,
             services,
+            ha,
         })
     }
 

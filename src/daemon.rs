@@ -123,6 +123,8 @@ pub struct Shared {
     /// Runners of changed or removed services finishing their last pass;
     /// shutdown waits for them too.
     retiring: Mutex<Vec<JoinHandle<()>>>,
+    /// With `ha:` (read at start): the election; only its leader delivers.
+    pub ha: Option<Arc<crate::ha::Ha>>,
 }
 
 use crate::state::unix_now;
@@ -306,6 +308,8 @@ impl Shared {
             {
                 Err(e) => Err(PassError::Script(e)),
                 Ok((script, node_script)) => {
+                    let (options, fence) = self.ha_mode(&config, service);
+                    let epoch = fence.as_ref().map(|f| f.epoch);
                     let input = PassInput {
                         config: &config,
                         service,
@@ -319,14 +323,24 @@ impl Shared {
                             .max_move_ratio
                             .and_then(|_| self.status(&service.name)?.current)
                             .map(|c| c.assignment),
+                        fence,
                     };
-                    run_pass(input, PassOptions::default(), &self.shutdown).await
+                    let result = run_pass(input, options, &self.shutdown).await;
+                    if let (Some(ha), Some(epoch), Ok(r)) = (&self.ha, epoch, &result) {
+                        ha.publish(&service.name, epoch, &r.plan_hash).await;
+                    }
+                    result
                 }
             }
         };
-        if matches!(result, Err(PassError::AllNodesDown { .. })) {
+        let standby = self
+            .ha
+            .as_ref()
+            .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
+        if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
             forget_deliveries(&config, service);
         }
+
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.record_pass(&service.name, seconds, &result);
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
@@ -384,6 +398,33 @@ impl Shared {
             s.current = Some(report);
         }
         next_step
+    }
+
+    /// With `ha:`, how this pass runs: a standby computes only (dry run);
+    /// a leader delivers, fenced, and resends every file on its first pass
+    /// of a term (what an earlier leader delivered is unknown).
+    fn ha_mode(
+        &self,
+        config: &Config,
+        service: &Service,
+    ) -> (PassOptions, Option<crate::ha::Fence>) {
+        match self.ha.as_ref().map(|ha| ha.mode()) {
+            None => (PassOptions::default(), None),
+            Some(crate::ha::PassMode::Standby) => (
+                PassOptions {
+                    dry_run: true,
+                    ..PassOptions::default()
+                },
+                None,
+            ),
+            Some(crate::ha::PassMode::Leader(fence)) => {
+                let ha = self.ha.as_ref().expect("matched above");
+                if ha.first_pass_of_term(&service.name, fence.epoch) {
+                    forget_deliveries(config, service);
+                }
+                (PassOptions::default(), Some(fence))
+            }
+        }
     }
 
     /// Observe the nodes of `name`'s plan in effect every `interval` until
@@ -802,6 +843,27 @@ impl Shared {
     }
 }
 
+/// Follow the election: metrics, and a pass of every service on a change
+/// of role (a new leader delivers at once; a standby plans at once).
+async fn follow_ha(ha: Arc<crate::ha::Ha>, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut changes = ha.subscribe();
+    let mut role = None;
+    loop {
+        let status = changes.borrow_and_update().clone();
+        shared.metrics.ha(&status);
+        if role.replace(status.role) != Some(status.role) {
+            let names: Vec<String> = shared.runners.lock().await.keys().cloned().collect();
+            for name in names {
+                shared.trigger(&name, "ha role change").await;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
 /// Every node of `service` is down: forget what was delivered (not the
 /// files). A returning server may have lost its disk, so each node is sent
 /// its file again when it is back, even if the content is unchanged.
@@ -874,6 +936,10 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         .await
         .context("starting the cron scheduler")?;
     let (membership, mut membership_events) = Membership::new(shutdown.clone());
+    let ha = config
+        .ha
+        .clone()
+        .map(|h| crate::ha::Ha::start(h, shutdown.clone()));
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         config: RwLock::new(Arc::clone(&config)),
@@ -887,6 +953,13 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
         scheduler: scheduler.clone(),
         shutdown: shutdown.clone(),
         retiring: Mutex::new(Vec::new()),
+        ha: ha.as_ref().map(|(ha, _)| Arc::clone(ha)),
+    });
+    let ha_task = ha.map(|(ha, election)| {
+        (
+            election,
+            tokio::spawn(follow_ha(ha, Arc::clone(&shared), shutdown.clone())),
+        )
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -974,6 +1047,10 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     let _ = sched.shutdown().await;
     let _ = http.await;
     let _ = membership_task.await;
+    if let Some((election, follow)) = ha_task {
+        let _ = election.await;
+        let _ = follow.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

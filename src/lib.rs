@@ -11,6 +11,7 @@ pub mod affinity;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod ha;
 pub mod http;
 pub mod membership;
 pub mod metrics;

@@ -21,7 +21,7 @@ use crate::output::{self, OutputError, content_hash, render};
 use crate::plan::{
     AffinityPlan, FileNameArgs, MoveCap, Plan, PlanError, PlanInput, default_file_name, make_plan,
 };
-use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
+use crate::push::{Delivered, Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::ring::NodeSpec;
 use crate::script::{CompiledScript, Sandbox, ScriptError, ScriptRun};
 use crate::state::{NodeState, ServiceState, unix_now};
@@ -191,9 +191,12 @@ pub struct PassReport {
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
-    /// What each node holds after this pass (not in dry runs), for `/sd`.
+    /// What each node holds after this pass (planned, in dry runs), for `/sd`.
     #[serde(skip)]
     pub sd: Option<Arc<SdSnapshot>>,
+    /// Hash of every node's file name and content: equal hashes, same
+    /// assignment (`ha:` standbys compare it with the leader's).
+    pub plan_hash: String,
 }
 
 /// The targets and plan of a pass, kept in memory so that `/sd` answers
@@ -267,6 +270,9 @@ pub struct PassInput<'a> {
     pub learned_weights: Option<Arc<BTreeMap<String, u32>>>,
     /// The plan in effect, for `max_move_ratio` (`None`: no cap this pass).
     pub previous: Option<Arc<Assignment>>,
+    /// With `ha:`, the leader's fence: confirmed right before delivering,
+    /// and carried by every delivery.
+    pub fence: Option<crate::ha::Fence>,
 }
 
 /// Given the nodes a script returned, the ones in the ring.
@@ -883,10 +889,15 @@ pub async fn run_pass(
         phases_ms: computed.phases.clone(),
         delivery_runs_s: Vec::new(),
         sd: None,
+        plan_hash: plan_hash(&nodes, &hashes),
     };
     report.phases_ms.render = emitted.render_ms;
     if options.dry_run {
         report.nodes = nodes;
+        report.sd = Some(Arc::new(SdSnapshot {
+            targets: computed.targets,
+            plan: computed.plan,
+        }));
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
@@ -904,6 +915,15 @@ pub async fn run_pass(
         .filter(|n| !planned_nodes.contains(n.as_str()))
         .cloned()
         .collect();
+    let fenced = match &input.fence {
+        Some(fence) if pusher.delivers() => Some(fence.confirm().await),
+        _ => None,
+    };
+    let epoch = fenced.as_ref().and_then(|f| f.as_ref().ok().copied());
+    let deliver = async |batch: Vec<Delivery>, retry: bool| match &fenced {
+        Some(Err(why)) => Delivered::fenced(&batch, why),
+        _ => pusher.deliver(service, batch, cancel, retry).await,
+    };
     if pusher.delivers() {
         let batch: Vec<Delivery> = nodes
             .iter()
@@ -915,9 +935,10 @@ pub async fn run_pass(
                 node: n.node.clone(),
                 file: dir.join(&n.file),
                 file_name: n.file.clone(),
+                epoch,
             })
             .collect();
-        let delivered = pusher.deliver(service, batch, cancel, true).await;
+        let delivered = deliver(batch, true).await;
         report.delivery_runs_s = delivered.run_seconds;
         for r in delivered.nodes {
             if let Some(n) = nodes.iter_mut().find(|n| n.node == r.node) {
@@ -954,9 +975,10 @@ pub async fn run_pass(
                         node: node.clone(),
                         file: empty.clone(),
                         file_name: format!("empty.{}", service.file_type.ext()),
+                        epoch,
                     })
                     .collect();
-                let delivered = pusher.deliver(service, batch, cancel, false).await;
+                let delivered = deliver(batch, false).await;
                 report.delivery_runs_s.extend(delivered.run_seconds);
                 report.departed = delivered.nodes;
             }
@@ -1022,6 +1044,15 @@ pub async fn run_pass(
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);
     Ok(report)
+}
+
+/// The hash of a plan's files: every node, its file name and content hash.
+fn plan_hash(nodes: &[NodeReport], hashes: &[String]) -> String {
+    let mut text = String::new();
+    for (n, h) in nodes.iter().zip(hashes) {
+        text.push_str(&format!("{}\t{}\t{h}\n", n.node, n.file));
+    }
+    content_hash(text.as_bytes())
 }
 
 /// Warn about what affinity could not do as asked: targets without the

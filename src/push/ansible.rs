@@ -45,6 +45,7 @@ pub const RESERVED_VARS: &[&str] = &[
     "service",
     "service_port",
     "node",
+    "promshard_epoch",
 ];
 
 /// Backoff before retry `n` (1-based): 1s, 2s, 4s, … capped at 30s.
@@ -148,6 +149,9 @@ pub fn host_vars(settings: &AnsiblePush, service: &Service, d: &Delivery) -> Map
         vars.insert("service_port".into(), port.into());
     }
     vars.insert("node".into(), d.node.clone().into());
+    if let Some(epoch) = d.epoch {
+        vars.insert("promshard_epoch".into(), epoch.into());
+    }
     vars
 }
 
@@ -597,6 +601,10 @@ pub async fn run_batch(
                             format!("{} (see ansible-playbook output)", r.result.as_str())
                         }))
                     };
+                    // The playbook's epoch marker refused a stale leader.
+                    if r.error.as_deref().is_some_and(|e| e.starts_with("fenced:")) {
+                        r.result = DeliveryResult::Fenced;
+                    }
                 }
                 (Ended::Exited(_), None) => {
                     r.result = DeliveryResult::Failed;
@@ -622,7 +630,7 @@ pub async fn run_batch(
                 }
             }
             *counts.entry(r.result.as_str()).or_default() += 1;
-            if !r.result.is_success() {
+            if !r.result.is_success() && r.result != DeliveryResult::Fenced {
                 still.push(i);
             }
         }
