@@ -329,6 +329,9 @@ impl Shared {
                     if let (Some(ha), Some(epoch), Ok(r)) = (&self.ha, epoch, &result) {
                         ha.publish(&service.name, epoch, &r.plan_hash).await;
                     }
+                    if let (Some(ha), Ok(r)) = (&self.ha, &result) {
+                        ha.keep(&service.name, r);
+                    }
                     result
                 }
             }

@@ -341,17 +341,19 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
             format!("service {service:?} has no successful pass yet"),
         );
     };
-    // ha: a standby answers only with the plan the leader delivered.
-    if let Some(ha) = &shared.ha
-        && let Err(why) = ha.may_serve(&service, &current.plan_hash, !current.dry_run)
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, why);
-    }
-    let Some(snapshot) = current.sd else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("service {service:?} has no successful pass yet"),
-        );
+    // ha: only ever the plan the leader delivered.
+    let snapshot = match (&shared.ha, current.sd.clone()) {
+        (Some(ha), _) => match ha.sd_answer(&service, &current) {
+            Ok(sd) => sd,
+            Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        (None, Some(sd)) => sd,
+        (None, None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service {service:?} has no successful pass yet"),
+            );
+        }
     };
     let config = shared.config();
     let seen = status.nodes_seen.contains(&node)

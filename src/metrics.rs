@@ -601,6 +601,7 @@ mod tests {
             }),
             assignment: Default::default(),
             sd: None,
+            plan_hash: String::new(),
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();

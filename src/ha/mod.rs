@@ -44,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{HaConfig, RawHa};
 
+use crate::pass::{PassReport, SdSnapshot};
+
 /// This instance's part in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,6 +123,9 @@ pub struct Ha {
     published: Mutex<HashMap<String, String>>,
     /// Per service, the epoch of its last pass as leader.
     passed: Mutex<HashMap<String, u64>>,
+    /// Per service, the last plan computed here that the leader delivered:
+    /// its hash and `/sd` answer.
+    kept: Mutex<HashMap<String, (String, Arc<SdSnapshot>)>>,
 }
 
 type Campaign =
@@ -152,6 +157,7 @@ impl Ha {
             client: Mutex::new(None),
             published: Mutex::new(HashMap::new()),
             passed: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(Arc::clone(&ha).run(shutdown));
         (ha, task)
@@ -183,21 +189,40 @@ impl Ha {
         lock(&self.passed).insert(service.to_string(), epoch) != Some(epoch)
     }
 
-    /// Whether `/sd` may answer from a plan with hash `plan_hash` (`applied`:
-    /// this instance wrote it as leader). A standby answers only with the
-    /// plan the leader published, so never a different assignment.
-    pub fn may_serve(&self, service: &str, plan_hash: &str, applied: bool) -> Result<(), String> {
-        if applied && self.status.borrow().role == Role::Leader {
-            return Ok(());
-        }
-        match lock(&self.published).get(service) {
-            Some(h) if h == plan_hash => Ok(()),
-            Some(_) => Err(format!(
-                "this instance is a standby and its plan for {service:?} differs from the one the leader delivered; ask the leader"
+    /// What `/sd` answers for `service` given its last pass `current`: the
+    /// plan the leader delivered, never a different assignment. The leader
+    /// answers from its own delivered plan; anyone else from the last plan
+    /// it computed that equals the one the leader published (kept, so that
+    /// it still answers while etcd or the leader is away).
+    pub fn sd_answer(
+        &self,
+        service: &str,
+        current: &PassReport,
+    ) -> Result<Arc<SdSnapshot>, String> {
+        self.keep(service, current);
+        let published = lock(&self.published).get(service).cloned();
+        let kept = lock(&self.kept).get(service).cloned();
+        match (published, kept) {
+            (Some(p), Some((h, sd))) if p == h => Ok(sd),
+            (Some(_), _) => Err(format!(
+                "this instance is a standby and has not planned what the leader delivered for {service:?}; ask the leader"
             )),
-            None => Err(format!(
+            (None, _) => Err(format!(
                 "this instance is a standby and no leader has published a plan for {service:?} yet"
             )),
+        }
+    }
+
+    /// Remember `report`'s plan if it is the one the leader delivered.
+    pub fn keep(&self, service: &str, report: &PassReport) {
+        let Some(sd) = &report.sd else { return };
+        let delivered_here = !report.dry_run && self.status.borrow().role == Role::Leader;
+        let published = lock(&self.published).get(service) == Some(&report.plan_hash);
+        if delivered_here || published {
+            lock(&self.kept).insert(
+                service.to_string(),
+                (report.plan_hash.clone(), Arc::clone(sd)),
+            );
         }
     }
 
