@@ -524,6 +524,15 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     if let Some(warning) = config.exposure_warning() {
         eprintln!("warning: {warning}");
     }
+    if let Some(ha) = &config.ha {
+        println!(
+            "ok: ha cluster {} as instance {} on etcd {} (lease_ttl {}s; etcd not contacted)",
+            ha.name,
+            ha.instance,
+            ha.endpoints.join(", "),
+            ha.lease_ttl.as_secs()
+        );
+    }
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);
     let (services, problems) = effective_services(&config, &cache);

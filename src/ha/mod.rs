@@ -280,7 +280,7 @@ impl Ha {
         let ask =
             client.lease_time_to_live(term.lease, Some(LeaseTimeToLiveOptions::new().with_keys()));
         match timeout(self.rpc_timeout(), ask).await {
-            Ok(Ok(r)) if r.ttl() > 0 && r.keys().iter().any(|k| *k == term.key) => Ok(()),
+            Ok(Ok(r)) if r.ttl() > 0 && r.keys().contains(&term.key) => Ok(()),
             Ok(Ok(_)) => Err(format!(
                 "fenced: lease {:x} of epoch {epoch} has expired; leadership lost",
                 term.lease
