@@ -455,7 +455,8 @@ impl Ha {
                 tracing::info!(cluster = %self.cfg.name, instance = %self.cfg.instance, epoch = e, "elected leader")
             }
             (Some(e), None) => {
-                tracing::warn!(cluster = %self.cfg.name, instance = %self.cfg.instance, epoch = e, "no longer the leader; delivering nothing")
+                // Why (resigned, lease lost) is logged where it happened.
+                tracing::info!(cluster = %self.cfg.name, instance = %self.cfg.instance, epoch = e, "leadership ended; delivering nothing")
             }
             _ => {}
         }
