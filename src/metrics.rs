@@ -16,9 +16,9 @@ use prometheus_client::registry::Registry;
 
 use crate::pass::{PassError, PassReport};
 
-type Labels = Vec<(&'static str, String)>;
+type LabelSet = Vec<(&'static str, String)>;
 
-fn service(name: &str) -> Labels {
+fn service(name: &str) -> LabelSet {
     vec![("service", name.to_string())]
 }
 
@@ -48,36 +48,36 @@ const PASS_OUTCOMES: [&str; 4] = ["ok", "failed", "refused", "all_nodes_down"];
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
-    pub pass_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub passes: Family<Labels, Counter>,
-    pub targets: Family<Labels, Gauge>,
-    pub node_targets: Family<Labels, Gauge>,
-    pub invalid_targets: Family<Labels, Gauge>,
-    pub script_errors: Family<Labels, Counter>,
-    pub script_reloads: Family<Labels, Counter>,
-    pub config_reloads: Family<Labels, Counter>,
-    pub files_written: Family<Labels, Counter>,
-    pub deliveries: Family<Labels, Counter>,
-    pub mass_drop_refusals: Family<Labels, Counter>,
-    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    pub node_up: Family<Labels, Gauge>,
-    pub membership_changes: Family<Labels, Counter>,
-    pub live_nodes: Family<Labels, Gauge>,
-    pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub audit_targets: Family<Labels, Gauge>,
-    pub node_weight: Family<Labels, Gauge>,
-    pub oversized_targets: Family<Labels, Gauge>,
-    pub affinity_groups: Family<Labels, Gauge>,
-    pub affinity_ungrouped_targets: Family<Labels, Gauge>,
-    pub oversized_groups: Family<Labels, Gauge>,
-    pub node_series: Family<Labels, Gauge>,
-    pub node_head_series: Family<Labels, Gauge>,
-    pub observe_errors: Family<Labels, Counter>,
-    pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub pass_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub passes: Family<LabelSet, Counter>,
+    pub targets: Family<LabelSet, Gauge>,
+    pub node_targets: Family<LabelSet, Gauge>,
+    pub invalid_targets: Family<LabelSet, Gauge>,
+    pub script_errors: Family<LabelSet, Counter>,
+    pub script_reloads: Family<LabelSet, Counter>,
+    pub config_reloads: Family<LabelSet, Counter>,
+    pub files_written: Family<LabelSet, Counter>,
+    pub deliveries: Family<LabelSet, Counter>,
+    pub mass_drop_refusals: Family<LabelSet, Counter>,
+    pub last_success: Family<LabelSet, Gauge<f64, AtomicU64>>,
+    pub node_up: Family<LabelSet, Gauge>,
+    pub membership_changes: Family<LabelSet, Counter>,
+    pub live_nodes: Family<LabelSet, Gauge>,
+    pub delivery_run_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub audit_targets: Family<LabelSet, Gauge>,
+    pub node_weight: Family<LabelSet, Gauge>,
+    pub oversized_targets: Family<LabelSet, Gauge>,
+    pub affinity_groups: Family<LabelSet, Gauge>,
+    pub affinity_ungrouped_targets: Family<LabelSet, Gauge>,
+    pub oversized_groups: Family<LabelSet, Gauge>,
+    pub node_series: Family<LabelSet, Gauge>,
+    pub node_head_series: Family<LabelSet, Gauge>,
+    pub observe_errors: Family<LabelSet, Counter>,
+    pub observe_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
     /// `ha:` only (absent without it).
-    pub leader: Family<Labels, Gauge>,
-    pub ha_role: Family<Labels, Gauge>,
-    pub ha_epoch: Family<Labels, Gauge>,
+    pub leader: Family<LabelSet, Gauge>,
+    pub ha_role: Family<LabelSet, Gauge>,
+    pub ha_epoch: Family<LabelSet, Gauge>,
 }
 
 impl Default for Metrics {
@@ -587,16 +587,16 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             deferred_moves: 0,
-            affinity: Some(crate::plan::AffinityPlan {
+            affinity: Some(crate::shard::plan::AffinityPlan {
                 template: "{labels.app}".into(),
                 groups: 7,
                 ungrouped: 2,
                 ungrouped_samples: Vec::new(),
                 oversized: Vec::new(),
                 oversized_count: 1,
-                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
+                grouping: std::sync::Arc::new(crate::shard::affinity::Groups::new(
                     &[],
-                    &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
+                    &crate::shard::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
             assignment: Default::default(),

@@ -311,7 +311,7 @@ fn one_of_two_delivers_and_the_standby_takes_over_on_kill_and_on_sigterm() {
         !lab.dir.join(format!("i{standby}/out/{SERVICE}")).exists(),
         "a standby writes nothing"
     );
-    let metrics = lab.instance(leader).get("/metrics").unwrap();
+    let metrics = lab.instance(leader).body("/metrics").unwrap();
     assert!(
         metrics.contains("promshard_leader 1")
             && metrics.contains("promshard_ha_role{role=\"leader\"} 1"),
@@ -462,7 +462,7 @@ fn three_etcd_members_survive_one_and_without_etcd_nobody_delivers() {
             || {
                 let got = sd_entries(
                     lab.instance(i)
-                        .get(&format!("/sd/{SERVICE}/{node}"))?
+                        .body(&format!("/sd/{SERVICE}/{node}"))?
                         .as_bytes(),
                 );
                 if got == delivered_targets {
@@ -490,7 +490,7 @@ fn three_etcd_members_survive_one_and_without_etcd_nobody_delivers() {
     lab.set_targets(&targets(20, 0));
     for i in 0..2 {
         lab.instance(i)
-            .get("/healthz")
+            .body("/healthz")
             .unwrap_or_else(|e| lab.fail(&e));
     }
     holds("files untouched, /healthz and /sd answer", 3 * TTL, || {
@@ -498,10 +498,10 @@ fn three_etcd_members_survive_one_and_without_etcd_nobody_delivers() {
             return Err("a file changed".into());
         }
         for i in 0..2 {
-            lab.instance(i).get("/healthz")?;
+            lab.instance(i).body("/healthz")?;
             let got = sd_entries(
                 lab.instance(i)
-                    .get(&format!("/sd/{SERVICE}/{node}"))?
+                    .body(&format!("/sd/{SERVICE}/{node}"))?
                     .as_bytes(),
             );
             if got != delivered_targets {

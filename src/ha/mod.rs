@@ -18,14 +18,11 @@
 //! - **Standby**: runs scripts and plans on schedule (warm: nothing to
 //!   start on takeover) but writes and delivers nothing; `/sd` answers only
 //!   while its plan equals the one the leader published in etcd.
-//! - **Fencing** ([`fence`]): each delivery carries the epoch, and the
+//! - **Fencing** (`push::fence`): each delivery carries the epoch, and the
 //!   destination refuses one older than the newest it has seen — for a
 //!   leader paused between its lease check and its write.
 //! - **SIGTERM** revokes the lease at once: a standby takes over without
 //!   waiting out the TTL. Without etcd nobody is promoted.
-
-pub mod config;
-pub mod fence;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,7 +39,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{HaConfig, RawHa};
+pub use crate::config::ha::HaConfig;
+pub use crate::pass::Fence;
 
 use crate::pass::{PassReport, SdSnapshot};
 
@@ -98,21 +96,6 @@ pub enum PassMode {
     Leader(Fence),
 }
 
-/// A leader's right to deliver: its epoch, checked against etcd right
-/// before each delivery.
-#[derive(Clone)]
-pub struct Fence {
-    pub epoch: u64,
-    ha: Arc<Ha>,
-}
-
-impl Fence {
-    /// Ok when etcd confirms the lease alive and holding the election key.
-    pub async fn confirm(&self) -> Result<u64, String> {
-        self.ha.confirm(self.epoch).await.map(|()| self.epoch)
-    }
-}
-
 /// The HA side of a running daemon; shared behind an `Arc`.
 pub struct Ha {
     cfg: HaConfig,
@@ -137,11 +120,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ha {
-    /// Start campaigning; the task ends (resigning) when `shutdown` fires.
-    pub fn start(
-        cfg: HaConfig,
-        shutdown: CancellationToken,
-    ) -> (Arc<Ha>, tokio::task::JoinHandle<()>) {
+    /// The election of this instance; [`Ha::run`] campaigns.
+    pub fn new(cfg: HaConfig) -> Arc<Ha> {
         let (status, _) = watch::channel(HaStatus {
             cluster: cfg.name.clone(),
             instance: cfg.instance.clone(),
@@ -150,7 +130,7 @@ impl Ha {
             leader: None,
             etcd_error: None,
         });
-        let ha = Arc::new(Ha {
+        Arc::new(Ha {
             cfg,
             status,
             term: Mutex::new(None),
@@ -158,9 +138,7 @@ impl Ha {
             published: Mutex::new(HashMap::new()),
             passed: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
-        });
-        let task = tokio::spawn(Arc::clone(&ha).run(shutdown));
-        (ha, task)
+        })
     }
 
     pub fn status(&self) -> HaStatus {
@@ -175,10 +153,18 @@ impl Ha {
     /// How a pass started now runs.
     pub fn mode(self: &Arc<Self>) -> PassMode {
         match &*lock(&self.term) {
-            Some(t) => PassMode::Leader(Fence {
-                epoch: t.epoch,
-                ha: Arc::clone(self),
-            }),
+            Some(t) => {
+                let (ha, epoch) = (Arc::clone(self), t.epoch);
+                PassMode::Leader(Fence {
+                    epoch,
+                    // Ok when etcd confirms the lease alive and holding the
+                    // election key.
+                    confirm: Arc::new(move || {
+                        let ha = Arc::clone(&ha);
+                        Box::pin(async move { ha.confirm(epoch).await })
+                    }),
+                })
+            }
             None => PassMode::Standby,
         }
     }
@@ -294,8 +280,8 @@ impl Ha {
     }
 
     /// Campaign, lead, and campaign again after each lost term, until
-    /// `shutdown`.
-    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// `shutdown` (then resign).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let retry = self.rpc_timeout();
         while !shutdown.is_cancelled() {
             match self.term(&shutdown).await {

@@ -1,25 +1,21 @@
 //! `push: local`: copy each node's file atomically to a path template,
 //! e.g. `/srv/prom/{node}/sd/node.json`. Used when the Prometheus servers
 //! read a shared or local filesystem, and by the end-to-end tests. Under
-//! `ha:` each copy is fenced by the leader's epoch (`ha::fence`).
+//! `ha:` each copy is fenced by the leader's epoch (`push::fence`).
 
 use std::path::{Component, Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use super::fence::{FenceError, write_fenced};
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::Service;
-use crate::ha::fence::{FenceError, write_fenced};
-use crate::output::write_atomic;
+use crate::store::files::write_atomic;
 
 /// Fill `{node}` and `{service}` into a destination template. The values are
 /// validated names (no `/`), and the result must not contain `..`.
 pub fn expand_template(template: &str, node: &str, service: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(
-        template
-            .replace("{node}", node)
-            .replace("{service}", service),
-    );
+    let path = PathBuf::from(crate::shard::template::for_node(template, service, node));
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("destination {} contains '..'", path.display()));
     }

@@ -12,6 +12,7 @@
 //! `ansible-playbook` run per pass).
 
 pub mod ansible;
+pub mod fence;
 mod local;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AnsiblePush, Push, Service};
+use crate::store::state::LastResult;
 
 pub use local::expand_template;
 
@@ -32,7 +34,7 @@ pub struct Delivery {
     /// File name (without directory).
     pub file_name: String,
     /// With `ha:`, the leader's epoch: the destination refuses it when a
-    /// newer leader has delivered there (see `ha::fence`).
+    /// newer leader has delivered there (see `push::fence`).
     pub epoch: Option<u64>,
 }
 
@@ -78,6 +80,18 @@ impl DeliveryResult {
             Self::Unreachable => "unreachable",
             Self::SkippedUnchanged => "skipped-unchanged",
             Self::Fenced => "fenced",
+        }
+    }
+}
+
+impl From<DeliveryResult> for LastResult {
+    fn from(r: DeliveryResult) -> Self {
+        match r {
+            DeliveryResult::Ok | DeliveryResult::SkippedUnchanged => LastResult::Ok,
+            DeliveryResult::Changed => LastResult::Changed,
+            DeliveryResult::Failed => LastResult::Failed,
+            DeliveryResult::Unreachable => LastResult::Unreachable,
+            DeliveryResult::Fenced => LastResult::Fenced,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::child::{ChildGuard, free_port, poll};
-use super::prom::get;
+use super::http::get;
 use super::tools::etcd;
 
 /// One member.

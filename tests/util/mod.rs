@@ -21,6 +21,9 @@ pub mod child;
 pub mod daemon;
 pub mod etcd;
 pub mod exporters;
+pub mod exposition;
+pub mod fixture;
+pub mod http;
 pub mod prom;
 pub mod tools;
 

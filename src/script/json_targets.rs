@@ -22,8 +22,8 @@ use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 
 use std::collections::HashMap;
 
-use crate::target::{Invalid, Labels, LabelsBuilder, RawGroup};
-use crate::template::Template;
+use crate::shard::target::{Invalid, Labels, LabelsBuilder, RawGroup};
+use crate::shard::template::Template;
 
 /// Groups built natively; returned by `targets_from_json`.
 #[derive(Clone, Debug, Default)]

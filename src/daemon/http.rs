@@ -266,7 +266,12 @@ async fn status_page(State(shared): App, Query(q): Query<PageQuery>) -> Response
     let target = q.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let found = target.map(|t| (t, where_answers(&statuses, t, None)));
     let ha = shared.ha.as_ref().map(|h| h.status());
-    let page = crate::status_page::render(&statuses, ha.as_ref(), found, crate::state::unix_now());
+    let page = super::status_page::render(
+        &statuses,
+        ha.as_ref(),
+        found,
+        crate::store::state::unix_now(),
+    );
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -369,7 +374,7 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
         // list, not an error: Prometheus keeps its last targets when a
         // refresh fails, and would scrape them twice.
         None if seen
-            || crate::state::ServiceState::load(&out_dir, &service_name)
+            || crate::store::state::ServiceState::load(&out_dir, &service_name)
                 .nodes
                 .contains_key(&node_name) =>
         {

@@ -99,6 +99,15 @@ impl Template {
     }
 }
 
+/// Fill `{node}` and `{service}` into a per-node setting (a destination
+/// path, an API URL, an Ansible variable): the one expansion every such
+/// setting uses.
+pub fn for_node(template: &str, service: &str, node: &str) -> String {
+    template
+        .replace("{node}", node)
+        .replace("{service}", service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

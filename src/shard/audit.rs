@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::Assignment;
-use super::prom::{ActiveTarget, NodeObservation};
+use crate::shard::assignment::Assignment;
+use crate::shard::observation::{ActiveTarget, NodeObservation};
 
 /// How many targets per non-ok state an audit lists.
 pub const SAMPLES: usize = 100;
@@ -239,9 +239,9 @@ pub fn state_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileType;
-    use crate::plan::{NodePlan, Plan};
-    use crate::target::Target;
+    use crate::shard::names::FileType;
+    use crate::shard::plan::{NodePlan, Plan};
+    use crate::shard::target::Target;
 
     fn assignment(nodes: &[(&str, &[&str])]) -> Assignment {
         let mut addrs: Vec<&str> = nodes.iter().flat_map(|(_, t)| t.iter().copied()).collect();

@@ -171,7 +171,7 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
     if let Err(msg) = check_name(&instance) {
         p.push(("ha.instance".into(), msg));
     }
-    let lease_ttl = match raw.lease_ttl.as_deref().map(crate::config::parse_duration) {
+    let lease_ttl = match raw.lease_ttl.as_deref().map(super::parse_duration) {
         None => DEFAULT_LEASE_TTL,
         Some(Err(msg)) => {
             p.push(("ha.lease_ttl".into(), msg));

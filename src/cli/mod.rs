@@ -9,10 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Service};
-use crate::config::{check_service_scripts, effective_services};
 use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
-use crate::ring::NodeSpec;
+use crate::script::dropin::{check_service_scripts, effective_services};
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
+use crate::shard::placement::NodeSpec;
 use crate::sim::SimArgs;
 
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
@@ -48,7 +48,7 @@ pub enum Command {
     /// Validate the config, find drop-in services and compile every script.
     Check(CheckArgs),
     /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
-    Ring(SimArgs),
+    Rendezvous(SimArgs),
     /// Which Prometheus scrapes a target: asks the running daemon, or
     /// computes the assignment from the config when none answers.
     Where(WhereArgs),
@@ -127,7 +127,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match &cli.command {
-        Command::Ring(args) => crate::sim::main(args).map(|_| true),
+        Command::Rendezvous(args) => crate::sim::main(args).map(|_| true),
         Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
         Command::Check(args) => check(&cli.config, args),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
@@ -159,27 +159,30 @@ pub fn main() -> ExitCode {
 /// How long a shutdown may take before the process exits anyway.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(9);
 
+/// Run the daemon until SIGTERM or SIGINT, then give its tasks
+/// [`SHUTDOWN_GRACE`] to finish. A pass stuck in a script cannot be
+/// interrupted from outside its thread: past the grace the runtime is
+/// left behind (see [`with_runtime`]) and the process exits.
 async fn run_daemon(config: PathBuf) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
-    let shutdown = CancellationToken::new();
+    let shutdown = crate::shutdown::Shutdown::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let watcher = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+    let signalled = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            shutdown.cancel();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
         }
-        watcher.cancel();
-        // A pass stuck in a script cannot be interrupted from outside its
-        // thread; never let that hold the process past the grace period.
-        std::thread::spawn(|| {
-            std::thread::sleep(SHUTDOWN_GRACE);
-            tracing::warn!("shutdown grace period over; exiting");
-            std::process::exit(0);
-        });
-    });
-    crate::daemon::run(config, shutdown).await?;
+    };
+    tokio::select! {
+        result = crate::daemon::run(config, shutdown) => result?,
+        () = signalled => tracing::warn!("shutdown grace period over; exiting"),
+    }
     Ok(true)
 }
 
@@ -188,14 +191,18 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(f())
+        .build()?;
+    let result = runtime.block_on(f());
+    // Blocking tasks still running (a script stuck past a shutdown's
+    // grace) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// The services a command applies to, among `services` (from
-/// [`crate::config::effective_services`]).
+/// [`crate::script::dropin::effective_services`]).
 fn select<'a>(
     config: &Config,
     services: &'a [Arc<Service>],
@@ -248,10 +255,7 @@ async fn pass_command(
     for service in select(&config, &services, args.service.as_deref())? {
         let result = match cache.get(&service.script) {
             Err(e) => Err(e.into()),
-            Ok(script) => {
-                let input = static_input(&config, service, &script, &sandbox);
-                run_pass(input, options, &cancel).await
-            }
+            Ok(script) => static_pass(&config, service, &script, &sandbox, options, &cancel).await,
         };
         match &result {
             Ok(r) if r.failed_deliveries() > 0 => {
@@ -290,26 +294,31 @@ async fn pass_command(
     Ok(all_ok)
 }
 
-/// A pass as the commands run it: the nodes as configured (no health
-/// probes), node scripts compiled afresh, weights from the state file.
-fn static_input<'a>(
-    config: &'a Config,
-    service: &'a Service,
-    script: &'a crate::script::CompiledScript,
-    sandbox: &'a Sandbox,
-) -> PassInput<'a> {
-    PassInput {
+/// A pass as the commands run it: the nodes as configured or as the
+/// script returns them (no health probes), node scripts compiled afresh,
+/// weights from the state file.
+async fn static_pass(
+    config: &Config,
+    service: &Service,
+    script: &crate::script::CompiledScript,
+    sandbox: &Sandbox,
+    options: PassOptions,
+    cancel: &CancellationToken,
+) -> Result<PassReport, crate::pass::PassError> {
+    let nodes = crate::pass::resolve_nodes(service, script, None, sandbox)
+        .await?
+        .unwrap_or_else(|| service.nodes.clone());
+    let input = PassInput {
         config,
         service,
         script,
-        nodes: &service.nodes,
+        nodes: &nodes,
         sandbox,
-        node_filter: None,
-        node_script: None,
         learned_weights: None,
         previous: None,
         fence: None,
-    }
+    };
+    run_pass(input, options, cancel).await
 }
 
 /// `--json`: every service's report. A dry run delivers nothing, so its
@@ -595,16 +604,16 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
 /// pass requires.
 fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
     let dir = config.out_dir.join(&s.name);
-    let state = crate::state::ServiceState::load(&config.out_dir, &s.name);
+    let state = crate::store::state::ServiceState::load(&config.out_dir, &s.name);
     let owned = state.owned().into_keys().collect();
-    let foreign = crate::output::foreign_files(&dir, &owned, &Default::default())?;
+    let foreign = crate::store::files::foreign_files(&dir, &owned, &Default::default())?;
     if foreign.is_empty() {
         return Ok(());
     }
     Err(crate::pass::PassError::ForeignFiles {
         dir,
         files: foreign,
-        state: crate::state::state_path(&config.out_dir, &s.name),
+        state: crate::store::state::state_path(&config.out_dir, &s.name),
     }
     .into())
 }
@@ -613,7 +622,7 @@ fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
 /// and fit in a file name (a long service name and a long node name
 /// together may not). A counted name is checked with a 7-digit count.
 fn check_default_file_names(s: &Service, nodes: &[NodeSpec]) -> anyhow::Result<()> {
-    use crate::plan::{FileNameArgs, check_file_name, default_file_name};
+    use crate::shard::names::{FileNameArgs, check_file_name, default_file_name};
     for (i, node) in nodes.iter().enumerate() {
         let args = FileNameArgs {
             service: s.name.clone(),
@@ -663,7 +672,7 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
             false
         }
         Ok((groups, mut invalid)) => {
-            let normalized = crate::target::normalize(groups);
+            let normalized = crate::shard::target::normalize(groups);
             invalid.extend(normalized.invalid);
             invalid.sort_by_key(|i| i.group);
             println!(
@@ -770,12 +779,12 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
                 continue;
             }
         };
-        let input = static_input(config, service, &script, &sandbox);
         let options = PassOptions {
             dry_run: true,
             force: true,
         };
-        match run_pass(input, options, &CancellationToken::new()).await {
+        let cancel = CancellationToken::new();
+        match static_pass(config, service, &script, &sandbox, options, &cancel).await {
             Ok(report) => found.extend(crate::observe::locate(
                 &service.name,
                 args.target.trim(),

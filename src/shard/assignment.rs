@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use crate::affinity::Groups;
-use crate::plan::Plan;
-use crate::target::Target;
+use crate::shard::affinity::Groups;
+use crate::shard::plan::Plan;
+use crate::shard::target::Target;
 
 /// Padding in `owners` (never a node index: nodes are far fewer).
 const NO_NODE: u16 = u16::MAX;
@@ -44,7 +44,7 @@ const NO_GROUP: u32 = u32::MAX;
 
 impl Assignment {
     /// The assignment `plan` makes of `targets`. Linear when `targets` are
-    /// sorted by address, as [`crate::target::normalize`] leaves them.
+    /// sorted by address, as [`crate::shard::target::normalize`] leaves them.
     pub fn from_plan(targets: &[Target], plan: &Plan) -> Assignment {
         let stride = plan.replicas.max(1);
         // Owners by target index, in node order.
@@ -175,8 +175,8 @@ impl Assignment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileType;
-    use crate::plan::NodePlan;
+    use crate::shard::names::FileType;
+    use crate::shard::plan::NodePlan;
 
     fn plan(nodes: Vec<(&str, Vec<u32>)>, replicas: usize) -> Plan {
         Plan {

@@ -302,7 +302,7 @@ pub struct Target {
     pub addr: Box<str>,
     pub labels: Labels,
     pub weight: u32,
-    /// [`crate::ring::hash_key`] of `addr`, taken while the address is hot
+    /// [`crate::shard::placement::hash_key`] of `addr`, taken while the address is hot
     /// in cache: hashing 100k scattered strings again at planning time
     /// cost ≈ 4 ms. Derived from `addr`, so it never changes the order.
     pub hash: u64,
@@ -353,7 +353,7 @@ pub fn normalize(groups: Vec<RawGroup>) -> Normalized {
         for addr in group.targets {
             match check_address(&addr) {
                 Ok(()) => out.targets.push(Target {
-                    hash: crate::ring::hash_key(&addr),
+                    hash: crate::shard::placement::hash_key(&addr),
                     addr: addr.into_boxed_str(),
                     labels: labels.clone(),
                     weight,

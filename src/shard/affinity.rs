@@ -30,9 +30,9 @@
 
 use std::collections::HashMap;
 
-use crate::ring::hash_key;
-use crate::target::{Target, check_label_name};
-use crate::template::Template;
+use crate::shard::placement::hash_key;
+use crate::shard::target::{Target, check_label_name};
+use crate::shard::template::Template;
 
 /// A checked `affinity:` template: `{labels.<name>}`, `{host}` (the address
 /// without its port), `{address}`, literal text between.
@@ -245,7 +245,7 @@ impl Groups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{RawGroup, normalize};
+    use crate::shard::target::{RawGroup, normalize};
 
     fn targets(spec: &[(&str, &[(&str, &str)])]) -> Vec<Target> {
         normalize(

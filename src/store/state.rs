@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::write_atomic;
+use crate::store::files::write_atomic;
 
 /// Per-node memory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,8 +22,8 @@ pub struct NodeState {
     pub hash: String,
     /// Hash of the content last delivered successfully.
     pub delivered_hash: Option<String>,
-    /// Result of the last delivery attempt (`ok`, `changed`, `failed`, …).
-    pub last_result: Option<String>,
+    /// Result of the last delivery attempt.
+    pub last_result: Option<LastResult>,
     /// Unix seconds of the last successful delivery.
     pub delivered_at: Option<u64>,
     /// Unix seconds since the node left the plan (`None` while planned).
@@ -32,6 +32,37 @@ pub struct NodeState {
     /// after a restart instead of 404 (on a failed refresh Prometheus
     /// keeps its old targets and would scrape them twice).
     pub departed_at: Option<u64>,
+}
+
+/// What last happened to a node's file, as remembered in the state file
+/// (the names are the state file's strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastResult {
+    /// Delivered; the destination already had this content.
+    Ok,
+    /// Delivered; the destination changed.
+    Changed,
+    Failed,
+    Unreachable,
+    /// Refused under `ha:` (not the leader, or a newer epoch at the node).
+    Fenced,
+    /// The node left the plan.
+    Departed,
+    /// Every node of the service was down: deliver again when it is back.
+    #[serde(rename = "node_down")]
+    NodeDown,
+    /// A result this version does not know (a newer promshard wrote it):
+    /// treated as not delivered.
+    #[serde(other)]
+    Unknown,
+}
+
+impl LastResult {
+    /// Whether the node has its file as last delivered.
+    pub fn succeeded(self) -> bool {
+        matches!(self, Self::Ok | Self::Changed)
+    }
 }
 
 /// How long a node that left stays known with `push: none` (one week).
@@ -136,7 +167,7 @@ impl ServiceState {
                 ns.departed_at = None;
             } else {
                 ns.delivered_hash = None;
-                ns.last_result = Some("departed".into());
+                ns.last_result = Some(LastResult::Departed);
                 ns.departed_at.get_or_insert(now);
             }
         }

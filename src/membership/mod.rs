@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Health;
-use crate::ring::NodeSpec;
+use crate::shard::placement::NodeSpec;
 
 /// Result of one probe: `Err` carries a short reason (`connection refused`,
 /// `HTTP 503`, `timed out after 2s`).
@@ -388,15 +388,16 @@ struct Inner {
 pub struct Membership {
     inner: Mutex<Inner>,
     events: mpsc::UnboundedSender<Event>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
-use crate::state::unix_now;
+use crate::shutdown::Shutdown;
+use crate::store::state::unix_now;
 
 impl Membership {
     /// A registry whose probers stop on `shutdown`; changes arrive on the
     /// returned receiver.
-    pub fn new(shutdown: CancellationToken) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
+    pub fn new(shutdown: Shutdown) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
         let (events, rx) = mpsc::unbounded_channel();
         let m = Arc::new(Membership {
             inner: Mutex::new(Inner::default()),
@@ -532,7 +533,8 @@ impl Membership {
             }
             let stop = self.shutdown.child_token();
             inner.probers.insert(key.clone(), stop.clone());
-            tokio::spawn(run_prober(Arc::downgrade(self), key, stop));
+            self.shutdown
+                .spawn(run_prober(Arc::downgrade(self), key, stop));
         }
     }
 
@@ -806,7 +808,7 @@ mod tests {
 
     #[tokio::test]
     async fn services_share_probers_but_not_verdicts() {
-        let shutdown = CancellationToken::new();
+        let shutdown = Shutdown::new();
         let (m, mut rx) = Membership::new(shutdown.clone());
         let dead = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -6,7 +6,7 @@
 //!
 //! # Rendezvous hashing, chosen by measurement
 //!
-//! DESIGN.md calls this "the ring"; the placement itself is weighted
+//! The config calls this "the ring"; the placement itself is weighted
 //! rendezvous (highest-random-weight) hashing. Every (target, node) pair
 //! gets a pseudo-random draw `u` from xxh3 of the target and of the node's
 //! address; the target goes to the node with the highest `w / -ln(u)`
@@ -101,7 +101,7 @@ pub enum Balance {
 /// Placement settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RingSettings {
+pub struct PlacementSettings {
     /// `consistent` or `bounded`.
     pub balance: Balance,
     /// Bounded mode only: capacity of a node as a multiple of its weighted
@@ -112,7 +112,7 @@ pub struct RingSettings {
 /// Default bounded-load capacity factor.
 pub const DEFAULT_LOAD_FACTOR: f64 = 1.02;
 
-impl Default for RingSettings {
+impl Default for PlacementSettings {
     fn default() -> Self {
         Self {
             balance: Balance::Consistent,
@@ -123,7 +123,7 @@ impl Default for RingSettings {
 
 /// Why no placement or no assignment could be made.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum RingError {
+pub enum PlacementError {
     #[error("no nodes: refusing to assign targets to an empty node list")]
     NoNodes,
     #[error("node {addr}: weight must be at least 1")]
@@ -141,7 +141,7 @@ pub enum RingError {
 /// Result of [`assign`]: `per_node[i]` holds the ascending indices of the
 /// keys assigned to `nodes[i]`.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Assignment {
+pub struct Placement {
     pub per_node: Vec<Vec<u32>>,
 }
 
@@ -222,30 +222,30 @@ fn certainly_worse(draw: u64, weight: u32, best: f64) -> bool {
 /// An immutable placement over a fixed node list; cheap to build (one hash
 /// per node) and `Send + Sync`.
 #[derive(Clone, Debug)]
-pub struct Ring {
+pub struct Rendezvous {
     /// xxh3 of each node's address, by node index.
     seeds: Vec<u64>,
     /// Node weights, by node index.
     weights: Vec<u32>,
     /// All weights equal: rank by the draw alone (same order, no `ln`).
     uniform: bool,
-    settings: RingSettings,
+    settings: PlacementSettings,
 }
 
-impl Ring {
+impl Rendezvous {
     /// Build the placement; errors on an empty node list or bad settings.
-    pub fn new(nodes: &[NodeSpec], settings: &RingSettings) -> Result<Self, RingError> {
+    pub fn new(nodes: &[NodeSpec], settings: &PlacementSettings) -> Result<Self, PlacementError> {
         if nodes.is_empty() {
-            return Err(RingError::NoNodes);
+            return Err(PlacementError::NoNodes);
         }
         if nodes.len() > MAX_NODES {
-            return Err(RingError::TooManyNodes(nodes.len()));
+            return Err(PlacementError::TooManyNodes(nodes.len()));
         }
         if !(settings.load_factor.is_finite() && settings.load_factor >= 1.0) {
-            return Err(RingError::BadLoadFactor(settings.load_factor));
+            return Err(PlacementError::BadLoadFactor(settings.load_factor));
         }
         if let Some(node) = nodes.iter().find(|n| n.weight == 0) {
-            return Err(RingError::ZeroWeight {
+            return Err(PlacementError::ZeroWeight {
                 addr: node.addr.clone(),
             });
         }
@@ -269,7 +269,7 @@ impl Ring {
     }
 
     /// The settings the placement was built with.
-    pub fn settings(&self) -> &RingSettings {
+    pub fn settings(&self) -> &PlacementSettings {
         &self.settings
     }
 
@@ -329,7 +329,7 @@ impl Ring {
         self.top_nodes(h, replicas, &mut top, out);
     }
 
-    /// [`Ring::nodes_for_hash`] with a caller-owned scratch list of the
+    /// [`Rendezvous::nodes_for_hash`] with a caller-owned scratch list of the
     /// best `(rank, node)` so far, so that a loop over keys allocates once.
     fn top_nodes(&self, h: u64, replicas: usize, top: &mut Vec<(u64, u32)>, out: &mut Vec<u32>) {
         out.clear();
@@ -372,25 +372,25 @@ impl Ring {
         keys: &[&str],
         weights: Option<&[u32]>,
         replicas: usize,
-    ) -> Result<Assignment, RingError> {
+    ) -> Result<Placement, PlacementError> {
         let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
         self.assign_hashes(&hashes, weights, replicas)
     }
 
-    /// [`Ring::assign`] for pre-hashed keys (`hashes[k] = hash_key(key k)`).
+    /// [`Rendezvous::assign`] for pre-hashed keys (`hashes[k] = hash_key(key k)`).
     pub fn assign_hashes(
         &self,
         hashes: &[u64],
         weights: Option<&[u32]>,
         replicas: usize,
-    ) -> Result<Assignment, RingError> {
+    ) -> Result<Placement, PlacementError> {
         if hashes.len() > u32::MAX as usize {
-            return Err(RingError::TooManyKeys(hashes.len()));
+            return Err(PlacementError::TooManyKeys(hashes.len()));
         }
         if let Some(w) = weights
             && w.len() != hashes.len()
         {
-            return Err(RingError::WeightCount {
+            return Err(PlacementError::WeightCount {
                 keys: hashes.len(),
                 weights: w.len(),
             });
@@ -419,7 +419,7 @@ impl Ring {
     }
 
     /// Turn per-key choices (`u32::MAX` = none) into per-node key lists.
-    fn collect(&self, chosen: &[u32], keys: usize, replicas: usize) -> Assignment {
+    fn collect(&self, chosen: &[u32], keys: usize, replicas: usize) -> Placement {
         let n = self.node_count();
         let mut counts = vec![0usize; n];
         for &node in chosen.iter().filter(|&&c| c != u32::MAX) {
@@ -433,7 +433,7 @@ impl Ring {
                 }
             }
         }
-        Assignment { per_node }
+        Placement { per_node }
     }
 
     /// Weighted fair share of each node when keys of total weight
@@ -471,7 +471,7 @@ impl Ring {
     }
 
     /// Capacity of each node in bounded mode: `load_factor ×` its fair
-    /// share ([`Ring::fair_shares`]), never below the fair share rounded up
+    /// share ([`Rendezvous::fair_shares`]), never below the fair share rounded up
     /// (so that all load fits).
     pub fn capacities(&self, key_weight: u64, replicas: usize) -> Vec<u64> {
         self.fair_shares(key_weight, replicas)
@@ -486,7 +486,7 @@ impl Ring {
         weights: Option<&[u32]>,
         replicas: usize,
         natural: Vec<u32>,
-    ) -> Assignment {
+    ) -> Placement {
         let n = self.node_count();
         let m = hashes.len();
         let weight = |k: usize| weights.map_or(1, |w| u64::from(w[k]));
@@ -690,9 +690,9 @@ pub fn assign(
     keys: &[&str],
     weights: Option<&[u32]>,
     replicas: usize,
-    settings: &RingSettings,
-) -> Result<Assignment, RingError> {
-    Ring::new(nodes, settings)?.assign(keys, weights, replicas)
+    settings: &PlacementSettings,
+) -> Result<Placement, PlacementError> {
+    Rendezvous::new(nodes, settings)?.assign(keys, weights, replicas)
 }
 
 #[cfg(test)]
@@ -709,7 +709,7 @@ mod tests {
         (0..n).map(|i| format!("host{i}:9100")).collect()
     }
 
-    fn counts(a: &Assignment, keys: usize) -> Vec<usize> {
+    fn counts(a: &Placement, keys: usize) -> Vec<usize> {
         let mut count = vec![0usize; keys];
         for list in &a.per_node {
             assert!(
@@ -725,30 +725,30 @@ mod tests {
 
     #[test]
     fn empty_ring_is_an_error() {
-        let r = assign(&[], &["a:1"], None, 1, &RingSettings::default());
-        assert_eq!(r.unwrap_err(), RingError::NoNodes);
+        let r = assign(&[], &["a:1"], None, 1, &PlacementSettings::default());
+        assert_eq!(r.unwrap_err(), PlacementError::NoNodes);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        let s = RingSettings::default();
+        let s = PlacementSettings::default();
         let zero = [NodeSpec::weighted("a:1", 0)];
         assert!(matches!(
             assign(&zero, &[], None, 1, &s),
-            Err(RingError::ZeroWeight { .. })
+            Err(PlacementError::ZeroWeight { .. })
         ));
-        let bad = RingSettings {
+        let bad = PlacementSettings {
             load_factor: 0.5,
             ..s.clone()
         };
         assert!(matches!(
             assign(&nodes(2), &[], None, 1, &bad),
-            Err(RingError::BadLoadFactor(_))
+            Err(PlacementError::BadLoadFactor(_))
         ));
         let r = assign(&nodes(2), &["a:1"], Some(&[1, 2]), 1, &s);
         assert!(matches!(
             r,
-            Err(RingError::WeightCount {
+            Err(PlacementError::WeightCount {
                 keys: 1,
                 weights: 2
             })
@@ -760,9 +760,9 @@ mod tests {
         let keys = keys(2000);
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         for balance in [Balance::Consistent, Balance::Bounded] {
-            let s = RingSettings {
+            let s = PlacementSettings {
                 balance,
-                ..RingSettings::default()
+                ..PlacementSettings::default()
             };
             for replicas in 1..=4 {
                 let a = assign(&nodes(3), &refs, None, replicas, &s).unwrap();
@@ -777,10 +777,10 @@ mod tests {
 
     #[test]
     fn settings_serde_defaults_and_unknown_fields() {
-        let s: RingSettings = serde_yaml_ng::from_str("balance: bounded\n").unwrap();
+        let s: PlacementSettings = serde_yaml_ng::from_str("balance: bounded\n").unwrap();
         assert_eq!(s.balance, Balance::Bounded);
         assert_eq!(s.load_factor, DEFAULT_LOAD_FACTOR);
-        assert!(serde_yaml_ng::from_str::<RingSettings>("vnode: 3\n").is_err());
+        assert!(serde_yaml_ng::from_str::<PlacementSettings>("vnode: 3\n").is_err());
     }
 
     #[test]
@@ -790,11 +790,11 @@ mod tests {
         let weights: Vec<u32> = (0..keys.len() as u32)
             .map(|i| 1 + (i * 7919) % 50)
             .collect();
-        let s = RingSettings {
+        let s = PlacementSettings {
             balance: Balance::Bounded,
             load_factor: 1.05,
         };
-        let ring = Ring::new(&nodes(7), &s).unwrap();
+        let ring = Rendezvous::new(&nodes(7), &s).unwrap();
         let a = ring.assign(&refs, Some(&weights), 1).unwrap();
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
         let caps = ring.capacities(total, 1);
@@ -812,11 +812,11 @@ mod tests {
         // 2999 keys of 10 and one of 20000: a fair share is 10000.
         let mut weights = vec![10u32; keys.len()];
         weights[1234] = 20_000;
-        let s = RingSettings {
+        let s = PlacementSettings {
             balance: Balance::Bounded,
             load_factor: 1.02,
         };
-        let ring = Ring::new(&nodes(5), &s).unwrap();
+        let ring = Rendezvous::new(&nodes(5), &s).unwrap();
         let a = ring.assign(&refs, Some(&weights), 1).unwrap();
         assert!(
             counts(&a, keys.len()).iter().all(|&c| c == 1),
@@ -867,8 +867,8 @@ mod tests {
         let heavy: Vec<NodeSpec> = (0..7)
             .map(|i| NodeSpec::weighted(format!("10.0.0.{i}:9090"), 3))
             .collect();
-        let fast = Ring::new(&heavy, &RingSettings::default()).unwrap();
-        let slow = Ring {
+        let fast = Rendezvous::new(&heavy, &PlacementSettings::default()).unwrap();
+        let slow = Rendezvous {
             uniform: false,
             ..fast.clone()
         };
@@ -892,7 +892,7 @@ mod tests {
             n.weight = [1, 7, 2, 100, 1, 3][i];
         }
         for fleet in [nodes(6), weighted] {
-            let ring = Ring::new(&fleet, &RingSettings::default()).unwrap();
+            let ring = Rendezvous::new(&fleet, &PlacementSettings::default()).unwrap();
             let (mut top, mut prefs) = (Vec::new(), Vec::new());
             for i in 0..20_000u64 {
                 let h = mix64(i);

@@ -6,89 +6,26 @@
 //! `plan`, `once` and the daemon all go through here; effects consume a Plan.
 //!
 //! With `affinity:` the ring places groups of targets instead of targets
-//! (see [`crate::affinity`]); the plan then also says how many groups each
+//! (see [`crate::shard::affinity`]); the plan then also says how many groups each
 //! node has and which groups are too heavy to balance.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::affinity::{Affinity, Groups};
-use crate::config::{FileNaming, FileType};
-use crate::observe::Assignment;
-use crate::output::ShardLabel;
-use crate::ring::{NodeSpec, Ring, RingError, RingSettings};
-use crate::target::Target;
-
-/// What the file name of one node is made from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FileNameArgs {
-    pub service: String,
-    pub node: String,
-    /// 1-based position of the node in sorted node order.
-    pub index: usize,
-    pub total: usize,
-    pub count: usize,
-    pub file_type: FileType,
-}
-
-/// The file name of a node when the script defines no `fn file_name(f)`.
-pub fn default_file_name(a: &FileNameArgs, naming: FileNaming) -> String {
-    let ext = a.file_type.ext();
-    match naming {
-        FileNaming::Stable => format!("{}_{}.{ext}", a.service, filename_safe(&a.node)),
-        FileNaming::Counted => format!(
-            "{}_{}_{}_{}_{}.{ext}",
-            a.service, a.node, a.index, a.total, a.count
-        ),
-    }
-}
-
-/// `node` with every character but letters, digits, `.`, `-` and `_`
-/// replaced by `_` (`10.0.0.1:9090` → `10.0.0.1_9090`), so that the name
-/// needs no quoting in a shell, a glob or another file system.
-fn filename_safe(node: &str) -> String {
-    node.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The longest file name a file system takes (`NAME_MAX` on Linux).
-const NAME_MAX: usize = 255;
-
-/// Check a file name before anything is written under it.
-pub fn check_file_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        Err("is empty")
-    } else if name.contains('/') || name.contains('\\') {
-        Err("contains a path separator")
-    } else if name.contains("..") {
-        Err("contains '..'")
-    } else if name.chars().any(char::is_control) {
-        Err("contains a NUL or control character")
-    } else if name.starts_with('.') {
-        Err("starts with '.' (reserved for temporary files)")
-    } else if crate::output::temp_name(name).len() > NAME_MAX {
-        Err(
-            "is too long: with its temporary file's '.' and '.tmp' it exceeds the 255 bytes a file name may have",
-        )
-    } else {
-        Ok(())
-    }
-}
+use crate::shard::affinity::{Affinity, Groups};
+use crate::shard::assignment::Assignment;
+use crate::shard::names::{FileNameArgs, FileType, check_file_name};
+use crate::shard::placement::{NodeSpec, PlacementError, PlacementSettings, Rendezvous};
+use crate::shard::render::ShardLabel;
+use crate::shard::target::Target;
 
 /// Why no plan could be made; nothing is written for that service.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]
-    Ring(#[from] RingError),
+    Rendezvous(#[from] PlacementError),
     #[error("file name {name:?} for node {node} {reason}")]
     BadFileName {
         node: String,
@@ -152,6 +89,14 @@ pub struct MoveCap<'a> {
 }
 
 impl Plan {
+    /// Every planned file name with its node.
+    pub fn files(&self) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .map(|n| (n.file.clone(), n.node.clone()))
+            .collect()
+    }
+
     /// The shard label of `node`'s file, if the service sets one.
     pub fn shard_of<'a>(&'a self, node: &'a NodePlan) -> Option<ShardLabel<'a>> {
         self.shard_label.as_deref().map(|name| ShardLabel {
@@ -218,7 +163,7 @@ pub struct PlanInput<'a> {
     /// Normalized (sorted, deduplicated) targets.
     pub targets: &'a [Target],
     pub replicas: usize,
-    pub ring: &'a RingSettings,
+    pub ring: &'a PlacementSettings,
     pub file_type: FileType,
     /// Spread a big rebalance over several passes (`max_move_ratio`).
     pub move_cap: Option<MoveCap<'a>>,
@@ -234,7 +179,7 @@ pub fn make_plan(
     input: &PlanInput<'_>,
     mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
 ) -> Result<Plan, PlanError> {
-    let ring = Ring::new(input.nodes, input.ring)?;
+    let ring = Rendezvous::new(input.nodes, input.ring)?;
     let grouping = input.affinity.map(|a| Groups::new(input.targets, a));
     let (assignment, mut per_node) = match &grouping {
         None => {
@@ -404,61 +349,11 @@ fn cap_moves(
     deferred
 }
 
-/// How one node's target set changes from what it scrapes now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeMove {
-    pub node: String,
-    pub count: usize,
-    /// Targets the node gains.
-    pub moved_in: usize,
-    /// Targets the node loses.
-    pub moved_out: usize,
-}
-
-/// Compare a plan with the current per-node address sets. A node missing
-/// from `current` starts empty; nodes in `current` but not in the plan are
-/// reported with count 0 (they will lose everything).
-pub fn movement(
-    plan: &Plan,
-    targets: &[Target],
-    current: &BTreeMap<String, BTreeSet<String>>,
-) -> Vec<NodeMove> {
-    let empty = BTreeSet::new();
-    let mut out: Vec<NodeMove> = plan
-        .nodes
-        .iter()
-        .map(|n| {
-            let now = current.get(&n.node).unwrap_or(&empty);
-            let next: BTreeSet<&str> = n
-                .targets
-                .iter()
-                .map(|&i| &*targets[i as usize].addr)
-                .collect();
-            NodeMove {
-                node: n.node.clone(),
-                count: n.count,
-                moved_in: next.iter().filter(|a| !now.contains(**a)).count(),
-                moved_out: now.iter().filter(|a| !next.contains(a.as_str())).count(),
-            }
-        })
-        .collect();
-    for (node, now) in current {
-        if !plan.nodes.iter().any(|n| &n.node == node) {
-            out.push(NodeMove {
-                node: node.clone(),
-                count: 0,
-                moved_in: 0,
-                moved_out: now.len(),
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::{RawGroup, normalize};
+    use crate::shard::names::{FileNaming, default_file_name};
+    use crate::shard::target::{RawGroup, normalize};
 
     fn targets(n: usize) -> Vec<Target> {
         normalize(vec![RawGroup {
@@ -484,7 +379,7 @@ mod tests {
                 nodes: n,
                 targets: t,
                 replicas,
-                ring: &RingSettings::default(),
+                ring: &PlacementSettings::default(),
                 file_type: FileType::Json,
                 move_cap: None,
                 affinity: None,
@@ -537,7 +432,7 @@ mod tests {
                     nodes: &n4,
                     targets: &t,
                     replicas: 1,
-                    ring: &RingSettings::default(),
+                    ring: &PlacementSettings::default(),
                     file_type: FileType::Json,
                     move_cap: Some(MoveCap {
                         previous: &previous,
@@ -577,7 +472,7 @@ mod tests {
     fn no_nodes_is_an_error() {
         assert!(matches!(
             plan_of(&targets(3), &[], 1),
-            Err(PlanError::Ring(RingError::NoNodes))
+            Err(PlanError::Rendezvous(PlacementError::NoNodes))
         ));
     }
 
@@ -590,7 +485,7 @@ mod tests {
             nodes: &n,
             targets: &t,
             replicas: 1,
-            ring: &RingSettings::default(),
+            ring: &PlacementSettings::default(),
             file_type: FileType::Json,
             move_cap: None,
             affinity: None,
@@ -611,34 +506,5 @@ mod tests {
         }
         let r = make_plan(&input, |_| Ok("same.json".into()));
         assert!(matches!(r, Err(PlanError::DuplicateFileName { .. })));
-    }
-
-    #[test]
-    fn movement_counts_in_and_out() {
-        let t = targets(300);
-        let p3 = plan_of(&t, &nodes(3), 1).unwrap();
-        let current: BTreeMap<String, BTreeSet<String>> = p3
-            .nodes
-            .iter()
-            .map(|n| {
-                let set = n
-                    .targets
-                    .iter()
-                    .map(|&i| t[i as usize].addr.to_string())
-                    .collect();
-                (n.node.clone(), set)
-            })
-            .collect();
-        let same = movement(&p3, &t, &current);
-        assert!(same.iter().all(|m| m.moved_in == 0 && m.moved_out == 0));
-        let p2 = plan_of(&t, &nodes(2), 1).unwrap();
-        let moved = movement(&p2, &t, &current);
-        let gone = moved.iter().find(|m| m.node == "prom3:9090").unwrap();
-        assert_eq!(gone.moved_out, p3.nodes[2].count);
-        let total_in: usize = moved.iter().map(|m| m.moved_in).sum();
-        assert_eq!(
-            total_in, p3.nodes[2].count,
-            "only the removed node's targets move"
-        );
     }
 }
