@@ -115,51 +115,10 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
             )
         })
     };
-    let mut tls = None;
-    if let Some(t) = etcd.tls {
-        let ca = t.ca.map(|f| read("etcd.tls.ca", &f)).transpose();
-        let identity = match (t.cert, t.key) {
-            (Some(c), Some(k)) => match (read("etcd.tls.cert", &c), read("etcd.tls.key", &k)) {
-                (Ok(c), Ok(k)) => Ok(Some((c, k))),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            },
-            (None, None) => Ok(None),
-            _ => Err((
-                "ha.etcd.tls".into(),
-                "set both cert and key (a client certificate), or neither".into(),
-            )),
-        };
-        match (ca, identity) {
-            (Ok(ca), Ok(identity)) => tls = Some(Tls { ca, identity }),
-            (Err(e), _) | (_, Err(e)) => p.push(e),
-        }
-    }
-    let user = match (etcd.username, etcd.password_file) {
-        (Some(u), Some(f)) => match read("etcd.password_file", &f) {
-            Ok(pw) => {
-                let pw = String::from_utf8_lossy(&pw).trim().to_string();
-                if pw.is_empty() || u.trim().is_empty() {
-                    p.push((
-                        "ha.etcd.username".into(),
-                        "username and the password in password_file must not be empty".into(),
-                    ));
-                }
-                Some((u, pw))
-            }
-            Err(e) => {
-                p.push(e);
-                None
-            }
-        },
-        (None, None) => None,
-        _ => {
-            p.push((
-                "ha.etcd.username".into(),
-                "set username and password_file together".into(),
-            ));
-            None
-        }
-    };
+    let tls = etcd
+        .tls
+        .and_then(|t| check_tls(t, &read).map_err(|e| p.push(e)).ok());
+    let user = check_user(etcd.username, etcd.password_file, &read, &mut p);
     let name = raw.name.unwrap_or_default();
     if let Err(msg) = check_name(&name) {
         p.push((
@@ -262,6 +221,59 @@ fn default_instance(listen: SocketAddr) -> String {
         .take(MAX_NAME - 6)
         .collect();
     format!("{host}:{}", listen.port())
+}
+
+type Read<'a> = dyn Fn(&str, &Path) -> Result<Vec<u8>, Problem> + 'a;
+
+/// The `tls:` files, read.
+fn check_tls(t: RawTls, read: &Read<'_>) -> Result<Tls, Problem> {
+    let ca = t.ca.map(|f| read("etcd.tls.ca", &f)).transpose()?;
+    let identity = match (t.cert, t.key) {
+        (Some(c), Some(k)) => Some((read("etcd.tls.cert", &c)?, read("etcd.tls.key", &k)?)),
+        (None, None) => None,
+        _ => {
+            return Err((
+                "ha.etcd.tls".into(),
+                "set both cert and key (a client certificate), or neither".into(),
+            ));
+        }
+    };
+    Ok(Tls { ca, identity })
+}
+
+/// `username` and the password in `password_file`, together or neither.
+fn check_user(
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    read: &Read<'_>,
+    p: &mut Vec<Problem>,
+) -> Option<(String, String)> {
+    match (username, password_file) {
+        (Some(u), Some(f)) => match read("etcd.password_file", &f) {
+            Ok(pw) => {
+                let pw = String::from_utf8_lossy(&pw).trim().to_string();
+                if pw.is_empty() || u.trim().is_empty() {
+                    p.push((
+                        "ha.etcd.username".into(),
+                        "username and the password in password_file must not be empty".into(),
+                    ));
+                }
+                Some((u, pw))
+            }
+            Err(e) => {
+                p.push(e);
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            p.push((
+                "ha.etcd.username".into(),
+                "set username and password_file together".into(),
+            ));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
