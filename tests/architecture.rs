@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "membership",
     "observe",
     "pass",
+    "ha",
     "metrics",
     "daemon",
     "sim",
