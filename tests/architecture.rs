@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "membership",
     "observe",
     "pass",
+    "ha",
     "metrics",
     "daemon",
     "sim",
@@ -27,9 +28,6 @@ const LAYERS: &[&str] = &[
 const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("push::run_batch", "to split"),
     ("metrics::new", "to split"),
-    ("daemon::reconcile", "to split"),
-    ("daemon::start", "to split"),
-    ("daemon::observe_loop", "to split"),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -233,6 +233,12 @@ async fn pass_command(
     options: PassOptions,
 ) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
+    if config.ha.is_some() && !options.dry_run {
+        anyhow::bail!(
+            "{}: ha: is set, so only the elected leader of `promshard run` writes and delivers; `once` would bypass the election (use `plan`, or remove ha: for a one-off)",
+            path.display()
+        );
+    }
     let sandbox = Sandbox::for_config(&config);
     let cancel = CancellationToken::new();
     let cache = Arc::new(ScriptCache::new());
@@ -312,6 +318,7 @@ async fn static_pass(
         sandbox,
         learned_weights: None,
         previous: None,
+        fence: None,
     };
     run_pass(input, options, cancel).await
 }
@@ -403,6 +410,15 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     };
     if let Some(warning) = config.exposure_warning() {
         eprintln!("warning: {warning}");
+    }
+    if let Some(ha) = &config.ha {
+        println!(
+            "ok: ha cluster {} as instance {} on etcd {} (lease_ttl {}s; etcd not contacted)",
+            ha.name,
+            ha.instance,
+            ha.endpoints.join(", "),
+            ha.lease_ttl.as_secs()
+        );
     }
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);

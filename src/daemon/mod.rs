@@ -65,6 +65,8 @@ pub struct Shared {
     scheduler: JobScheduler,
     /// Every task of the daemon is spawned through it.
     shutdown: Shutdown,
+    /// With `ha:` (read at start): the election; only its leader delivers.
+    pub ha: Option<Arc<crate::ha::Ha>>,
 }
 
 impl Shared {
@@ -179,6 +181,15 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
+    // Start-up takes only what a reload would: there is no last good
+    // version of a script yet, so a missing or broken one stops the start.
+    let cache = Arc::new(ScriptCache::new());
+    crate::script::dropin::check_config_scripts(&config, &cache).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}: config rejected, not starting:\n{problems}",
+            config_path.display()
+        )
+    })?;
     if let Some(warning) = config.exposure_warning() {
         tracing::warn!("{warning}");
     }
@@ -188,7 +199,7 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
             let (path, listen) = (config_path.display(), config.listen);
             format!("{path}: listen {listen}: cannot bind")
         })?;
-    let (shared, membership_events) = Shared::new(&config_path, &config, &shutdown).await?;
+    let (shared, membership_events) = Shared::new(&config_path, &config, cache, &shutdown).await?;
     shared.forward_membership_events(membership_events);
     shutdown.spawn(http::serve(
         listener,
@@ -214,6 +225,7 @@ impl Shared {
     async fn new(
         config_path: &Path,
         config: &Arc<Config>,
+        cache: Arc<ScriptCache>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<(
         Arc<Shared>,
@@ -232,10 +244,15 @@ impl Shared {
             status: RwLock::new(BTreeMap::new()),
             pass_locks: Mutex::new(HashMap::new()),
             weights: Mutex::new(HashMap::new()),
-            cache: Arc::new(ScriptCache::new()),
+            cache,
             scheduler,
             shutdown: shutdown.clone(),
+            ha: config.ha.clone().map(crate::ha::Ha::new),
         });
+        if let Some(ha) = &shared.ha {
+            shutdown.spawn(Arc::clone(ha).run(shutdown.token().clone()));
+            shutdown.spawn(follow_ha(Arc::clone(ha), Arc::clone(&shared)));
+        }
         Ok((shared, events))
     }
 
@@ -306,5 +323,26 @@ impl Shared {
         }
         let mut sched = self.scheduler.clone();
         let _ = sched.shutdown().await;
+    }
+}
+
+/// Follow the election: metrics, and a pass of every service on a change
+/// of role (a new leader delivers at once; a standby plans at once).
+async fn follow_ha(ha: Arc<crate::ha::Ha>, shared: Arc<Shared>) {
+    let mut changes = ha.subscribe();
+    let mut role = None;
+    loop {
+        let status = changes.borrow_and_update().clone();
+        shared.metrics.ha(&status);
+        if role.replace(status.role) != Some(status.role) {
+            let names: Vec<String> = shared.runners.lock().await.keys().cloned().collect();
+            for name in names {
+                shared.trigger(&name, "ha role change").await;
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
     }
 }

@@ -14,9 +14,8 @@ use uuid::Uuid;
 use super::Shared;
 use super::status::{LastPass, ServiceStatus};
 use crate::config::{Config, Schedule, Service};
-use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
+use crate::pass::{Fence, PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
-use crate::script::cache::ScriptState;
 use crate::store::state::unix_now;
 
 /// One running service.
@@ -57,7 +56,11 @@ impl Shared {
         } else {
             self.run_service_pass(&config, service, nodes).await
         };
-        if matches!(result, Err(PassError::AllNodesDown { .. })) {
+        let standby = self
+            .ha
+            .as_ref()
+            .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
+        if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
             forget_deliveries(&config, service);
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -150,6 +153,8 @@ impl Shared {
                     }
                 },
             };
+        let (options, fence) = self.ha_mode(config, service);
+        let epoch = fence.as_ref().map(|f| f.epoch);
         let input = PassInput {
             config,
             service,
@@ -161,8 +166,40 @@ impl Shared {
                 .max_move_ratio
                 .and_then(|_| self.status(&service.name)?.current)
                 .map(|c| c.assignment),
+            fence,
         };
-        run_pass(input, PassOptions::default(), self.shutdown.token()).await
+        let result = run_pass(input, options, self.shutdown.token()).await;
+        if let (Some(ha), Ok(r)) = (&self.ha, &result) {
+            if let Some(epoch) = epoch {
+                ha.publish(&service.name, epoch, &r.plan_hash).await;
+            }
+            ha.keep(&service.name, r);
+        }
+        result
+    }
+
+    /// With `ha:`, how this pass runs: a standby computes only (dry run);
+    /// a leader delivers, fenced, and resends every file on its first pass
+    /// of a term (what an earlier leader delivered is unknown).
+    fn ha_mode(&self, config: &Config, service: &Service) -> (PassOptions, Option<Fence>) {
+        let Some(ha) = &self.ha else {
+            return (PassOptions::default(), None);
+        };
+        match ha.mode() {
+            crate::ha::PassMode::Standby => (
+                PassOptions {
+                    dry_run: true,
+                    ..PassOptions::default()
+                },
+                None,
+            ),
+            crate::ha::PassMode::Leader(fence) => {
+                if ha.first_pass_of_term(&service.name, fence.epoch) {
+                    forget_deliveries(config, service);
+                }
+                (PassOptions::default(), Some(fence))
+            }
+        }
     }
 
     /// Start a runner for `service` (its first pass runs at once).
@@ -182,54 +219,8 @@ impl Shared {
                 None
             }
         };
-        {
-            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-            let entry = status
-                .entry(service.name.clone())
-                .or_insert_with(|| ServiceStatus {
-                    name: service.name.clone(),
-                    script: service.script.clone(),
-                    schedule: service.schedule.to_string(),
-                    next_run: None,
-                    passes: 0,
-                    script_state: ScriptState::default(),
-                    last_pass: None,
-                    last_success: None,
-                    current: None,
-                    health: None,
-                    nodes_seen: Default::default(),
-                    audit: None,
-                    observed_at: None,
-                    observed_series: None,
-                    observation: None,
-                    changed_at: BTreeMap::new(),
-                });
-            entry.script = service.script.clone();
-            entry.schedule = service.schedule.to_string();
-        }
-        let task = {
-            let shared = Arc::clone(self);
-            let (service, wake, stop) = (Arc::clone(&service), Arc::clone(&wake), stop.clone());
-            self.shutdown.spawn(async move {
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        _ = wake.notified() => {}
-                    }
-                    if let Some(wait) = shared.pass(&service).await {
-                        // The rebalance's next step, unless a trigger comes first.
-                        let (wake, stop) = (Arc::clone(&wake), stop.clone());
-                        shared.shutdown.spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = tokio::time::sleep(wait) => wake.notify_one(),
-                            }
-                        });
-                    }
-                }
-            })
-        };
+        self.publish_service(&service);
+        let task = self.spawn_runner(Arc::clone(&service), Arc::clone(&wake), stop.clone());
         if let Some(settings) = service.observe.clone() {
             let shared = Arc::clone(self);
             let (service, stop) = (Arc::clone(&service), stop.clone());
@@ -248,6 +239,46 @@ impl Shared {
                 task,
             },
         );
+    }
+
+    /// The runner task: one pass per wake-up until `stop`.
+    fn spawn_runner(
+        self: &Arc<Self>,
+        service: Arc<Service>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let shared = Arc::clone(self);
+        self.shutdown.spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = wake.notified() => {}
+                }
+                if let Some(wait) = shared.pass(&service).await {
+                    // The rebalance's next step, unless a trigger comes first.
+                    let (wake, stop) = (Arc::clone(&wake), stop.clone());
+                    shared.shutdown.spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(wait) => wake.notify_one(),
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    /// Show `service` in the API (a new entry, or new settings on the
+    /// entry it had).
+    fn publish_service(&self, service: &Service) {
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        let entry = status
+            .entry(service.name.clone())
+            .or_insert_with(|| ServiceStatus::new(service));
+        entry.script = service.script.clone();
+        entry.schedule = service.schedule.to_string();
     }
 
     pub(super) async fn add_job(
