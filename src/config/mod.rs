@@ -28,6 +28,7 @@
 
 pub mod checked;
 pub mod duration;
+pub mod ha;
 pub mod handover;
 pub mod raw;
 pub mod service;

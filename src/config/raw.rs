@@ -42,6 +42,9 @@ pub(super) struct RawConfig {
     pub env_allowlist: Option<Vec<String>>,
     #[serde(default)]
     pub services: Vec<RawService>,
+    /// Leader election on etcd (`config::ha`); absent: one instance.
+    #[serde(default)]
+    pub ha: Option<super::ha::RawHa>,
 }
 
 fn default_out_dir() -> PathBuf {

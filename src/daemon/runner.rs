@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Shared;
 use super::status::{LastPass, ServiceStatus};
 use crate::config::{Config, Schedule, Service};
-use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
+use crate::pass::{Fence, PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
 use crate::store::state::unix_now;
 
@@ -56,7 +56,11 @@ impl Shared {
         } else {
             self.run_service_pass(&config, service, nodes).await
         };
-        if matches!(result, Err(PassError::AllNodesDown { .. })) {
+        let standby = self
+            .ha
+            .as_ref()
+            .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
+        if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
             forget_deliveries(&config, service);
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -65,20 +69,7 @@ impl Shared {
         let s = status.get_mut(&service.name)?;
         s.passes += 1;
         let (outcome, error) = crate::metrics::pass_outcome(&result);
-        match (&result, &error) {
-            (Ok(_), Some(e)) => {
-                tracing::error!(service = %service.name, error = %e, "pass wrote its files but deliveries failed; they are retried next pass");
-            }
-            (Err(err), Some(e)) => {
-                let files = if err.files_kept() {
-                    "; last good files kept"
-                } else {
-                    " after changing files"
-                };
-                tracing::error!(service = %service.name, error = %e, "pass {outcome}{files}");
-            }
-            _ => {}
-        }
+        log_failure(&service.name, &result, outcome, error.as_deref());
         s.last_pass = Some(LastPass {
             finished_at: unix_now(),
             result: outcome,
@@ -153,6 +144,8 @@ impl Shared {
                     }
                 },
             };
+        let (options, fence) = self.ha_mode(config, service);
+        let epoch = fence.as_ref().map(|f| f.epoch);
         let input = PassInput {
             config,
             service,
@@ -166,8 +159,40 @@ impl Shared {
                 .map(|c| c.assignment),
             observation: self.status(&service.name).and_then(|s| s.observation),
             preview_drained: Vec::new(),
+            fence,
         };
-        run_pass(input, PassOptions::default(), self.shutdown.token()).await
+        let result = run_pass(input, options, self.shutdown.token()).await;
+        if let (Some(ha), Ok(r)) = (&self.ha, &result) {
+            if let Some(epoch) = epoch {
+                ha.publish(&service.name, epoch, &r.plan_hash).await;
+            }
+            ha.keep(&service.name, r);
+        }
+        result
+    }
+
+    /// With `ha:`, how this pass runs: a standby computes only (dry run);
+    /// a leader delivers, fenced, and resends every file on its first pass
+    /// of a term (what an earlier leader delivered is unknown).
+    fn ha_mode(&self, config: &Config, service: &Service) -> (PassOptions, Option<Fence>) {
+        let Some(ha) = &self.ha else {
+            return (PassOptions::default(), None);
+        };
+        match ha.mode() {
+            crate::ha::PassMode::Standby => (
+                PassOptions {
+                    dry_run: true,
+                    ..PassOptions::default()
+                },
+                None,
+            ),
+            crate::ha::PassMode::Leader(fence) => {
+                if ha.first_pass_of_term(&service.name, fence.epoch) {
+                    forget_deliveries(config, service);
+                }
+                (PassOptions::default(), Some(fence))
+            }
+        }
     }
 
     /// Start a runner for `service` (its first pass runs at once).
@@ -313,5 +338,28 @@ pub(super) fn forget_deliveries(config: &Config, service: &Service) {
     }
     if let Err(e) = state.save(&config.out_dir, &service.name) {
         tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");
+    }
+}
+
+/// Log a pass that failed or whose deliveries failed, once.
+fn log_failure(
+    service: &str,
+    result: &Result<PassReport, PassError>,
+    outcome: &str,
+    error: Option<&str>,
+) {
+    match (result, error) {
+        (Ok(_), Some(e)) => {
+            tracing::error!(service = %service, error = %e, "pass wrote its files but deliveries failed; they are retried next pass");
+        }
+        (Err(err), Some(e)) => {
+            let files = if err.files_kept() {
+                "; last good files kept"
+            } else {
+                " after changing files"
+            };
+            tracing::error!(service = %service, error = %e, "pass {outcome}{files}");
+        }
+        _ => {}
     }
 }

@@ -70,7 +70,22 @@ pub struct PassInput<'a> {
     pub observation: Option<Arc<crate::observe::ServiceObservation>>,
     /// Nodes treated as drained in this dry run only (`plan --drain`).
     pub preview_drained: Vec<String>,
+    /// With `ha:`, the leader's fence: confirmed right before delivering,
+    /// and carried by every delivery.
+    pub fence: Option<Fence>,
 }
+
+/// With `ha:`, a leader's right to deliver: its epoch, and a check (asked
+/// of etcd right before each delivery) that it still holds it.
+#[derive(Clone)]
+pub struct Fence {
+    pub epoch: u64,
+    pub confirm: Arc<dyn Fn() -> ConfirmFuture + Send + Sync>,
+}
+
+/// The answer of [`Fence::confirm`]: `Err` says why the leader may not deliver.
+pub type ConfirmFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// Run `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -125,7 +140,6 @@ pub async fn run_pass(
     let learned = learned_weights(&input, &out_dir);
     // Drained nodes stay live but leave the ring (see `handover`).
     let drained = handover::drained_for(&out_dir, service, &input, options);
-    let live: BTreeSet<String> = input.nodes.iter().map(|n| n.addr.clone()).collect();
     let mut computed = compute_step(&input, learned.clone(), &drained).await?;
     let planned = computed.plan.files();
     let mut guarded = {
@@ -139,20 +153,7 @@ pub async fn run_pass(
         options,
     )?;
     guarded.state.drained.extend(drained);
-    let handover = handover::in_pass(
-        service,
-        &mut computed.plan,
-        &computed.targets,
-        &mut guarded.state,
-        &handover::Apply {
-            settings: service.handover,
-            dir: &out_dir.join(&service.name),
-            file_naming: service.file_naming,
-            live: &live,
-            observation: input.observation.as_deref(),
-            now_ms: handover::now_ms(),
-        },
-    );
+    let handover = handover_step(&input, &out_dir, &mut computed, &mut guarded.state);
     let planned = computed.plan.files();
     report::log_placement(&service.name, &computed);
     let (computed, emitted) = write_step(
@@ -173,19 +174,56 @@ pub async fn run_pass(
     );
     report.handover = handover;
     if options.dry_run {
+        report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
     report.removed = emitted.removed;
     report.phases_ms.write = emitted.write_ms;
     let (t, now) = (Instant::now(), unix_now());
-    deliver::deliver(service, &out_dir, &guarded.state, &mut report, cancel, now).await;
+    let fence = input.fence.as_ref();
+    deliver::deliver(
+        service,
+        &out_dir,
+        &guarded.state,
+        &mut report,
+        fence,
+        cancel,
+        now,
+    )
+    .await;
     report.phases_ms.deliver = report::ms_since(t);
     record(&out_dir, service, &report, learned, guarded, planned, now).await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);
     Ok(report)
+}
+
+/// Keep moving targets on their old node until the new one scrapes them,
+/// and empty drained nodes (see `handover`).
+fn handover_step(
+    input: &PassInput<'_>,
+    out_dir: &Path,
+    computed: &mut Computed,
+    state: &mut ServiceState,
+) -> Option<handover::HandoverReport> {
+    let service = input.service;
+    let live: BTreeSet<String> = input.nodes.iter().map(|n| n.addr.clone()).collect();
+    handover::in_pass(
+        service,
+        &mut computed.plan,
+        &computed.targets,
+        state,
+        &handover::Apply {
+            settings: service.handover,
+            dir: &out_dir.join(&service.name),
+            file_naming: service.file_naming,
+            live: &live,
+            observation: input.observation.as_deref(),
+            now_ms: handover::now_ms(),
+        },
+    )
 }
 
 /// Learned weights: the daemon's, or (once, plan) those the last pass
@@ -356,15 +394,9 @@ mod tests {
         let nodes = [NodeSpec::new("p1:9090"), NodeSpec::new("p2:9090")];
         let plan = make_plan(
             &PlanInput {
-                service: "svc",
-                nodes: &nodes,
-                targets: &targets,
-                replicas: 1,
-                ring: &Default::default(),
                 file_type: FileType::Yaml,
-                move_cap: None,
-                affinity: None,
                 shard_label: Some("shard"),
+                ..PlanInput::new("svc", &nodes, &targets)
             },
             |a| {
                 Ok(default_file_name(
