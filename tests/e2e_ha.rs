@@ -426,6 +426,76 @@ fn a_paused_leader_delivers_nothing_and_its_stale_epoch_is_fenced_by_the_playboo
     paused_leader_is_fenced(ansible_push);
 }
 
+/// Targets in `node`'s file.
+fn held(lab: &Lab, node: &str) -> usize {
+    let file = fs::read(lab.file(node)).unwrap_or_default();
+    sd_entries(&file).len()
+}
+
+#[test]
+#[ignore = "needs etcd"]
+fn a_drain_asked_of_the_standby_holds_when_the_leader_is_killed() {
+    let _one = serial();
+    let all = targets(12, 0);
+    let mut lab = Lab::start(1, 2, file_nodes(), local_push, &all);
+    let (leader, epoch) = lab.settled();
+    let standby = 1 - leader;
+    let drained = lab.nodes[0].clone();
+    let reply = lab
+        .instance(standby)
+        .post(&format!("/api/v1/nodes/{drained}/drain"), None)
+        .unwrap_or_else(|e| lab.fail(&e));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    // The leader reads the drain from etcd: the node empties, the other two
+    // hold every target (replicas: 2).
+    let emptied = |lab: &Lab| {
+        let covered = lab.coverage();
+        if held(lab, &drained) == 0
+            && covered.len() == all.len()
+            && covered.values().all(|&n| n == 2)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{drained}: {} targets; coverage {covered:?}",
+                held(lab, &drained)
+            ))
+        }
+    };
+    lab.wait(
+        "the leader to empty the drained node",
+        Duration::from_secs(10),
+        || emptied(&lab),
+    );
+
+    lab.kill(leader);
+    let (new, _, _) = lab.takeover(leader, epoch, 2 * TTL + Duration::from_secs(5));
+    holds("the new leader keeps the node drained", 2 * TTL, || {
+        emptied(&lab)
+    })
+    .unwrap_or_else(|e| lab.fail(&e));
+    let status = lab.instance(new).json("/api/v1/services").unwrap();
+    let shown = &status["services"][0]["current"]["handover"]["drained"][0];
+    assert!(
+        shown["node"] == drained.as_str() && shown["state"] == "drained",
+        "the new leader shows the drained node: {status}"
+    );
+
+    let reply = lab
+        .instance(new)
+        .post(&format!("/api/v1/nodes/{drained}/undrain"), None)
+        .unwrap_or_else(|e| lab.fail(&e));
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    lab.wait(
+        "the undrained node to get targets again",
+        Duration::from_secs(10),
+        || match held(&lab, &drained) {
+            0 => Err(format!("{drained} still empty")),
+            _ => Ok(()),
+        },
+    );
+}
+
 #[test]
 #[ignore = "needs etcd"]
 fn three_etcd_members_survive_one_and_without_etcd_nobody_delivers() {

@@ -38,6 +38,9 @@ pub(super) fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::R
             }
             anyhow::bail!("{url}: {}: {body}", resp.status());
         }
+        Err(e) if config.ha.is_some() => anyhow::bail!(
+            "no daemon answered at {addr} ({e}); with ha: a running instance records the {verb} in etcd, so that every instance keeps it"
+        ),
         Err(e) => eprintln!(
             "promshard: no daemon answered at {addr} ({e}); recording the {verb} for the next pass"
         ),

@@ -348,7 +348,10 @@ async fn set_drain(State(shared): App, node: String, headers: HeaderMap, drain: 
     if let Err(denied) = authorized(&shared, &headers) {
         return *denied;
     }
-    let services = super::drain::drain_node(&shared, &node, drain).await;
+    let services = match super::drain::drain_node(&shared, &node, drain).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
     if services.is_empty() && drain {
         return error(
             StatusCode::NOT_FOUND,

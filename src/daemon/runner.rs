@@ -1,7 +1,7 @@
 //! Runners: one task per service that runs one pass per wake-up, its cron
 //! job, and how a runner is started, stopped and retired.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use super::status::{LastPass, ServiceStatus};
 use crate::config::{Config, Schedule, Service};
 use crate::pass::{Fence, PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
+use crate::shard::placement::NodeSpec;
 use crate::store::state::unix_now;
 
 /// One running service.
@@ -120,7 +121,7 @@ impl Shared {
         &self,
         config: &Config,
         service: &Service,
-        static_live: Vec<crate::shard::placement::NodeSpec>,
+        static_live: Vec<NodeSpec>,
     ) -> Result<PassReport, PassError> {
         let script = self.cache.get(&service.script)?;
         let node_script = service
@@ -144,6 +145,7 @@ impl Shared {
                     }
                 },
             };
+        self.sync_drains(config, service, &nodes).await;
         let (options, fence) = self.ha_mode(config, service);
         let epoch = fence.as_ref().map(|f| f.epoch);
         let input = PassInput {
@@ -169,6 +171,34 @@ impl Shared {
             ha.keep(&service.name, r);
         }
         result
+    }
+
+    /// With `ha:`: make the service's drained nodes the set in etcd, so a
+    /// drain made through any instance holds on whichever one leads.
+    async fn sync_drains(&self, config: &Config, service: &Service, nodes: &[NodeSpec]) {
+        let Some(ha) = &self.ha else { return };
+        let drained = match ha.drained().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(service = %service.name, error = %e, "cannot read the drained nodes from etcd; keeping the last known");
+                return;
+            }
+        };
+        let known: BTreeSet<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let (out_dir, name) = (config.out_dir.clone(), service.name.clone());
+        let synced = tokio::task::spawn_blocking(move || {
+            crate::pass::handover::sync_drained(&out_dir, &name, &drained, &known)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        match synced {
+            Ok(true) => tracing::info!(service = %service.name, "drained nodes updated from etcd"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(service = %service.name, error = %e, "cannot save the drained nodes from etcd")
+            }
+        }
     }
 
     /// With `ha:`, how this pass runs: a standby computes only (dry run);

@@ -23,6 +23,10 @@
 //!   leader paused between its lease check and its write.
 //! - **SIGTERM** revokes the lease at once: a standby takes over without
 //!   waiting out the TTL. Without etcd nobody is promoted.
+//! - **Drains** (`promshard drain`) are kept in etcd under
+//!   `promshard/<name>/drained/<node>`, whichever instance is asked, and
+//!   every pass reads them: a drained node stays drained when another
+//!   instance takes over.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -235,6 +239,61 @@ impl Ha {
             Ok(Err(e)) => tracing::warn!(service, error = %e, "plan not published to etcd"),
             Err(_) => tracing::warn!(service, "plan not published: etcd did not answer in time"),
         }
+    }
+
+    /// Record in etcd that `node` is drained (or no longer is). Any
+    /// instance may: the leader reads the set before each pass.
+    pub async fn set_drained(&self, node: &str, drain: bool) -> Result<(), String> {
+        let mut client = self.etcd()?;
+        let key = format!("{}{node}", self.drain_prefix());
+        let done = if drain {
+            timeout(self.rpc_timeout(), async {
+                client.put(key, "", None).await.map(drop)
+            })
+            .await
+        } else {
+            timeout(self.rpc_timeout(), async {
+                client.delete(key, None).await.map(drop)
+            })
+            .await
+        };
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("etcd: {e}")),
+            Err(_) => Err(format!(
+                "etcd did not answer within {:?}",
+                self.rpc_timeout()
+            )),
+        }
+    }
+
+    /// The drained nodes recorded in etcd.
+    pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, String> {
+        let mut client = self.etcd()?;
+        let prefix = self.drain_prefix();
+        let get = client.get(prefix.clone(), Some(GetOptions::new().with_prefix()));
+        match timeout(self.rpc_timeout(), get).await {
+            Ok(Ok(r)) => Ok(r
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned())
+                .collect()),
+            Ok(Err(e)) => Err(format!("etcd: {e}")),
+            Err(_) => Err(format!(
+                "etcd did not answer within {:?}",
+                self.rpc_timeout()
+            )),
+        }
+    }
+
+    fn etcd(&self) -> Result<Client, String> {
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| "not connected to etcd".to_string())
+    }
+
+    fn drain_prefix(&self) -> String {
+        format!("promshard/{}/drained/", self.cfg.name)
     }
 
     fn election(&self) -> String {

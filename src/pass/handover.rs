@@ -398,6 +398,30 @@ fn current_files(
 /// Drain (`drain: true`) or undrain `node` in `service`'s state, under the
 /// service's lock (a pass in progress finishes first). Returns whether it
 /// changed anything.
+/// `ha:`: make the saved drained set of `service` the cluster's (`drained`,
+/// from etcd), for the nodes this service has (`known`, or in its state).
+/// Whether it changed.
+pub fn sync_drained(
+    out_dir: &Path,
+    service: &str,
+    drained: &BTreeSet<String>,
+    known: &BTreeSet<String>,
+) -> std::io::Result<bool> {
+    let _lock = ServiceState::lock(out_dir, service)?;
+    let mut state = ServiceState::load(out_dir, service);
+    let want: BTreeSet<String> = drained
+        .iter()
+        .filter(|n| known.contains(*n) || state.nodes.contains_key(*n))
+        .cloned()
+        .collect();
+    if want == state.drained {
+        return Ok(false);
+    }
+    state.drained = want;
+    state.save(out_dir, service)?;
+    Ok(true)
+}
+
 pub fn set_drained(
     out_dir: &Path,
     service: &str,
