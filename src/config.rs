@@ -85,6 +85,9 @@ struct RawConfig {
     env_allowlist: Option<Vec<String>>,
     #[serde(default)]
     services: Vec<RawService>,
+    /// Rule files for every service (see `rules`).
+    #[serde(default)]
+    rules: Option<crate::rules::RawRules>,
 }
 
 fn default_scripts_dir() -> PathBuf {
@@ -136,6 +139,8 @@ struct RawService {
     affinity: Option<String>,
     #[serde(default)]
     shard_label: Option<String>,
+    #[serde(default)]
+    rules: Option<crate::rules::RawRules>,
 }
 
 /// `weights:`; `from` is required, the rest take the defaults of
@@ -366,6 +371,8 @@ pub struct Service {
     pub affinity: Option<Affinity>,
     /// Every target in a node's file gets this label, valued the node.
     pub shard_label: Option<String>,
+    /// Rule files delivered to every node (`rules:`; see `rules`).
+    pub rules: Option<crate::rules::Rules>,
 }
 
 /// `weights: {from: series}`: each target weighs the series it feeds, as
@@ -525,6 +532,9 @@ impl Config {
         })?;
         let base_dir = config_dir(path);
         let mut problems = Vec::new();
+        let mut raw = raw;
+        // Top-level rules go to every service, like those in `defaults:`.
+        raw.defaults.rules = crate::rules::inherit(raw.defaults.rules.take(), &raw.rules);
         let listen = match raw.listen.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
@@ -1053,6 +1063,11 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
     if let Some(Err(e)) = shard_label.as_deref().map(check_shard_label) {
         p.push(("shard_label", e));
     }
+    let rules = rs.rules.as_ref().and_then(|raw| {
+        crate::rules::check(raw, base_dir, &push)
+            .map_err(|list| p.extend(list))
+            .ok()
+    });
     let mut ring = ring;
     if weights.is_some() {
         // Series come from observation, and only bounded placement uses
@@ -1070,6 +1085,7 @@ fn check_service(rs: RawService, base_dir: &Path) -> Result<Service, KeyProblems
         weights,
         affinity,
         shard_label,
+        rules,
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
         drop_in: false,
@@ -1117,6 +1133,7 @@ impl RawService {
         or(&mut self.weights, &d.weights);
         or(&mut self.affinity, &d.affinity);
         or(&mut self.shard_label, &d.shard_label);
+        self.rules = crate::rules::inherit(self.rules.take(), &d.rules);
         self
     }
 }

@@ -212,6 +212,12 @@ impl Shared {
         changed
     }
 
+    /// The running settings of every service (drop-ins included).
+    async fn running(&self) -> Vec<Arc<Service>> {
+        let runners = self.runners.lock().await;
+        runners.values().map(|r| Arc::clone(&r.service)).collect()
+    }
+
     /// The running settings of service `name`.
     pub async fn service(&self, name: &str) -> Option<Arc<Service>> {
         let runners = self.runners.lock().await;
@@ -925,6 +931,13 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
     shared.reconcile(Arc::clone(&config)).await;
     let (script_tx, mut script_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut script_watch = start_script_watch(&shared, &config, &script_tx);
+    // Rule files: a change wakes the services that deliver them.
+    let (rules_tx, mut rules_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut rules_watch = crate::rules::watch::RulesWatch::start(
+        &shared.running().await,
+        rules_tx.clone(),
+        &shutdown,
+    );
     scheduler
         .start()
         .await
@@ -949,7 +962,11 @@ pub async fn run(config_path: PathBuf, shutdown: CancellationToken) -> anyhow::R
                 shared.reload_config("file change").await;
             }
             Some(event) = script_rx.recv() => shared.script_changed(event).await,
+            Some(name) = rules_rx.recv() => {
+                shared.trigger(&name, "rule file change").await;
+            }
         }
+        rules_watch.refresh(&shared.running().await, rules_tx.clone(), &shutdown);
         // A reload may have moved scripts_dir or added script directories.
         let config = shared.config();
         if crate::script::watch::watch_dirs(&config) != watched {

@@ -42,6 +42,8 @@ pub async fn serve(
         .route("/api/v1/where", get(where_is))
         .route("/", get(status_page))
         .route("/sd/{service}/{node}", get(http_sd))
+        .route("/rules/{service}", get(crate::rules::http::list))
+        .route("/rules/{service}/{file}", get(crate::rules::http::file))
         .with_state(shared);
     let served = axum::serve(
         listener,

@@ -20,6 +20,7 @@ pub mod pass;
 pub mod plan;
 pub mod push;
 pub mod ring;
+pub mod rules;
 pub mod script;
 pub mod sim;
 pub mod state;

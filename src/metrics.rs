@@ -74,6 +74,7 @@ pub struct Metrics {
     pub node_head_series: Family<Labels, Gauge>,
     pub observe_errors: Family<Labels, Counter>,
     pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub rules: crate::rules::metrics::RuleMetrics,
 }
 
 impl Default for Metrics {
@@ -113,6 +114,7 @@ impl Metrics {
             node_head_series: Family::default(),
             observe_errors: Family::default(),
             observe_duration: Family::new_with_constructor(pass_histogram),
+            rules: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -245,6 +247,7 @@ impl Metrics {
             "Duration of one observation of every node of a service",
             m.observe_duration.clone(),
         );
+        m.rules.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -312,6 +315,9 @@ impl Metrics {
                 self.oversized_targets
                     .get_or_create(&service(name))
                     .set(r.oversized_count as i64);
+                if let Some(rules) = &r.rules {
+                    self.rules.record(name, rules);
+                }
                 if let Some(a) = &r.affinity {
                     let svc = service(name);
                     self.affinity_groups
@@ -389,6 +395,7 @@ impl Metrics {
         self.affinity_groups.remove(&svc);
         self.affinity_ungrouped_targets.remove(&svc);
         self.oversized_groups.remove(&svc);
+        self.rules.forget(name);
         let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
         for result in PASS_OUTCOMES {
             self.passes.remove(&with("result", result));
@@ -554,6 +561,21 @@ mod tests {
                     &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
+            rules: Some(crate::rules::RulesReport {
+                files: Vec::new(),
+                problems: vec![crate::rules::RuleProblem {
+                    file: "r.yml".into(),
+                    line: Some(3),
+                    message: "bad".into(),
+                }],
+                validated_with: "yaml",
+                hash: String::new(),
+                deliveries: vec![crate::rules::RulesDelivery {
+                    node: "n:1".into(),
+                    result: crate::push::DeliveryResult::Failed,
+                    error: None,
+                }],
+            }),
             assignment: Default::default(),
             sd: None,
         };
@@ -563,6 +585,9 @@ mod tests {
             "promshard_affinity_groups{service=\"s\"} 7",
             "promshard_affinity_ungrouped_targets{service=\"s\"} 2",
             "promshard_oversized_groups{service=\"s\"} 1",
+            "promshard_rule_files{service=\"s\"} 0",
+            "promshard_rule_files_refused{service=\"s\"} 1",
+            "promshard_rule_deliveries_total{service=\"s\",result=\"failed\"} 1",
         ] {
             assert!(text.contains(line), "{line}: {text}");
         }

@@ -188,6 +188,9 @@ pub struct PassReport {
     /// targets, oversized groups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity: Option<AffinityPlan>,
+    /// Rule files checked and delivered to every node (`rules:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::rules::RulesReport>,
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
@@ -875,6 +878,7 @@ pub async fn run_pass(
         oversized_count: oversized.len(),
         deferred_moves: computed.plan.deferred_moves,
         affinity: computed.plan.affinity.clone(),
+        rules: None,
         nodes: Vec::new(),
         departed: Vec::new(),
         removed: Vec::new(),
@@ -885,6 +889,16 @@ pub async fn run_pass(
         sd: None,
     };
     report.phases_ms.render = emitted.render_ms;
+    let planned_list: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    report.rules = crate::rules::step(
+        service,
+        &out_dir,
+        &planned_list,
+        &mut state.rules,
+        options.dry_run,
+        cancel,
+    )
+    .await;
     if options.dry_run {
         report.nodes = nodes;
         report.duration_ms = started.elapsed().as_millis() as u64;

@@ -53,6 +53,9 @@ pub struct ServiceState {
     /// (and saved) before its file is first written, so that after a crash
     /// at any point every file promshard left is still known as its own.
     pub files: BTreeMap<String, String>,
+    /// The rule set each node has (`rules:`), by node.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, crate::rules::NodeRules>,
 }
 
 /// Path of a service's state file.

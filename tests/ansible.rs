@@ -366,6 +366,96 @@ fn three_nodes_receive_their_own_files_then_an_unchanged_rerun_runs_no_playbook(
     );
 }
 
+const RULE: &str = "groups:\n  - name: web\n    rules:\n      - record: app:up:sum\n        expr: sum by (app) (up)\n";
+
+/// The rule files one node got, by name (the manifest included).
+fn rule_dir(f: &Fixture, node: &str) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(f.path("rules-dest").join(node))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, fs::read(e.path()).expect("read rule file"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs ansible-playbook"]
+fn rule_files_reach_every_node_through_the_shipped_rules_playbook_and_a_bad_edit_is_kept_out() {
+    let f = Fixture::new();
+    f.targets(12, None);
+    f.dest_dirs(&NODES);
+    f.write("rules/a.yml", RULE);
+    f.write("rules/b.yml", RULE.replace("name: web", "name: web2"));
+    let playbook = shipped_playbook().with_file_name("push_rules.yml");
+    let rules = format!(
+        "    rules: {{files: [rules/*.yml], dir: \"{}/rules-dest/{{node}}\", playbook: \"{}\"}}\n",
+        f.root.display(),
+        playbook.display()
+    );
+    f.config(&NODES, json!({"vars": {"create_rules_dir": true}}), &rules);
+    let first = f.once();
+    assert_eq!(first.code, Some(0), "{}", first.describe());
+    let report = &first.report["services"][0]["rules"];
+    assert_eq!(
+        report["deliveries"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    for node in NODES {
+        let got = rule_dir(&f, node);
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(names, [".promshard-rules", "a.yml", "b.yml"], "{node}");
+        assert_eq!(got["a.yml"], RULE.as_bytes(), "{node}");
+    }
+
+    // Nothing changed: no playbook run at all.
+    let second = f.once();
+    assert_eq!(second.code, Some(0), "{}", second.describe());
+    assert!(
+        second.report["services"][0]["rules"]["deliveries"].is_null(),
+        "{}",
+        second.describe()
+    );
+    assert!(
+        !second.stderr.contains("ansible-playbook run"),
+        "{}",
+        second.describe()
+    );
+
+    // a.yml broken, b.yml dropped: the nodes keep a.yml as it was, lose b.yml.
+    f.write("rules/a.yml", RULE.replace("    rules:", "   rules:"));
+    fs::remove_file(f.path("rules/b.yml")).expect("remove b.yml");
+    let third = f.once();
+    assert_eq!(
+        third.code,
+        Some(1),
+        "a refused rule file fails the run: {}",
+        third.describe()
+    );
+    let problem = &third.report["services"][0]["rules"]["problems"][0];
+    assert_eq!(
+        problem["file"],
+        f.path("rules/a.yml").to_string_lossy().as_ref(),
+        "{problem}"
+    );
+    assert_eq!(problem["line"], 3, "{problem}");
+    for node in NODES {
+        let got = rule_dir(&f, node);
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [".promshard-rules", "a.yml"],
+            "{node}: {}",
+            third.describe()
+        );
+        assert_eq!(got["a.yml"], RULE.as_bytes(), "{node} kept the good a.yml");
+    }
+}
+
 #[test]
 #[ignore = "needs ansible-playbook"]
 fn changing_one_target_redelivers_only_its_node() {
