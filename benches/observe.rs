@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use promshard::config::{FileNaming, FileType};
-use promshard::observe::audit::{NodeInput, audit};
 use promshard::observe::{ActiveTarget, Assignment, NodeObservation, locate};
-use promshard::plan::{Plan, PlanInput, default_file_name, make_plan};
-use promshard::ring::RingSettings;
+use promshard::shard::audit::{NodeInput, audit};
+use promshard::shard::names::{FileNaming, FileType, default_file_name};
+use promshard::shard::placement::PlacementSettings;
+use promshard::shard::plan::{Plan, PlanInput, make_plan};
+use promshard::shard::target::{RawGroup, Target, normalize};
 use promshard::sim::{synthetic_addresses, synthetic_nodes};
-use promshard::target::{RawGroup, Target, normalize};
 
 const N: usize = 100_000;
 
@@ -39,7 +39,7 @@ fn fleet() -> (Vec<Target>, Plan) {
             nodes: &nodes,
             targets: &targets,
             replicas: 1,
-            ring: &RingSettings::default(),
+            ring: &PlacementSettings::default(),
             file_type: FileType::Json,
             move_cap: None,
             affinity: None,

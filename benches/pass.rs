@@ -8,12 +8,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use promshard::config::{FileNaming, FileType};
-use promshard::output::render_into;
-use promshard::plan::{PlanInput, default_file_name, make_plan};
-use promshard::ring::{NodeSpec, RingSettings};
+use promshard::shard::names::{FileNaming, FileType, default_file_name};
+use promshard::shard::placement::{NodeSpec, PlacementSettings};
+use promshard::shard::plan::{PlanInput, make_plan};
+use promshard::shard::render::render_into;
+use promshard::shard::target::{RawGroup, Target, normalize};
 use promshard::sim::{synthetic_inventory, synthetic_nodes};
-use promshard::target::{RawGroup, Target, normalize};
 
 /// Inventory records as `examples/gen_targets.rs` writes them.
 fn groups(n: usize) -> Vec<RawGroup> {
@@ -36,7 +36,7 @@ fn groups(n: usize) -> Vec<RawGroup> {
 }
 
 /// make_plan then render every node into one reused buffer; total bytes.
-fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &RingSettings) -> usize {
+fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &PlacementSettings) -> usize {
     let plan = make_plan(
         &PlanInput {
             service: "svc",
@@ -66,7 +66,7 @@ fn bench_pass(c: &mut Criterion) {
     const N: usize = 100_000;
     let input = groups(N);
     let nodes = synthetic_nodes(10, 1);
-    let ring = RingSettings::default();
+    let ring = PlacementSettings::default();
     let targets = normalize(input.clone()).targets;
 
     let mut g = c.benchmark_group("pass_100k_10_nodes");

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use promshard::ring::{Balance, Ring, RingSettings, assign, hash_key};
+use promshard::shard::placement::{Balance, PlacementSettings, Rendezvous, assign, hash_key};
 use promshard::sim::{WeightDist, synthetic_addresses, synthetic_nodes, synthetic_weights};
 
 fn bench_ring(c: &mut Criterion) {
@@ -22,16 +22,16 @@ fn bench_ring(c: &mut Criterion) {
         sigma: 1.2,
     }
     .sample(keys.len(), 1);
-    let consistent = RingSettings::default();
-    let bounded = RingSettings {
+    let consistent = PlacementSettings::default();
+    let bounded = PlacementSettings {
         balance: Balance::Bounded,
-        ..RingSettings::default()
+        ..PlacementSettings::default()
     };
 
     let mut g = c.benchmark_group("lookup");
     g.throughput(Throughput::Elements(keys.len() as u64));
     for n in [10usize, 100] {
-        let ring = Ring::new(&synthetic_nodes(n, 1), &consistent).expect("ring");
+        let ring = Rendezvous::new(&synthetic_nodes(n, 1), &consistent).expect("ring");
         g.bench_function(format!("hash+lookup/{n}_nodes"), |b| {
             b.iter(|| {
                 keys.iter()

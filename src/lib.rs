@@ -1,29 +1,43 @@
 //! promshard: shard Prometheus scrape targets over a pool of Prometheus
-//! servers with a consistent hash ring.
+//! servers with weighted rendezvous hashing.
 //!
-//! The flow of one pass of one service is one-way:
-//! `script` (targets) → `target` (validate, normalize) → `plan` (ring
-//! assignment, file names; pure) → `output` (render, atomic write, cleanup)
-//! → `push` (deliver changed files) → `state` (remember what was done).
-//! `pass` drives that flow; `cli` wires it to commands.
+//! The flow of one pass of one service is one-way: the daemon resolves the
+//! live nodes (`membership`); `script` yields targets; the pure core
+//! (`shard`: validate, place, plan, render) decides who scrapes what;
+//! `pass` runs compute → guard → write (`store`) → deliver (`push`) →
+//! record (`store::state`); `rules` checks rule files and delivers them to
+//! every node. `observe` reads back what each server scrapes.
+//! `daemon` runs passes on schedules and triggers; `cli` wires commands.
+//!
+//! Modules, lowest layer first (each uses only those before it):
 
-pub mod affinity;
-pub mod cli;
+// Pure core.
+pub mod shard;
+
+// Plumbing shared by the layers above.
+pub mod shutdown;
+
+pub mod store;
+
 pub mod config;
-pub mod daemon;
-pub mod http;
-pub mod membership;
-pub mod metrics;
-pub mod observe;
-pub mod output;
-pub mod pass;
-pub mod plan;
-pub mod push;
-pub mod ring;
-pub mod rules;
+
 pub mod script;
+
+pub mod push;
+
+pub mod rules;
+
+pub mod membership;
+
+pub mod observe;
+
+pub mod pass;
+
+pub mod metrics;
+
+pub mod daemon;
+
+// Entry points.
 pub mod sim;
-pub mod state;
-pub mod status_page;
-pub mod target;
-pub mod template;
+
+pub mod cli;

@@ -15,10 +15,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::pass::{PassError, PassReport};
+use crate::push::DeliveryResult;
+use crate::rules::RulesReport;
 
-type Labels = Vec<(&'static str, String)>;
+type LabelSet = Vec<(&'static str, String)>;
 
-fn service(name: &str) -> Labels {
+fn service(name: &str) -> LabelSet {
     vec![("service", name.to_string())]
 }
 
@@ -48,33 +50,33 @@ const PASS_OUTCOMES: [&str; 4] = ["ok", "failed", "refused", "all_nodes_down"];
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
-    pub pass_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub passes: Family<Labels, Counter>,
-    pub targets: Family<Labels, Gauge>,
-    pub node_targets: Family<Labels, Gauge>,
-    pub invalid_targets: Family<Labels, Gauge>,
-    pub script_errors: Family<Labels, Counter>,
-    pub script_reloads: Family<Labels, Counter>,
-    pub config_reloads: Family<Labels, Counter>,
-    pub files_written: Family<Labels, Counter>,
-    pub deliveries: Family<Labels, Counter>,
-    pub mass_drop_refusals: Family<Labels, Counter>,
-    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    pub node_up: Family<Labels, Gauge>,
-    pub membership_changes: Family<Labels, Counter>,
-    pub live_nodes: Family<Labels, Gauge>,
-    pub delivery_run_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub audit_targets: Family<Labels, Gauge>,
-    pub node_weight: Family<Labels, Gauge>,
-    pub oversized_targets: Family<Labels, Gauge>,
-    pub affinity_groups: Family<Labels, Gauge>,
-    pub affinity_ungrouped_targets: Family<Labels, Gauge>,
-    pub oversized_groups: Family<Labels, Gauge>,
-    pub node_series: Family<Labels, Gauge>,
-    pub node_head_series: Family<Labels, Gauge>,
-    pub observe_errors: Family<Labels, Counter>,
-    pub observe_duration: Family<Labels, Histogram, fn() -> Histogram>,
-    pub rules: crate::rules::metrics::RuleMetrics,
+    pub pass_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub passes: Family<LabelSet, Counter>,
+    pub targets: Family<LabelSet, Gauge>,
+    pub node_targets: Family<LabelSet, Gauge>,
+    pub invalid_targets: Family<LabelSet, Gauge>,
+    pub script_errors: Family<LabelSet, Counter>,
+    pub script_reloads: Family<LabelSet, Counter>,
+    pub config_reloads: Family<LabelSet, Counter>,
+    pub files_written: Family<LabelSet, Counter>,
+    pub deliveries: Family<LabelSet, Counter>,
+    pub mass_drop_refusals: Family<LabelSet, Counter>,
+    pub last_success: Family<LabelSet, Gauge<f64, AtomicU64>>,
+    pub node_up: Family<LabelSet, Gauge>,
+    pub membership_changes: Family<LabelSet, Counter>,
+    pub live_nodes: Family<LabelSet, Gauge>,
+    pub delivery_run_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub audit_targets: Family<LabelSet, Gauge>,
+    pub node_weight: Family<LabelSet, Gauge>,
+    pub oversized_targets: Family<LabelSet, Gauge>,
+    pub affinity_groups: Family<LabelSet, Gauge>,
+    pub affinity_ungrouped_targets: Family<LabelSet, Gauge>,
+    pub oversized_groups: Family<LabelSet, Gauge>,
+    pub node_series: Family<LabelSet, Gauge>,
+    pub node_head_series: Family<LabelSet, Gauge>,
+    pub observe_errors: Family<LabelSet, Counter>,
+    pub observe_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
+    pub rules: RuleMetrics,
 }
 
 impl Default for Metrics {
@@ -476,6 +478,67 @@ impl Metrics {
     }
 }
 
+/// Metrics of rule files (`rules:`): `promshard_rule_files` (files in
+/// effect), `promshard_rule_files_refused` (files the last pass refused)
+/// and `promshard_rule_deliveries_total{result}` (deliveries to nodes).
+#[derive(Default)]
+pub struct RuleMetrics {
+    files: Family<LabelSet, Gauge>,
+    refused: Family<LabelSet, Gauge>,
+    deliveries: Family<LabelSet, Counter>,
+}
+
+fn with_result(name: &str, result: DeliveryResult) -> LabelSet {
+    vec![
+        ("service", name.to_string()),
+        ("result", result.as_str().into()),
+    ]
+}
+
+impl RuleMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rule_files",
+            "Rule files in effect for every node of a service",
+            self.files.clone(),
+        );
+        registry.register(
+            "rule_files_refused",
+            "Rule files the last pass refused (validation failed or unreadable; the last good version stays)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "rule_deliveries",
+            "Deliveries of a service's rule set to a node, by result",
+            self.deliveries.clone(),
+        );
+    }
+
+    /// Record the rules step of a pass.
+    fn record(&self, name: &str, r: &RulesReport) {
+        self.files
+            .get_or_create(&service(name))
+            .set(r.files.len() as i64);
+        self.refused
+            .get_or_create(&service(name))
+            .set(r.problems.len() as i64);
+        for d in &r.deliveries {
+            self.deliveries
+                .get_or_create(&with_result(name, d.result))
+                .inc();
+        }
+    }
+
+    /// Drop the series of a removed service.
+    fn forget(&self, name: &str) {
+        self.files.remove(&service(name));
+        self.refused.remove(&service(name));
+        for result in DeliveryResult::ALL {
+            self.deliveries.remove(&with_result(name, result));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,16 +612,16 @@ mod tests {
             oversized: Vec::new(),
             oversized_count: 0,
             deferred_moves: 0,
-            affinity: Some(crate::plan::AffinityPlan {
+            affinity: Some(crate::shard::plan::AffinityPlan {
                 template: "{labels.app}".into(),
                 groups: 7,
                 ungrouped: 2,
                 ungrouped_samples: Vec::new(),
                 oversized: Vec::new(),
                 oversized_count: 1,
-                grouping: std::sync::Arc::new(crate::affinity::Groups::new(
+                grouping: std::sync::Arc::new(crate::shard::affinity::Groups::new(
                     &[],
-                    &crate::affinity::Affinity::parse("{labels.app}").unwrap(),
+                    &crate::shard::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
             rules: Some(crate::rules::RulesReport {

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use clap::Args;
 use serde::Serialize;
 
-use crate::ring::{Assignment, Balance, NodeSpec, Ring, RingError, RingSettings, hash_key};
+use crate::shard::placement::{
+    Balance, NodeSpec, Placement, PlacementError, PlacementSettings, Rendezvous, hash_key,
+};
 
 /// Arguments of `promshard ring`.
 #[derive(Debug, Args)]
@@ -37,7 +39,7 @@ pub struct SimArgs {
     #[arg(long, value_enum, default_value_t = BalanceArg::Consistent)]
     pub balance: BalanceArg,
     /// Bounded mode: node capacity as a multiple of its fair share.
-    #[arg(long, default_value_t = crate::ring::DEFAULT_LOAD_FACTOR)]
+    #[arg(long, default_value_t = crate::shard::placement::DEFAULT_LOAD_FACTOR)]
     pub load_factor: f64,
     /// Seed of the synthetic fleet.
     #[arg(long, default_value_t = 1)]
@@ -92,7 +94,7 @@ pub struct SimConfig {
     pub targets: usize,
     pub replicas: usize,
     pub seed: u64,
-    pub settings: RingSettings,
+    pub settings: PlacementSettings,
     /// Node weights, repeated over the nodes; empty = all 1.
     pub node_weights: Vec<u32>,
     /// Synthetic target weights instead of weight 1.
@@ -211,7 +213,7 @@ impl SimConfig {
             targets,
             replicas: 1,
             seed: 1,
-            settings: RingSettings::default(),
+            settings: PlacementSettings::default(),
             node_weights: Vec::new(),
             target_weights: false,
             weight_dist: None,
@@ -410,17 +412,17 @@ pub fn synthetic_weights(n: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Rendezvous (highest-random-weight) hashing written straight from its
-/// definition, as the reference for [`crate::ring`]'s fast paths: each
+/// definition, as the reference for [`crate::shard::placement`]'s fast paths: each
 /// target goes to the `replicas` nodes with the highest `w / -ln(u)`, `u`
-/// from [`crate::ring::draw`], ties to the lower node index, using the
+/// from [`crate::shard::placement::draw`], ties to the lower node index, using the
 /// platform's `ln` (the ring uses its own).
 pub fn rendezvous_assign(
     nodes: &[NodeSpec],
     keys: &[&str],
     replicas: usize,
-) -> Result<Assignment, RingError> {
+) -> Result<Placement, PlacementError> {
     if nodes.is_empty() {
-        return Err(RingError::NoNodes);
+        return Err(PlacementError::NoNodes);
     }
     let seeds: Vec<u64> = nodes.iter().map(|n| hash_key(&n.addr)).collect();
     let replicas = replicas.clamp(1, nodes.len());
@@ -430,7 +432,7 @@ pub fn rendezvous_assign(
         let h = hash_key(key);
         scored.clear();
         for (i, node) in nodes.iter().enumerate() {
-            let u = (crate::ring::draw(h, seeds[i]) as f64 + 0.5) / (1u64 << 53) as f64;
+            let u = (crate::shard::placement::draw(h, seeds[i]) as f64 + 0.5) / (1u64 << 53) as f64;
             scored.push((f64::from(node.weight.max(1)) / -u.ln(), i));
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -438,20 +440,20 @@ pub fn rendezvous_assign(
             per_node[i].push(k as u32);
         }
     }
-    Ok(Assignment { per_node })
+    Ok(Placement { per_node })
 }
 
 /// Modulo hashing over `nodes`: key `k` goes to node `hash % N`.
-pub fn hashmod_assign(nodes: usize, hashes: &[u64]) -> Assignment {
+pub fn hashmod_assign(nodes: usize, hashes: &[u64]) -> Placement {
     let mut per_node = vec![Vec::new(); nodes];
     for (k, &h) in hashes.iter().enumerate() {
         per_node[(h % nodes as u64) as usize].push(k as u32);
     }
-    Assignment { per_node }
+    Placement { per_node }
 }
 
 /// Load statistics of an assignment (`weights[k]` per key, 1 if `None`).
-pub fn load_stats(nodes: &[NodeSpec], a: &Assignment, weights: Option<&[u32]>) -> LoadStats {
+pub fn load_stats(nodes: &[NodeSpec], a: &Placement, weights: Option<&[u32]>) -> LoadStats {
     let loads: Vec<u64> = a
         .per_node
         .iter()
@@ -492,7 +494,7 @@ pub fn load_stats(nodes: &[NodeSpec], a: &Assignment, weights: Option<&[u32]>) -
 }
 
 /// Per key, the sorted addresses of its nodes.
-fn placements<'a>(nodes: &'a [NodeSpec], a: &Assignment, keys: usize) -> Vec<Vec<&'a str>> {
+fn placements<'a>(nodes: &'a [NodeSpec], a: &Placement, keys: usize) -> Vec<Vec<&'a str>> {
     let mut out: Vec<Vec<&str>> = vec![Vec::new(); keys];
     for (i, list) in a.per_node.iter().enumerate() {
         for &k in list {
@@ -506,8 +508,8 @@ fn placements<'a>(nodes: &'a [NodeSpec], a: &Assignment, keys: usize) -> Vec<Vec
 /// Movement between two assignments of the same keys: (placements that
 /// changed node, of which between nodes other than `changed`).
 pub fn movement(
-    before: (&[NodeSpec], &Assignment),
-    after: (&[NodeSpec], &Assignment),
+    before: (&[NodeSpec], &Placement),
+    after: (&[NodeSpec], &Placement),
     keys: usize,
     changed: &str,
 ) -> (u64, u64) {
@@ -541,9 +543,9 @@ fn weigh(nodes: &mut [NodeSpec], weights: &[u32]) {
 
 /// Run the simulation: balance on a synthetic fleet, then the effect of
 /// removing its middle node and of adding one node. Pure and deterministic.
-pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
+pub fn simulate(cfg: &SimConfig) -> Result<SimReport, PlacementError> {
     if cfg.nodes == 0 {
-        return Err(RingError::NoNodes);
+        return Err(PlacementError::NoNodes);
     }
     let sizes = cfg.group_sizes();
     let targets = sizes
@@ -597,19 +599,19 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
     larger.push(spare.clone());
     larger.sort_by(|a, b| a.addr.cmp(&b.addr));
 
-    let ring = Ring::new(&fleet, &cfg.settings)?;
+    let ring = Rendezvous::new(&fleet, &cfg.settings)?;
     let base = ring.assign_hashes(&hashes, tw, cfg.replicas)?;
     let load = load_stats(&fleet, &base, tw);
     let placed: u64 = base.per_node.iter().map(|l| l.len() as u64).sum();
 
     let change =
-        |nodes: &[NodeSpec], node: &NodeSpec, ideal: u64| -> Result<MoveStats, RingError> {
+        |nodes: &[NodeSpec], node: &NodeSpec, ideal: u64| -> Result<MoveStats, PlacementError> {
             let a = if nodes.is_empty() {
-                Assignment {
+                Placement {
                     per_node: Vec::new(),
                 }
             } else {
-                Ring::new(nodes, &cfg.settings)?.assign_hashes(&hashes, tw, cfg.replicas)?
+                Rendezvous::new(nodes, &cfg.settings)?.assign_hashes(&hashes, tw, cfg.replicas)?
             };
             let (moved, between) = movement((&fleet, &base), (nodes, &a), keys, &node.addr);
             Ok(MoveStats {
@@ -659,7 +661,7 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, RingError> {
 
     let groups = sizes.map(|mut sizes| {
         let oversized =
-            crate::plan::oversized(tw.unwrap_or_default(), cfg.replicas, fleet.len()).len();
+            crate::shard::plan::oversized(tw.unwrap_or_default(), cfg.replicas, fleet.len()).len();
         sizes.sort_unstable();
         GroupStats {
             groups: sizes.len(),
@@ -781,7 +783,7 @@ pub fn main(args: &SimArgs) -> anyhow::Result<()> {
         targets: args.targets,
         replicas: args.replicas,
         seed: args.seed,
-        settings: RingSettings {
+        settings: PlacementSettings {
             balance: args.balance.into(),
             load_factor: args.load_factor,
         },

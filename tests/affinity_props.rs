@@ -3,12 +3,12 @@
 //! seeded synthetic fleets: every group on exactly one node set, balance,
 //! and movement counted in groups.
 
-use promshard::affinity::Affinity;
-use promshard::config::{FileNaming, FileType};
-use promshard::plan::{Plan, PlanInput, default_file_name, make_plan};
-use promshard::ring::{Assignment, Balance, NodeSpec, RingSettings};
+use promshard::shard::affinity::Affinity;
+use promshard::shard::names::{FileNaming, FileType, default_file_name};
+use promshard::shard::placement::{Balance, NodeSpec, Placement, PlacementSettings};
+use promshard::shard::plan::{Plan, PlanInput, make_plan};
+use promshard::shard::target::{RawGroup, Target, normalize};
 use promshard::sim::{SplitMix64, movement, synthetic_addresses, synthetic_nodes};
-use promshard::target::{RawGroup, Target, normalize};
 use proptest::prelude::*;
 
 /// `groups` applications of 1..=`max_size` targets each (uniform), every
@@ -42,7 +42,7 @@ fn fleet(groups: usize, max_size: u64, unlabelled: usize, seed: u64) -> Vec<Targ
 fn plan(
     targets: &[Target],
     nodes: &[NodeSpec],
-    ring: &RingSettings,
+    ring: &PlacementSettings,
     replicas: usize,
     affinity: &Affinity,
 ) -> Plan {
@@ -63,16 +63,16 @@ fn plan(
     .unwrap()
 }
 
-fn settings(balance: Balance) -> RingSettings {
-    RingSettings {
+fn settings(balance: Balance) -> PlacementSettings {
+    PlacementSettings {
         balance,
-        ..RingSettings::default()
+        ..PlacementSettings::default()
     }
 }
 
 /// The plan as an assignment of groups to nodes, checking on the way that
 /// every target of a group is on exactly the group's `min(R, N)` nodes.
-fn groups_per_node(p: &Plan, targets: &[Target]) -> Assignment {
+fn groups_per_node(p: &Plan, targets: &[Target]) -> Placement {
     let grouping = &p.affinity.as_ref().expect("an affinity plan").grouping;
     let mut nodes_of_target: Vec<Vec<u32>> = vec![Vec::new(); targets.len()];
     for (i, n) in p.nodes.iter().enumerate() {
@@ -99,7 +99,7 @@ fn groups_per_node(p: &Plan, targets: &[Target]) -> Assignment {
     for (n, list) in per_node.iter().enumerate() {
         assert_eq!(p.nodes[n].groups, Some(list.len()), "GROUPS of node {n}");
     }
-    Assignment { per_node }
+    Placement { per_node }
 }
 
 fn max_over_mean(p: &Plan) -> f64 {
@@ -292,7 +292,7 @@ proptest! {
         let app = Affinity::parse("{labels.app}-{labels.env}").unwrap();
         let mut targets = fleet(groups, 12, unlabelled, seed);
         // Some targets carry env too: those group by both labels.
-        let env: promshard::target::Labels = [("env", "prod")].into_iter().collect();
+        let env: promshard::shard::target::Labels = [("env", "prod")].into_iter().collect();
         let mut extra = targets.clone();
         for t in extra.iter_mut().step_by(3) {
             t.labels = t.labels.iter().chain(env.iter()).collect();

@@ -2,7 +2,7 @@
 //!
 //! Every test runs the real binary on its own temp directory (see
 //! `tests/util/mod.rs`) and asserts on the files it wrote, its exit code and
-//! its output: the invariants of DESIGN.md (exactly R, every node gets a
+//! its output: the invariants of placement (exactly R, every node gets a
 //! file, determinism, no torn files, nothing outside `out_dir`) are checked
 //! on real files, not on library values.
 
@@ -961,7 +961,7 @@ fn a_failed_state_save_says_the_files_were_written() {
 fn a_pass_waits_for_the_service_lock() {
     let dir = one_service(2, "", &[json!("10.0.0.1:9100")]);
     dir.run(&["once"]).success();
-    let lock = promshard::state::ServiceState::lock(&dir.join("out"), "svc").unwrap();
+    let lock = promshard::store::state::ServiceState::lock(&dir.join("out"), "svc").unwrap();
     let cwd = dir.path().to_path_buf();
     let started = std::time::Instant::now();
     let child = std::thread::spawn(move || run_in(&cwd, &["once"]));

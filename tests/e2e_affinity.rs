@@ -263,7 +263,7 @@ fn rules_phase(
         },
     );
     let served = daemon
-        .get("/rules/web/apps.yml")
+        .body("/rules/web/apps.yml")
         .unwrap_or_else(|e| daemon.fail(&e));
     assert_eq!(served, fixed);
     let status = daemon
@@ -271,9 +271,9 @@ fn rules_phase(
         .unwrap_or_else(|e| daemon.fail(&e));
     let files = &status["services"][0]["current"]["rules"]["files"];
     assert_eq!(files[0]["name"], "apps.yml", "{status}");
-    let metrics = daemon.get("/metrics").unwrap_or_else(|e| daemon.fail(&e));
-    assert!(
-        metrics.contains("promshard_rule_deliveries_total{service=\"web\",result=\"changed\"} 3"),
-        "{metrics}"
+    let changed = daemon.metric(
+        "promshard_rule_deliveries_total",
+        &[("service", "web"), ("result", "changed")],
     );
+    assert_eq!(changed, 3.0);
 }

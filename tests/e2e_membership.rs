@@ -22,15 +22,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod util;
-use util::child::{ChildGuard, free_port, poll_every};
+use util::Dir;
+use util::child::{free_port, poll_every};
+use util::daemon::Promshard;
+use util::prom::Prom;
 use util::tools::prometheus;
 
 const SERVICE: &str = "sharded";
@@ -49,28 +51,6 @@ const SLACK: Duration = Duration::from_secs(10);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 // ------------------------------------------------------------------ helpers
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(3)))
-        .build()
-        .into()
-}
-
-/// GET `url`: status and body.
-fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
-    let mut r = agent
-        .get(url)
-        .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let body = r
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("GET {url}: body: {e}"))?;
-    Ok((r.status().as_u16(), body))
-}
 
 /// Poll every 100 ms (three Prometheus APIs per check): the value and the
 /// time it took.
@@ -125,46 +105,28 @@ fn sizes(a: &Assignment) -> String {
 
 // ------------------------------------------------------------------ the lab
 
-struct Prom {
-    addr: String,
-    dir: PathBuf,
-    proc: Option<ChildGuard>,
-}
-
 /// Three Prometheus servers and a promshard, in one temp directory.
 struct Lab {
-    root: tempfile::TempDir,
+    root: Dir,
     proms: Vec<Prom>,
-    promshard: Option<ChildGuard>,
-    api: String,
+    promshard: Option<Promshard>,
+    port: u16,
     targets: BTreeSet<String>,
-    agent: ureq::Agent,
 }
 
 impl Lab {
     fn new(replicas: usize) -> Lab {
-        let root = tempfile::Builder::new()
-            .prefix("promshard-e2e-membership-")
-            .tempdir()
-            .expect("temp dir");
-        let agent = agent();
+        let root = Dir::new();
         let proms: Vec<Prom> = (0..3)
             .map(|_| {
-                let addr = format!("127.0.0.1:{}", free_port());
-                let dir = root.path().join("prom").join(&addr);
-                fs::create_dir_all(dir.join("sd")).expect("prometheus dirs");
-                let config = format!(
-                    "global:\n  scrape_interval: 10s\n  scrape_timeout: 1s\n\
-                     scrape_configs:\n  - job_name: {SERVICE}\n    file_sd_configs:\n      \
-                     - files: ['{}/*.json']\n        refresh_interval: 1s\n",
-                    dir.join("sd").display()
-                );
-                fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
-                Prom {
-                    addr,
-                    dir,
-                    proc: None,
-                }
+                Prom::start_with(&root.join("prom"), |dir| {
+                    format!(
+                        "global:\n  scrape_interval: 10s\n  scrape_timeout: 1s\n\
+                         scrape_configs:\n  - job_name: {SERVICE}\n    file_sd_configs:\n      \
+                         - files: ['{}/*.json']\n        refresh_interval: 1s\n",
+                        dir.join("sd").display()
+                    )
+                })
             })
             .collect();
         // Unused loopback addresses: refused at once, listed all the same.
@@ -179,11 +141,10 @@ impl Lab {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        fs::create_dir_all(root.path().join("scripts")).expect("scripts dir");
-        fs::write(root.path().join("scripts/sharded.rhai"), script).expect("script");
+        root.write("scripts/sharded.rhai", script);
         let port = free_port();
         let nodes: Vec<String> = proms.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-        let config = format!(
+        root.config(&format!(
             "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {SERVICE}\n    \
              script: scripts/sharded.rhai\n    schedule: \"0 0 0 1 1 *\"\n    nodes: [{}]\n    \
              replicas: {replicas}\n    push: {{kind: local, dest: \"{}/prom/{{node}}/sd/sd.json\"}}\n    \
@@ -191,94 +152,37 @@ impl Lab {
             nodes.join(", "),
             root.path().display(),
             INTERVAL.as_millis(),
-        );
-        fs::write(root.path().join("promshard.yaml"), config).expect("promshard.yaml");
+        ));
         Lab {
             root,
             proms,
             promshard: None,
-            api: format!("http://127.0.0.1:{port}"),
+            port,
             targets,
-            agent,
         }
-    }
-
-    fn start_prom(&mut self, i: usize) {
-        let p = &mut self.proms[i];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.dir.join("prometheus.log"))
-            .expect("prometheus.log");
-        let child = Command::new(prometheus())
-            .arg(format!(
-                "--config.file={}",
-                p.dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                p.dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={}", p.addr))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        p.proc = Some(ChildGuard::new(format!("prometheus {}", p.addr), child));
-    }
-
-    fn kill_prom(&mut self, i: usize) {
-        if let Some(mut c) = self.proms[i].proc.take() {
-            c.kill();
-        }
-    }
-
-    fn wait_prom_ready(&mut self, i: usize) {
-        let url = format!("http://{}/-/ready", self.proms[i].addr);
-        if let Some(Ok(Some(status))) = self.proms[i].proc.as_mut().map(|c| c.child.try_wait()) {
-            self.fail(&format!(
-                "prometheus {} exited: {status}",
-                self.proms[i].addr
-            ));
-        }
-        poll("prometheus ready", Duration::from_secs(30), || {
-            match get(&self.agent, &url)? {
-                (200, _) => Ok(()),
-                (s, b) => Err(format!("{s} {b}")),
-            }
-        })
-        .unwrap_or_else(|e| self.fail(&e));
     }
 
     fn start_promshard(&mut self) {
-        let log = fs::File::create(self.root.path().join("promshard.log")).expect("promshard.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_promshard"))
-            .args(["-c", "promshard.yaml", "--log-format", "json", "run"])
-            .current_dir(self.root.path())
-            .env("RUST_LOG", "info,tokio_cron_scheduler=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting promshard run");
-        self.promshard = Some(ChildGuard::new("promshard", child));
+        let config = Path::new("promshard.yaml");
+        self.promshard = Some(Promshard::spawn(self.root.path(), config, self.port));
+    }
+
+    /// The running promshard.
+    fn d(&self) -> &Promshard {
+        self.promshard.as_ref().expect("promshard started")
     }
 
     /// Panic with `msg` and the end of promshard's log.
     fn fail(&self, msg: &str) -> ! {
-        let log = fs::read_to_string(self.root.path().join("promshard.log")).unwrap_or_default();
+        let log = fs::read_to_string(self.root.join("promshard.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         let mut proms = String::new();
         for p in &self.proms {
-            let log = fs::read_to_string(p.dir.join("prometheus.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             proms.push_str(&format!(
                 "--- prometheus {} log (last 5 lines, newest first) ---\n{}\n",
                 p.addr,
-                tail.join("\n")
+                p.log_tail()
             ));
         }
         panic!(
@@ -289,19 +193,10 @@ impl Lab {
 
     /// The active targets of Prometheus `i`.
     fn active(&self, i: usize) -> Result<BTreeSet<String>, String> {
-        let url = format!("http://{}/api/v1/targets?state=active", self.proms[i].addr);
-        let (status, body) = get(&self.agent, &url)?;
-        if status != 200 {
-            return Err(format!("{url}: {status} {body}"));
-        }
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
-        let list = v["data"]["activeTargets"]
-            .as_array()
-            .ok_or_else(|| format!("{url}: no data.activeTargets"))?;
-        Ok(list
-            .iter()
-            .filter_map(|t| t["discoveredLabels"]["__address__"].as_str())
-            .map(str::to_string)
+        Ok(self.proms[i]
+            .active()?
+            .into_iter()
+            .map(|(addr, _)| addr)
             .collect())
     }
 
@@ -320,34 +215,12 @@ impl Lab {
 
     /// Files promshard keeps in its out_dir for the service.
     fn out_files(&self) -> BTreeMap<String, Vec<u8>> {
-        let dir = self.root.path().join("out").join(SERVICE);
-        fs::read_dir(&dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .map(|e| {
-                        (
-                            e.file_name().to_string_lossy().into_owned(),
-                            fs::read(e.path()).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn api_json(&self, path: &str) -> Result<Value, String> {
-        let (status, body) = get(&self.agent, &format!("{}{path}", self.api))?;
-        if status != 200 {
-            return Err(format!("{path}: {status} {body}"));
-        }
-        serde_json::from_str(&body).map_err(|e| format!("{path}: {e}"))
+        self.root.files(format!("out/{SERVICE}"))
     }
 
     /// Per node: `in_ring` as the API shows it.
     fn in_ring(&self) -> Result<BTreeMap<String, bool>, String> {
-        let v = self.api_json("/api/v1/services")?;
+        let v = self.d().json("/api/v1/services")?;
         let health = v["services"]
             .as_array()
             .and_then(|s| s.iter().find(|s| s["name"] == SERVICE))
@@ -366,12 +239,6 @@ impl Lab {
     /// Start everything and wait for the steady state: every target on
     /// exactly `replicas` servers.
     fn steady(&mut self, replicas: usize) -> Assignment {
-        for i in self.all() {
-            self.start_prom(i);
-        }
-        for i in self.all() {
-            self.wait_prom_ready(i);
-        }
         self.start_promshard();
         let all = self.all();
         let (a, took) = poll("steady state", Duration::from_secs(30), || {
@@ -393,7 +260,7 @@ impl Lab {
     fn kill_one(&mut self, dead: usize, replicas: usize, before: &Assignment) -> Duration {
         let survivors: Vec<usize> = self.all().into_iter().filter(|&i| i != dead).collect();
         let file_before = self.delivered(dead);
-        self.kill_prom(dead);
+        self.proms[dead].kill();
         let start = Instant::now();
         let mut replanned = None;
         let (a, took) = poll(
@@ -450,7 +317,7 @@ impl Lab {
     fn restart(&mut self, which: &[usize], want: &Assignment, what: &str) -> Duration {
         let files_before: Vec<Vec<u8>> = which.iter().map(|&i| self.delivered(i)).collect();
         for &i in which {
-            self.start_prom(i);
+            self.proms[i].respawn();
         }
         let start = Instant::now();
         let mut replanned = None;
@@ -525,8 +392,8 @@ fn every_target_scraped_exactly_once_through_failures() {
     // 4. All down: the files must be kept through the outage.
     let out_before = lab.out_files();
     assert_eq!(out_before.len(), 3, "{:?}", out_before.keys());
-    for i in lab.all() {
-        lab.kill_prom(i);
+    for p in &mut lab.proms {
+        p.kill();
     }
     let t = Instant::now();
     let check_files = |lab: &Lab| -> Result<(), String> {
@@ -562,12 +429,15 @@ fn every_target_scraped_exactly_once_through_failures() {
     .unwrap_or_else(|e| lab.fail(&e));
     eprintln!("[replicas 1] all down: promshard saw it after {noticed:?}");
     // Loud: /readyz fails and the gauge says 0.
-    let (status, body) =
-        get(&lab.agent, &format!("{}/readyz", lab.api)).unwrap_or_else(|e| lab.fail(&e));
+    let ready = lab.d().get("/readyz").unwrap_or_else(|e| lab.fail(&e));
+    let (status, body) = (ready.status, ready.body);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("every node is down"), "{body}");
-    let (_, metrics) =
-        get(&lab.agent, &format!("{}/metrics", lab.api)).unwrap_or_else(|e| lab.fail(&e));
+    let metrics = lab
+        .d()
+        .get("/metrics")
+        .unwrap_or_else(|e| lab.fail(&e))
+        .body;
     assert!(
         metrics.contains(&format!("promshard_live_nodes{{service=\"{SERVICE}\"}} 0")),
         "{metrics}"
@@ -632,7 +502,7 @@ fn two_instances_write_identical_files() {
         .map(|i| format!("10.3.{}.{}:9100", i / 100, i % 100))
         .collect();
     let run = |order: &[String]| -> BTreeMap<String, Vec<u8>> {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = Dir::new();
         let script = format!(
             "fn targets(ctx) {{\n    [{}]\n}}\n",
             order
@@ -641,39 +511,14 @@ fn two_instances_write_identical_files() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
-        fs::write(dir.path().join("scripts/sharded.rhai"), script).expect("script");
-        fs::write(
-            dir.path().join("promshard.yaml"),
-            format!(
-                "out_dir: out\nservices:\n  - name: {SERVICE}\n    script: scripts/sharded.rhai\n    \
-                 nodes: [\"10.0.0.1:9090\", \"10.0.0.2:9090\", {{addr: \"10.0.0.3:9090\", weight: 2}}]\n    \
-                 replicas: 2\n    health: {{path: /-/healthy, interval: 1s}}\n"
-            ),
-        )
-        .expect("promshard.yaml");
-        let out = Command::new(env!("CARGO_BIN_EXE_promshard"))
-            .args(["-c", "promshard.yaml", "once"])
-            .current_dir(dir.path())
-            .output()
-            .expect("running promshard once");
-        assert!(
-            out.status.success(),
-            "promshard once failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let files: BTreeMap<String, Vec<u8>> = fs::read_dir(dir.path().join("out").join(SERVICE))
-            .expect("service dir")
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    fs::read(e.path()).expect("sd file"),
-                )
-            })
-            .collect();
-        files
+        dir.write("scripts/sharded.rhai", script);
+        dir.config(&format!(
+            "out_dir: out\nservices:\n  - name: {SERVICE}\n    script: scripts/sharded.rhai\n    \
+             nodes: [\"10.0.0.1:9090\", \"10.0.0.2:9090\", {{addr: \"10.0.0.3:9090\", weight: 2}}]\n    \
+             replicas: 2\n    health: {{path: /-/healthy, interval: 1s}}\n"
+        ));
+        dir.run(&["once"]).success();
+        dir.files(format!("out/{SERVICE}"))
     };
     let a = run(&targets);
     let mut reversed = targets.clone();
@@ -709,44 +554,26 @@ fn script_nodes_are_health_checked() {
         }
     });
     let dead_addr = format!("127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = Dir::new();
     let port = free_port();
-    fs::create_dir_all(dir.path().join("scripts")).expect("scripts dir");
-    fs::write(
-        dir.path().join("scripts/sharded.rhai"),
+    dir.write(
+        "scripts/sharded.rhai",
         format!(
             "fn nodes(ctx) {{ [\"{alive_addr}\", \"{dead_addr}\"] }}\n\
              fn targets(ctx) {{ [\"10.1.0.1:9100\", \"10.1.0.2:9100\", \"10.1.0.3:9100\", \"10.1.0.4:9100\"] }}\n"
         ),
-    )
-    .expect("script");
-    fs::write(
-        dir.path().join("promshard.yaml"),
-        format!(
-            "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {SERVICE}\n    \
+    );
+    dir.config(&format!(
+        "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {SERVICE}\n    \
              script: scripts/sharded.rhai\n    schedule: \"0 0 0 1 1 *\"\n    \
              health: {{interval: 200ms, timeout: 150ms, fall: 2, rise: 2}}\n"
-        ),
-    )
-    .expect("promshard.yaml");
-    let log = fs::File::create(dir.path().join("promshard.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_promshard"))
-        .args(["-c", "promshard.yaml", "--log-format", "json", "run"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info,tokio_cron_scheduler=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting promshard run");
-    let _guard = ChildGuard::new("promshard", child);
-    let agent = agent();
-    let url = format!("http://127.0.0.1:{port}/api/v1/services");
+    ));
+    let d = Promshard::spawn(dir.path(), Path::new("promshard.yaml"), port);
     let seen = poll(
         "the dead script node out of the ring",
         Duration::from_secs(15),
         || {
-            let (_, body) = get(&agent, &url)?;
+            let body = d.get("/api/v1/services")?.body;
             let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
             let s = &v["services"][0];
             let planned: Vec<&str> = s["current"]["nodes"]
@@ -766,7 +593,7 @@ fn script_nodes_are_health_checked() {
         },
     );
     let (dead, _) = seen.unwrap_or_else(|e| {
-        let log = fs::read_to_string(dir.path().join("promshard.log")).unwrap_or_default();
+        let log = d.log_text();
         panic!("{e}\n--- promshard log ---\n{log}")
     });
     assert_eq!(dead["state"], "down", "{dead}");
@@ -776,7 +603,7 @@ fn script_nodes_are_health_checked() {
         "{dead}"
     );
     assert!(dead["last_change"].as_u64().is_some(), "{dead}");
-    let log = fs::read_to_string(dir.path().join("promshard.log")).unwrap_or_default();
+    let log = d.log_text();
     assert!(
         log.lines().any(|l| l.contains("node out of the ring")
             && l.contains(&dead_addr)

@@ -2,7 +2,9 @@
 //! fleets: equality with reference rendezvous hashing, minimal movement,
 //! node weights, bounded loads, replicas and determinism.
 
-use promshard::ring::{Assignment, Balance, NodeSpec, Ring, RingSettings, assign, hash_key};
+use promshard::shard::placement::{
+    Balance, NodeSpec, Placement, PlacementSettings, Rendezvous, assign, hash_key,
+};
 use promshard::sim::{
     SimConfig, load_stats, movement, rendezvous_assign, simulate, synthetic_addresses,
     synthetic_nodes, synthetic_weights,
@@ -13,15 +15,15 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn bounded(load_factor: f64) -> RingSettings {
-    RingSettings {
+fn bounded(load_factor: f64) -> PlacementSettings {
+    PlacementSettings {
         balance: Balance::Bounded,
         load_factor,
     }
 }
 
 /// Per key, the node addresses it was given.
-fn owners<'a>(nodes: &'a [NodeSpec], a: &Assignment, keys: usize) -> Vec<Vec<&'a str>> {
+fn owners<'a>(nodes: &'a [NodeSpec], a: &Placement, keys: usize) -> Vec<Vec<&'a str>> {
     let mut out = vec![Vec::new(); keys];
     for (i, list) in a.per_node.iter().enumerate() {
         for &k in list {
@@ -31,7 +33,7 @@ fn owners<'a>(nodes: &'a [NodeSpec], a: &Assignment, keys: usize) -> Vec<Vec<&'a
     out
 }
 
-fn check_shape(a: &Assignment, nodes: usize, keys: usize, replicas: usize) {
+fn check_shape(a: &Placement, nodes: usize, keys: usize, replicas: usize) {
     assert_eq!(a.per_node.len(), nodes);
     let mut count = vec![0usize; keys];
     for list in &a.per_node {
@@ -70,7 +72,7 @@ fn placement_equals_reference_rendezvous_on_every_fleet() {
             let addrs = synthetic_addresses(100_000, seed);
             let keys = refs(&addrs);
             let fleet = synthetic_nodes(nodes, seed);
-            let ours = assign(&fleet, &keys, None, 1, &RingSettings::default()).unwrap();
+            let ours = assign(&fleet, &keys, None, 1, &PlacementSettings::default()).unwrap();
             let reference = rendezvous_assign(&fleet, &keys, 1).unwrap();
             assert!(ours == reference, "{nodes} nodes, seed {seed}");
             // Sampling noise only (relative σ = √(nodes/targets)): no node
@@ -90,7 +92,7 @@ fn placement_equals_reference_rendezvous_on_every_fleet() {
         n.weight = [1, 2, 5, 1, 3, 1000][i % 6];
     }
     for replicas in [1, 2, 3] {
-        let ours = assign(&fleet, &keys, None, replicas, &RingSettings::default()).unwrap();
+        let ours = assign(&fleet, &keys, None, replicas, &PlacementSettings::default()).unwrap();
         let reference = rendezvous_assign(&fleet, &keys, replicas).unwrap();
         assert!(ours == reference, "weighted, R={replicas}");
     }
@@ -141,7 +143,7 @@ fn node_share_follows_node_weight_within_5_percent() {
     for (n, w) in fleet.iter_mut().zip(weights) {
         n.weight = w;
     }
-    let a = assign(&fleet, &keys, None, 1, &RingSettings::default()).unwrap();
+    let a = assign(&fleet, &keys, None, 1, &PlacementSettings::default()).unwrap();
     let s = load_stats(&fleet, &a, None);
     assert!(s.max_over_mean <= 1.05 && s.min_over_mean >= 0.95, "{s:?}");
 }
@@ -153,7 +155,7 @@ fn raising_a_weight_only_pulls_targets_to_that_node() {
     let fleet = synthetic_nodes(6, 4);
     let mut heavier = fleet.clone();
     heavier[2].weight = 2;
-    let s = RingSettings::default();
+    let s = PlacementSettings::default();
     let before = assign(&fleet, &keys, None, 1, &s).unwrap();
     let after = assign(&heavier, &keys, None, 1, &s).unwrap();
     let (moved, between) = movement(
@@ -244,7 +246,7 @@ fn bounded_without_overflow_is_the_plain_assignment() {
     let addrs = synthetic_addresses(50_000, 8);
     let keys = refs(&addrs);
     let fleet = synthetic_nodes(5, 8);
-    let plain = assign(&fleet, &keys, None, 2, &RingSettings::default()).unwrap();
+    let plain = assign(&fleet, &keys, None, 2, &PlacementSettings::default()).unwrap();
     let roomy = assign(&fleet, &keys, None, 2, &bounded(1.5)).unwrap();
     assert!(plain == roomy);
 }
@@ -252,9 +254,9 @@ fn bounded_without_overflow_is_the_plain_assignment() {
 #[test]
 fn replica_leaving_moves_only_the_replica_it_held() {
     for balance in [Balance::Consistent] {
-        let s = RingSettings {
+        let s = PlacementSettings {
             balance,
-            ..RingSettings::default()
+            ..PlacementSettings::default()
         };
         let addrs = synthetic_addresses(20_000, 6);
         let keys = refs(&addrs);
@@ -287,7 +289,7 @@ fn hashes_and_assignment_are_stable_across_machines() {
     assert_eq!(hash_key("10.0.0.1:9100"), GOLDEN_HASH);
     let fleet = synthetic_nodes(5, 1);
     let addrs = synthetic_addresses(8, 1);
-    let ring = Ring::new(&fleet, &RingSettings::default()).unwrap();
+    let ring = Rendezvous::new(&fleet, &PlacementSettings::default()).unwrap();
     let got: Vec<u32> = addrs.iter().map(|a| ring.node_for(a)).collect();
     assert_eq!(got, GOLDEN_NODES);
     // Weighted fleets go through promshard's own `ln`.
@@ -295,7 +297,7 @@ fn hashes_and_assignment_are_stable_across_machines() {
     for (i, n) in weighted.iter_mut().enumerate() {
         n.weight = 1 + i as u32 * 2;
     }
-    let ring = Ring::new(&weighted, &RingSettings::default()).unwrap();
+    let ring = Rendezvous::new(&weighted, &PlacementSettings::default()).unwrap();
     let got: Vec<u32> = addrs.iter().map(|a| ring.node_for(a)).collect();
     assert_eq!(got, GOLDEN_WEIGHTED);
 }
@@ -372,9 +374,9 @@ proptest! {
     /// not depend on which other keys are present (consistent mode).
     #[test]
     fn assignment_shape_and_determinism((nodes, keys, weights, replicas, bounded_mode) in arb_case()) {
-        let s = RingSettings {
+        let s = PlacementSettings {
             balance: if bounded_mode { Balance::Bounded } else { Balance::Consistent },
-            ..RingSettings::default()
+            ..PlacementSettings::default()
         };
         let k = refs(&keys);
         let a = assign(&nodes, &k, Some(&weights), replicas, &s).unwrap();
@@ -393,7 +395,7 @@ proptest! {
     /// Bounded mode with unit weights never exceeds any node's capacity.
     #[test]
     fn bounded_never_exceeds_capacity((nodes, keys, _w, replicas, _b) in arb_case(), lf in 1.0f64..1.5) {
-        let ring = Ring::new(&nodes, &bounded(lf)).unwrap();
+        let ring = Rendezvous::new(&nodes, &bounded(lf)).unwrap();
         let a = ring.assign(&refs(&keys), None, replicas).unwrap();
         let caps = ring.capacities(keys.len() as u64, replicas);
         for (list, cap) in a.per_node.iter().zip(caps) {

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_fixture::{Reply, Server};
-use promshard::config::{Config, effective_services};
+use promshard::config::Config;
 use promshard::script::cache::{Reload, normalize};
+use promshard::script::dropin::effective_services;
 use promshard::script::{
     CompiledScript, Limits, Sandbox, ScriptCache, ScriptError, ScriptEvent, ScriptRun, watch,
 };

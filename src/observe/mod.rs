@@ -14,10 +14,7 @@
 //! by `observe.timeout`. A node that does not answer is reported (`unknown`
 //! for its targets), never taken as empty.
 
-pub mod assignment;
-pub mod audit;
 pub mod prom;
-pub mod weights;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,11 +22,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use assignment::Assignment;
-pub use audit::{Audit, TargetState};
+pub use crate::shard::assignment::Assignment;
+pub use crate::shard::audit::{Audit, TargetState};
 pub use prom::{ActiveTarget, NodeObservation};
 
 use crate::config::Observe;
+use crate::shard::audit;
 
 /// One node's answer in an observation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,7 +92,7 @@ pub async fn observe_service(
         .nodes
         .iter()
         .map(|node| {
-            let api = settings.api.replace("{node}", node);
+            let api = crate::shard::template::for_node(&settings.api, service, node);
             let (job, timeout) = (job.clone(), settings.timeout);
             tokio::task::spawn_blocking(move || prom::observe(&api, &job, timeout))
         })
@@ -104,7 +102,7 @@ pub async fn observe_service(
         let answer = ask
             .await
             .unwrap_or_else(|e| Err(format!("observation task failed: {e}")));
-        answers.push((node, answer, crate::state::unix_now()));
+        answers.push((node, answer, crate::store::state::unix_now()));
     }
     // A node with no target of the job yet reports no scrape interval; the
     // job's is the same on every server of the pool.
@@ -136,7 +134,7 @@ pub async fn observe_service(
     let replicas = replicas.min(assignment.nodes.len()).max(1);
     let audit = audit::audit(&assignment, &inputs, replicas);
     ServiceObservation {
-        at: crate::state::unix_now(),
+        at: crate::store::state::unix_now(),
         duration_ms: started.elapsed().as_millis() as u64,
         job,
         nodes,

@@ -38,14 +38,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::{AnsiblePush, Service};
 
-/// Inventory vars promshard sets itself; `vars` may not use these names.
-pub const RESERVED_VARS: &[&str] = &[
-    "src_sd_file",
-    "dest_sd_file_name",
-    "service",
-    "service_port",
-    "node",
-];
+/// Inventory vars promshard sets itself (checked against `vars` in config).
+pub use crate::config::RESERVED_VARS;
 
 /// Backoff before retry `n` (1-based): 1s, 2s, 4s, … capped at 30s.
 fn backoff(retry: u32) -> Duration {
@@ -96,7 +90,7 @@ pub fn node_host(node: &str) -> &str {
 /// Fill `{node}` and `{service}` into every string of `v`.
 fn expand(v: &Value, node: &str, service: &str) -> Value {
     match v {
-        Value::String(s) => Value::String(s.replace("{node}", node).replace("{service}", service)),
+        Value::String(s) => Value::String(crate::shard::template::for_node(s, service, node)),
         Value::Array(a) => Value::Array(a.iter().map(|x| expand(x, node, service)).collect()),
         Value::Object(m) => Value::Object(
             m.iter()
@@ -137,10 +131,7 @@ pub fn host_vars(settings: &AnsiblePush, service: &Service, d: &Delivery) -> Map
     );
     vars.insert(
         "dest_sd_file_name".into(),
-        settings
-            .dest_sd_file_name
-            .replace("{node}", &d.node)
-            .replace("{service}", &service.name)
+        crate::shard::template::for_node(&settings.dest_sd_file_name, &service.name, &d.node)
             .into(),
     );
     vars.insert("service".into(), service.name.clone().into());

@@ -8,16 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::Service;
-use crate::output::write_atomic;
+use crate::store::files::write_atomic;
 
 /// Fill `{node}` and `{service}` into a destination template. The values are
 /// validated names (no `/`), and the result must not contain `..`.
 pub fn expand_template(template: &str, node: &str, service: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(
-        template
-            .replace("{node}", node)
-            .replace("{service}", service),
-    );
+    let path = PathBuf::from(crate::shard::template::for_node(template, service, node));
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("destination {} contains '..'", path.display()));
     }

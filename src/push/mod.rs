@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AnsiblePush, Push, Service};
+use crate::store::state::LastResult;
 
 pub use local::expand_template;
 
@@ -70,6 +71,17 @@ impl DeliveryResult {
             Self::Failed => "failed",
             Self::Unreachable => "unreachable",
             Self::SkippedUnchanged => "skipped-unchanged",
+        }
+    }
+}
+
+impl From<DeliveryResult> for LastResult {
+    fn from(r: DeliveryResult) -> Self {
+        match r {
+            DeliveryResult::Ok | DeliveryResult::SkippedUnchanged => LastResult::Ok,
+            DeliveryResult::Changed => LastResult::Changed,
+            DeliveryResult::Failed => LastResult::Failed,
+            DeliveryResult::Unreachable => LastResult::Unreachable,
         }
     }
 }

@@ -14,15 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::source::{Prepared, prepare, store_dir};
 use super::{Rules, RulesDelivery, RulesReport};
 use crate::config::{AnsiblePush, Push, Service};
-use crate::output::write_atomic;
 use crate::push::{Delivery, DeliveryResult};
-use crate::state::unix_now;
+use crate::store::files::write_atomic;
+use crate::store::state::{NodeRules, unix_now};
 
 /// The file in a node's rules directory listing the files promshard put
 /// there (never matched by a `*.yml` glob).
@@ -30,34 +29,6 @@ pub const MANIFEST: &str = ".promshard-rules";
 
 /// How long a reload POST may take.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a node has of a service's rule set (kept in the service state).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeRules {
-    /// Hash of the set last delivered successfully.
-    pub hash: Option<String>,
-    /// Result of the last attempt (`ok`, `changed`, `failed`, …).
-    pub last_result: Option<String>,
-    /// Unix seconds of the last successful delivery.
-    pub delivered_at: Option<u64>,
-}
-
-impl NodeRules {
-    /// Whether the node must be sent `hash` (changed, failed, or due for
-    /// the periodic resync).
-    fn needs(&self, hash: &str, resync: Duration, now: u64) -> bool {
-        self.hash.as_deref() != Some(hash)
-            || !self.succeeded()
-            || self
-                .delivered_at
-                .is_none_or(|t| now.saturating_sub(t) >= resync.as_secs())
-    }
-
-    fn succeeded(&self) -> bool {
-        matches!(self.last_result.as_deref(), Some("ok" | "changed"))
-    }
-}
 
 /// Run the rules step of `service` for the planned `nodes`; `None` when it
 /// has no `rules:`. A dry run checks and reports only. `state` is the
@@ -92,7 +63,7 @@ pub async fn step(
         .iter()
         .filter_map(|n| {
             let had = state.get(n).cloned().unwrap_or_default();
-            had.needs(&prepared.hash, service.resync_interval, now)
+            had.needs(&prepared.hash, service.resync_interval.as_secs(), now)
                 .then(|| (n.clone(), !had.succeeded()))
         })
         .collect();
@@ -111,7 +82,7 @@ pub async fn step(
     let failed = deliveries.iter().filter(|d| !d.result.is_success()).count();
     for d in &deliveries {
         let entry = state.entry(d.node.clone()).or_default();
-        entry.last_result = Some(d.result.as_str().into());
+        entry.last_result = Some(d.result.into());
         if d.result.is_success() {
             entry.hash = Some(prepared.hash.clone());
             entry.delivered_at = Some(now);
@@ -214,7 +185,7 @@ pub fn copy_set(dir: &Path, files: &[(super::RuleFile, Vec<u8>)]) -> Result<bool
     let manifest: String = files.iter().map(|(f, _)| format!("{}\n", f.name)).collect();
     let before = std::fs::read_to_string(dir.join(MANIFEST)).unwrap_or_default();
     for old in before.lines() {
-        let ours = crate::plan::check_file_name(old).is_ok();
+        let ours = crate::shard::names::check_file_name(old).is_ok();
         if ours && !files.iter().any(|(f, _)| f.name == old) {
             match std::fs::remove_file(dir.join(old)) {
                 Ok(()) => changed = true,
@@ -313,7 +284,7 @@ mod tests {
         let f = RuleFile {
             name: name.into(),
             source: PathBuf::from(name),
-            hash: crate::output::content_hash(body.as_bytes()),
+            hash: crate::shard::render::content_hash(body.as_bytes()),
             kept: false,
         };
         (f, body.as_bytes().to_vec())
@@ -336,25 +307,6 @@ mod tests {
         left.sort();
         assert_eq!(left, [MANIFEST, "a.yml", "theirs.yml"]);
         assert_eq!(std::fs::read(dir.join("a.yml")).unwrap(), b"A2");
-    }
-
-    #[test]
-    fn a_node_is_due_when_the_set_changed_it_failed_or_resync_is_due() {
-        let hour = Duration::from_secs(3600);
-        let ok = NodeRules {
-            hash: Some("h".into()),
-            last_result: Some("changed".into()),
-            delivered_at: Some(1000),
-        };
-        assert!(!ok.needs("h", hour, 1010));
-        assert!(ok.needs("h2", hour, 1010));
-        assert!(ok.needs("h", hour, 1000 + 3600));
-        let failed = NodeRules {
-            last_result: Some("failed".into()),
-            ..ok
-        };
-        assert!(failed.needs("h", hour, 1010));
-        assert!(NodeRules::default().needs("h", hour, 1010));
     }
 
     #[test]

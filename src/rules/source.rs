@@ -13,24 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::validate::{check_yaml, promtool_check};
 use super::{RuleFile, RuleProblem, Rules};
-use crate::output::{content_hash, write_atomic};
-
-/// Check one `rules.files` entry: `*` and `?` only in the file name.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    let path = Path::new(pattern);
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("names no file")?;
-    if name.starts_with('.') {
-        return Err("a file name starting with '.' is never delivered".into());
-    }
-    let dir = path.parent().map(Path::to_string_lossy).unwrap_or_default();
-    if dir.contains(['*', '?']) {
-        return Err("glob characters (* ?) are allowed in the file name only".into());
-    }
-    Ok(())
-}
+use crate::shard::render::content_hash;
+use crate::store::files::write_atomic;
 
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?'])
@@ -158,6 +142,26 @@ fn read_store(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             Some((name, std::fs::read(e.path()).ok()?))
         })
         .collect()
+}
+
+/// The set in a store as `(name, content hash)`, by name, and its hash:
+/// what `GET /rules/{service}` answers.
+pub fn stored_set(dir: &Path) -> (Vec<(String, String)>, String) {
+    let files: Vec<(String, String)> = read_store(dir)
+        .into_iter()
+        .map(|(name, bytes)| (name, content_hash(&bytes)))
+        .collect();
+    let hash = set_hash(files.iter().map(|(n, h)| (n.as_str(), h.as_str())));
+    (files, hash)
+}
+
+/// One good copy in a store; `None` for a name that is not a plain file
+/// name (no `/`, no `..`, no leading `.`) or not in the store.
+pub fn read_stored(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    if crate::shard::names::check_file_name(name).is_err() {
+        return None;
+    }
+    std::fs::read(dir.join(name)).ok()
 }
 
 /// The rule set in effect after this pass's checks.
@@ -307,9 +311,6 @@ mod tests {
         assert!(matches(Path::new("/r/*.yml"), Path::new("/r/x.yml")));
         assert!(!matches(Path::new("/r/*.yml"), Path::new("/r/.x.yml")));
         assert!(!matches(Path::new("/r/*.yml"), Path::new("/s/x.yml")));
-        assert!(check_pattern("rules/*.yml").is_ok());
-        assert!(check_pattern("rules/*/x.yml").is_err());
-        assert!(check_pattern("rules/.hidden.yml").is_err());
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use notify::Watcher as _;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use super::source::matches;
 use crate::config::Service;
 use crate::script::watch::DEBOUNCE;
+use crate::shutdown::Shutdown;
 
 /// `(pattern, service)` of every rule pattern of `services`.
 fn patterns(services: &[Arc<Service>]) -> Vec<(PathBuf, String)> {
@@ -40,33 +41,26 @@ pub fn affected(watched: &[(PathBuf, String)], paths: &BTreeSet<PathBuf>) -> BTr
 pub struct RulesWatch {
     watched: Vec<(PathBuf, String)>,
     stop: CancellationToken,
-    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl RulesWatch {
-    /// Watch the rule files of `services`; names of services whose files
-    /// changed go to `tx` until `parent` is cancelled.
+    /// Watch the rule files of `services` in a task spawned through
+    /// `shutdown`; names of services whose files changed go to `tx`.
     pub fn start(
         services: &[Arc<Service>],
         tx: UnboundedSender<String>,
-        parent: &CancellationToken,
+        shutdown: &Shutdown,
     ) -> RulesWatch {
         let watched = patterns(services);
-        let stop = parent.child_token();
+        let stop = shutdown.child_token();
         let dirs: BTreeSet<PathBuf> = watched
             .iter()
             .filter_map(|(p, _)| p.parent().map(PathBuf::from))
             .collect();
-        let watcher = if dirs.is_empty() {
-            None
-        } else {
-            spawn(dirs, watched.clone(), tx, stop.clone())
-        };
-        RulesWatch {
-            watched,
-            stop,
-            _watcher: watcher,
+        if !dirs.is_empty() {
+            spawn(dirs, watched.clone(), tx, stop.clone(), shutdown);
         }
+        RulesWatch { watched, stop }
     }
 
     /// Restart when the services' rule patterns changed.
@@ -74,11 +68,11 @@ impl RulesWatch {
         &mut self,
         services: &[Arc<Service>],
         tx: UnboundedSender<String>,
-        parent: &CancellationToken,
+        shutdown: &Shutdown,
     ) {
         if patterns(services) != self.watched {
             self.stop.cancel();
-            *self = RulesWatch::start(services, tx, parent);
+            *self = RulesWatch::start(services, tx, shutdown);
         }
     }
 }
@@ -89,52 +83,67 @@ impl Drop for RulesWatch {
     }
 }
 
+/// The watcher, and its task (which owns it) collecting touched paths
+/// until the directory is quiet.
 fn spawn(
     dirs: BTreeSet<PathBuf>,
     watched: Vec<(PathBuf, String)>,
     tx: UnboundedSender<String>,
     stop: CancellationToken,
-) -> Option<notify::RecommendedWatcher> {
+    shutdown: &Shutdown,
+) {
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             for p in ev.paths {
                 let _ = raw_tx.send(p);
             }
         }
-    })
-    .map_err(|e| tracing::error!(error = %e, "cannot watch rule files; edits apply at the next scheduled pass"))
-    .ok()?;
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch rule files; edits apply at the next scheduled pass");
+            return;
+        }
+    };
     for dir in &dirs {
         if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch this rule directory; its edits apply at the next scheduled pass");
         }
     }
-    tokio::spawn(async move {
-        loop {
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = raw_rx.recv() => match p { Some(p) => p, None => return },
-            };
-            let mut touched = BTreeSet::from([first]);
-            // Collect until the directory is quiet.
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    p = tokio::time::timeout(DEBOUNCE, raw_rx.recv()) => match p {
-                        Ok(Some(p)) => { touched.insert(p); }
-                        Ok(None) => return,
-                        Err(_) => break,
-                    },
-                }
-            }
+    shutdown.spawn(async move {
+        let _watcher = watcher;
+        while let Some(touched) = quiet_batch(&mut raw_rx, &stop).await {
             for name in affected(&watched, &touched) {
                 tracing::info!(service = %name, "rule file changed");
                 let _ = tx.send(name);
             }
         }
     });
-    Some(watcher)
+}
+
+/// The next paths touched, collected until none came for [`DEBOUNCE`];
+/// `None` once stopped.
+async fn quiet_batch(
+    rx: &mut UnboundedReceiver<PathBuf>,
+    stop: &CancellationToken,
+) -> Option<BTreeSet<PathBuf>> {
+    let first = tokio::select! {
+        _ = stop.cancelled() => return None,
+        p = rx.recv() => p?,
+    };
+    let mut touched = BTreeSet::from([first]);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            p = tokio::time::timeout(DEBOUNCE, rx.recv()) => match p {
+                Ok(Some(p)) => { touched.insert(p); }
+                Ok(None) => return None,
+                Err(_) => return Some(touched),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

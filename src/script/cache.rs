@@ -153,7 +153,7 @@ impl ScriptCache {
                         path: path.to_path_buf(),
                         source: Arc::new(e),
                     };
-                    entry.error = Some((error, crate::state::unix_now()));
+                    entry.error = Some((error, crate::store::state::unix_now()));
                 }
                 return Reload::Missing;
             }
@@ -184,7 +184,7 @@ impl ScriptCache {
         let mut entries = self.lock();
         let entry = entries.entry(key).or_default();
         entry.hash = Some(hash);
-        let now = crate::state::unix_now();
+        let now = crate::store::state::unix_now();
         match compiled {
             Ok(script) => {
                 entry.good = Some(script.clone());

@@ -2,8 +2,8 @@
 
 use rhai::{Dynamic, Map};
 
-use super::fast::TargetList;
-use crate::target::{Invalid, Labels, RawGroup};
+use super::json_targets::TargetList;
+use crate::shard::target::{Invalid, Labels, RawGroup};
 
 /// Turn the array a script returned into groups. Items that are neither a
 /// `"host:port"` string nor a `#{targets, labels, weight}` map are reported

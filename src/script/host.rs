@@ -128,7 +128,7 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
     engine.register_fn("log_warn", move |msg: Dynamic| {
         tracing::warn!(target: "promshard::script", script = %c.script.display(), "{msg}")
     });
-    super::fast::register(engine, &ctx);
+    super::json_targets::register(engine, &ctx);
     // `print`/`debug` must never reach stdout (`--json` output lives there).
     let c = Arc::clone(&ctx);
     engine.on_print(move |msg| {

@@ -22,8 +22,8 @@ mod alloc;
 pub mod cache;
 mod convert;
 pub mod dropin;
-pub mod fast;
 mod host;
+pub mod json_targets;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -32,51 +32,19 @@ use std::time::{Duration, Instant};
 
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope};
 
+pub use crate::config::Limits;
 pub use cache::ScriptCache;
 pub use convert::groups_from_dynamic;
 pub use host::{DEFAULT_HTTP_TIMEOUT, env_allowed};
 pub use watch::{ScriptEvent, watch};
 
-use crate::ring::NodeSpec;
-use crate::target::{Invalid, RawGroup};
+use crate::shard::placement::NodeSpec;
+use crate::shard::target::{Invalid, RawGroup};
 
 // Nesting limits of the parser; Rhai's debug-build defaults reject ordinary
 // scripts (a map literal inside a loop inside a function).
 const MAX_EXPR_DEPTH: usize = 256;
 const MAX_FN_EXPR_DEPTH: usize = 128;
-
-/// Sandbox limits for every script call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    pub max_operations: u64,
-    pub max_call_levels: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    /// Wall-clock deadline of one call.
-    pub timeout: Duration,
-    /// How much one call may allocate (net of what it frees). A backstop
-    /// for growth the size limits cannot see (a map filled key by key is
-    /// only measured when a function is called on it); see `alloc`.
-    pub max_memory: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        // Sizes are totals over a whole value, nested arrays and maps
-        // included (that is how Rhai counts): a CMDB answer of 100k hosts
-        // with ten fields each is a million map entries.
-        Self {
-            max_operations: 1_000_000_000,
-            max_call_levels: 64,
-            max_string_size: 64 << 20,
-            max_array_size: 2_000_000,
-            max_map_size: 2_000_000,
-            timeout: Duration::from_secs(30),
-            max_memory: 512 << 20,
-        }
-    }
-}
 
 /// What a script may touch besides pure computation.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,23 +1,28 @@
-//! `promshard run` as a child process for end-to-end tests: started in a
-//! directory with its config, logging JSON to a file, asked over HTTP.
+//! `promshard run` as a child process, seen from outside the way an
+//! operator sees it: started in a directory with its config, logging JSON
+//! lines to a file, asked over HTTP. Every wait polls with a deadline and,
+//! when the deadline passes, says what it saw last and shows the log's end.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::child::{ChildGuard, poll};
-use super::prom::get;
+use super::child::{ChildGuard, free_port, poll};
+use super::exposition::{Sample, find_sample, parse_exposition};
+use super::http::{Reply, agent, http_get, read_reply};
+use super::prom::Prom;
 
 /// Write `<dir>/promshard.yaml` with one service `name` (script
 /// `<name>.rhai`, never on a schedule) sharding over `proms`, each node's
 /// file copied into its server's sd directory; `extra` adds service keys
 /// (YAML lines indented four spaces). Returns the API port.
-pub fn write_lab_config(dir: &Path, name: &str, proms: &[super::prom::Prom], extra: &str) -> u16 {
+pub fn write_lab_config(dir: &Path, name: &str, proms: &[Prom], extra: &str) -> u16 {
     let nodes: Vec<String> = proms.iter().map(|p| format!("\"{}\"", p.addr)).collect();
-    let port = super::child::free_port();
+    let port = free_port();
     let config = format!(
         "out_dir: out\nlisten: 127.0.0.1:{port}\nservices:\n  - name: {name}\n    \
          script: {name}.rhai\n    schedule: \"0 0 0 1 1 *\"\n    nodes: [{}]\n    \
@@ -35,14 +40,27 @@ pub struct Promshard {
     pub log: PathBuf,
     /// `http://127.0.0.1:port`.
     pub base: String,
+    agent: ureq::Agent,
 }
 
 impl Promshard {
-    /// Run `promshard -c promshard.yaml run` in `dir`; `port` is its `listen`.
+    /// Run `promshard -c promshard.yaml run` in `dir` (`port` is its
+    /// `listen`) and wait until `/healthz` answers.
     pub fn start(dir: &Path, port: u16) -> Promshard {
+        let d = Promshard::spawn(dir, Path::new("promshard.yaml"), port);
+        d.wait("the API to answer", Duration::from_secs(20), || {
+            d.body("/healthz").map(|_| ())
+        });
+        d
+    }
+
+    /// Run `promshard -c <config> run` in `dir` without waiting for it.
+    pub fn spawn(dir: &Path, config: &Path, port: u16) -> Promshard {
         let log = dir.join("promshard.log");
         let child = Command::new(env!("CARGO_BIN_EXE_promshard"))
-            .args(["-c", "promshard.yaml", "--log-format", "json", "run"])
+            .arg("-c")
+            .arg(config)
+            .args(["--log-format", "json", "run"])
             .current_dir(dir)
             .env("RUST_LOG", "info,tokio_cron_scheduler=warn")
             .stdin(Stdio::null())
@@ -50,29 +68,95 @@ impl Promshard {
             .stderr(fs::File::create(&log).expect("promshard.log"))
             .spawn()
             .expect("starting promshard run");
-        let d = Promshard {
+        Promshard {
             proc: ChildGuard::new("promshard", child),
             log,
             base: format!("http://127.0.0.1:{port}"),
-        };
-        d.wait("the API to answer", Duration::from_secs(20), || {
-            d.get("/healthz").map(|_| ())
-        });
-        d
+            agent: agent(Duration::from_secs(10)),
+        }
     }
 
-    /// GET `path` on the API; the body of a 2xx answer.
-    pub fn get(&self, path: &str) -> Result<String, String> {
-        get(&format!("{}{path}", self.base))
+    /// GET `path` on the API, any status.
+    pub fn get(&self, path: &str) -> Result<Reply, String> {
+        http_get(&self.agent, &format!("{}{path}", self.base))
     }
 
-    /// GET `path` as JSON.
+    /// GET `path`; the body of a 2xx answer.
+    pub fn body(&self, path: &str) -> Result<String, String> {
+        let r = self.get(path)?;
+        if (200..300).contains(&r.status) {
+            Ok(r.body)
+        } else {
+            Err(format!("{path}: {} {}", r.status, r.body))
+        }
+    }
+
+    /// GET `path` as JSON (2xx only).
     pub fn json(&self, path: &str) -> Result<Value, String> {
-        let body = self.get(path)?;
+        let body = self.body(path)?;
         serde_json::from_str(&body).map_err(|e| format!("{path}: {e}: {body}"))
     }
 
-    /// Poll `check` until it holds; on timeout fail with the log's end.
+    /// POST `path` with no body, with `token` as a bearer token if given.
+    pub fn post(&self, path: &str, token: Option<&str>) -> Result<Reply, String> {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        read_reply(req.send_empty())
+    }
+
+    /// POST a dispatch and require 202.
+    pub fn dispatch(&self, service: &str, token: Option<&str>) {
+        let r = self
+            .post(&format!("/api/v1/services/{service}/dispatch"), token)
+            .unwrap_or_else(|e| self.fail(&format!("dispatch {service}: {e}")));
+        if r.status != 202 {
+            self.fail(&format!("dispatch {service}: {} {}", r.status, r.body));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log's JSON lines.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log lines whose message is `message`.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l["fields"]["message"].as_str() == Some(message))
+            .collect()
+    }
+
+    /// Error lines of the log that name `service` in their fields.
+    pub fn errors_about(&self, service: &str) -> Vec<Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l["level"] == "ERROR" && l["fields"]["service"] == service)
+            .collect()
+    }
+
+    /// Panic with `msg` and the last 40 lines of the daemon's log.
+    pub fn fail(&self, msg: &str) -> ! {
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{msg}\n--- promshard log (last 40 lines) ---\n{}",
+            tail.join("\n")
+        )
+    }
+
+    /// Poll `check` until it holds; on timeout fail with what was seen last
+    /// and the log's end.
     pub fn wait<T>(
         &self,
         what: &str,
@@ -82,14 +166,113 @@ impl Promshard {
         poll(what, within, check).unwrap_or_else(|e| self.fail(&e))
     }
 
-    /// Panic with `msg` and the last 30 lines of the daemon's log.
-    pub fn fail(&self, msg: &str) -> ! {
-        let log = fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "{msg}\n--- promshard log (last 30 lines) ---\n{}",
-            tail.join("\n")
-        )
+    /// Wait until `/healthz` answers 200.
+    pub fn wait_up(&self) {
+        self.wait("/healthz 200", Duration::from_secs(20), || {
+            let r = self.get("/healthz")?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        });
+    }
+
+    /// Wait until the daemon is up and watching scripts, so that a file
+    /// written from now on is an event and not part of the start-up scan.
+    pub fn wait_watching(&self) {
+        self.wait(
+            "\"promshard running\" logged",
+            Duration::from_secs(20),
+            || {
+                if self.logged("promshard running").is_empty() {
+                    Err("not yet".into())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+    }
+
+    /// Wait for the process to exit, at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<(ExitStatus, Duration), String> {
+        let started = Instant::now();
+        let status = poll("process exit", within, || {
+            self.proc
+                .exited()
+                .ok_or_else(|| "still running".to_string())
+        })?;
+        Ok((status, started.elapsed()))
+    }
+
+    /// The service entries of `/api/v1/services`, by name.
+    pub fn services(&self) -> Result<BTreeMap<String, Value>, String> {
+        let r = self.get("/api/v1/services")?;
+        if r.status != 200 {
+            return Err(format!("/api/v1/services: {} {}", r.status, r.body));
+        }
+        let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
+        Ok(v["services"]
+            .as_array()
+            .ok_or_else(|| format!("no services array: {}", r.body))?
+            .iter()
+            .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s.clone()))
+            .collect())
+    }
+
+    /// `passes` of `service` in `/api/v1/services`.
+    pub fn passes(&self, service: &str) -> Result<u64, String> {
+        let all = self.services()?;
+        let s = all
+            .get(service)
+            .ok_or_else(|| format!("{service} not listed (listed: {:?})", all.keys()))?;
+        s["passes"]
+            .as_u64()
+            .ok_or_else(|| format!("no passes in {s}"))
+    }
+
+    /// Wait until `service` has had at least `n` passes; returns how many.
+    pub fn wait_passes(&self, service: &str, n: u64, within: Duration) -> u64 {
+        self.wait(&format!("{service} passes >= {n}"), within, || {
+            let p = self.passes(service)?;
+            if p >= n {
+                Ok(p)
+            } else {
+                Err(format!("passes = {p}"))
+            }
+        })
+    }
+
+    /// Wait until `/api/v1/services` does (`true`) or does not list `name`.
+    pub fn wait_listed(
+        &self,
+        name: &str,
+        listed: bool,
+        within: Duration,
+    ) -> BTreeMap<String, Value> {
+        let what = if listed { "listed" } else { "no longer listed" };
+        self.wait(&format!("{name} {what}"), within, || {
+            let all = self.services()?;
+            if all.contains_key(name) == listed {
+                Ok(all)
+            } else {
+                Err(format!("listed: {:?}", all.keys()))
+            }
+        })
+    }
+
+    /// `/metrics`, parsed strictly.
+    pub fn metrics(&self) -> Result<Vec<Sample>, String> {
+        let r = self.get("/metrics")?;
+        if r.status != 200 {
+            return Err(format!("/metrics: {} {}", r.status, r.body));
+        }
+        parse_exposition(&r.body)
+    }
+
+    /// Value of the sample `name` whose labels include `labels` (0 if absent).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let samples = self.metrics().unwrap_or_else(|e| self.fail(&e));
+        find_sample(&samples, name, labels).unwrap_or(0.0)
     }
 }

@@ -20,6 +20,9 @@ pub mod browser;
 pub mod child;
 pub mod daemon;
 pub mod exporters;
+pub mod exposition;
+pub mod fixture;
+pub mod http;
 pub mod prom;
 pub mod tools;
 

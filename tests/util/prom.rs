@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::child::{ChildGuard, free_port, poll};
+use super::http::get;
 use super::tools::prometheus;
 
 /// One Prometheus process.
@@ -28,54 +29,51 @@ impl Prom {
     /// reload: it runs with `--web.enable-lifecycle`); returns once it
     /// answers `/-/ready`.
     pub fn start(root: &Path, job: &str, interval: &str) -> Prom {
+        Prom::start_with(root, |dir| {
+            format!(
+                "global: {{scrape_interval: {interval}, scrape_timeout: {interval}, evaluation_interval: {interval}}}\n\
+                 rule_files: [\"{dir}/rules/*.yml\"]\n\
+                 scrape_configs:\n  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{dir}/sd/*.json\"]\n",
+                dir = dir.display()
+            )
+        })
+    }
+
+    /// Start a server on a free port in `<root>/<addr>` with the
+    /// `prometheus.yml` that `config` writes for that directory; returns
+    /// once it answers `/-/ready`.
+    pub fn start_with(root: &Path, config: impl FnOnce(&Path) -> String) -> Prom {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let dir = root.join(&addr);
         fs::create_dir_all(dir.join("sd")).expect("prometheus dir");
-        let config = format!(
-            "global: {{scrape_interval: {interval}, scrape_timeout: {interval}, evaluation_interval: {interval}}}\n\
-             rule_files: [\"{dir}/rules/*.yml\"]\n\
-             scrape_configs:\n  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{dir}/sd/*.json\"]\n",
-            dir = dir.display()
-        );
-        fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
-        let log = fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
-        let child = Command::new(prometheus())
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-lifecycle")
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        let mut p = Prom {
-            addr,
-            dir,
-            proc: ChildGuard::new(format!("prometheus {port}"), child),
-        };
+        fs::write(dir.join("prometheus.yml"), config(&dir)).expect("prometheus.yml");
+        let proc = spawn(&addr, &dir);
+        let mut p = Prom { addr, dir, proc };
         p.wait_ready();
         p
     }
 
-    fn wait_ready(&mut self) {
+    /// SIGKILL the server (its port and directory stay its own).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Start the server again on the same port, directory and TSDB, without
+    /// waiting for it (the time it takes to be ready is part of what a test
+    /// measures).
+    pub fn respawn(&mut self) {
+        self.proc = spawn(&self.addr, &self.dir);
+    }
+
+    /// Wait until it answers `/-/ready` (30 s); panics with its log's end.
+    pub fn wait_ready(&mut self) {
         let url = format!("http://{}/-/ready", self.addr);
         let result = poll("prometheus ready", Duration::from_secs(30), || {
             if let Some(status) = self.proc.exited() {
                 return Err(format!("exited: {status}: {}", self.log_tail()));
             }
-            match get(&url) {
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            }
+            get(&url).map(|_| ())
         });
         result.unwrap_or_else(|e| panic!("prometheus {}: {e}", self.addr));
     }
@@ -160,23 +158,29 @@ impl Prom {
     }
 }
 
-/// GET `url` (3 s limit); the body of a 2xx answer.
-pub fn get(url: &str) -> Result<String, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(3)))
-        .build()
-        .into();
-    let mut resp = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("{url}: {e}"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("{url}: {status}: {body}"))
-    }
+/// `prometheus` on `addr` with the config, TSDB and log (appended) in `dir`.
+fn spawn(addr: &str, dir: &Path) -> ChildGuard {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("prometheus.log"))
+        .expect("prometheus.log");
+    let child = Command::new(prometheus())
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--web.enable-lifecycle")
+        .arg("--log.level=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting prometheus");
+    ChildGuard::new(format!("prometheus {addr}"), child)
 }

@@ -1,0 +1,852 @@
+//! Command-line interface: argument parsing and the `once`, `plan`, `check`
+//! and `ring` commands. Exit codes: 0 ok, 1 failure, 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Service};
+use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::script::dropin::{check_service_scripts, effective_services};
+use crate::script::{Sandbox, ScriptCache, ScriptRun};
+use crate::shard::placement::NodeSpec;
+use crate::sim::SimArgs;
+
+/// Shard Prometheus scrape targets over a pool of Prometheus servers.
+#[derive(Debug, Parser)]
+#[command(name = "promshard", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "promshard.yaml")]
+    pub config: PathBuf,
+    /// Log format (filter with RUST_LOG, e.g. RUST_LOG=promshard=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a daemon: passes on each service's schedule and on every change.
+    Run,
+    /// One pass for all (or one) services: run scripts, plan, write, deliver.
+    Once(OnceArgs),
+    /// Show the assignment a pass would make; writes and delivers nothing.
+    Plan(PlanArgs),
+    /// Validate the config, find drop-in services and compile every script.
+    Check(CheckArgs),
+    /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
+    Rendezvous(SimArgs),
+    /// Which Prometheus scrapes a target: asks the running daemon, or
+    /// computes the assignment from the config when none answers.
+    Where(WhereArgs),
+}
+
+/// Arguments of `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Print a machine-readable JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also say how many nodes each service needs when a node holds this
+    /// much weight (series, with weights: {from: series}; else targets).
+    #[arg(long, value_name = "WEIGHT_PER_NODE")]
+    pub capacity: Option<u64>,
+}
+
+/// Arguments of `once`.
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Apply even if the pass would drop more than max_drop_ratio of the targets.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `where`.
+#[derive(Debug, Args)]
+pub struct WhereArgs {
+    /// The target, `host:port` as the script returns it.
+    pub target: String,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also run each script's targets() (and nodes()) and report what it
+    /// returns; writes nothing.
+    #[arg(long)]
+    pub run: bool,
+}
+
+/// Set up logging to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour_logs())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Colour only for a person at a terminal: never in files, pipes or
+/// journald, and never when `NO_COLOR` is set.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Parse arguments and run; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match &cli.command {
+        Command::Rendezvous(args) => crate::sim::main(args).map(|_| true),
+        Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
+        Command::Check(args) => check(&cli.config, args),
+        Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
+        Command::Once(args) => with_runtime(|| {
+            let options = PassOptions {
+                dry_run: false,
+                force: args.force,
+            };
+            pass_command(&cli.config, &args.plan, options)
+        }),
+        Command::Plan(args) => with_runtime(|| {
+            let options = PassOptions {
+                dry_run: true,
+                force: false,
+            };
+            pass_command(&cli.config, args, options)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("promshard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long a shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(9);
+
+/// Run the daemon until SIGTERM or SIGINT, then give its tasks
+/// [`SHUTDOWN_GRACE`] to finish. A pass stuck in a script cannot be
+/// interrupted from outside its thread: past the grace the runtime is
+/// left behind (see [`with_runtime`]) and the process exits.
+async fn run_daemon(config: PathBuf) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shutdown = crate::shutdown::Shutdown::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let signalled = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            shutdown.cancel();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        result = crate::daemon::run(config, shutdown) => result?,
+        () = signalled => tracing::warn!("shutdown grace period over; exiting"),
+    }
+    Ok(true)
+}
+
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<bool>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(f());
+    // Blocking tasks still running (a script stuck past a shutdown's
+    // grace) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
+}
+
+/// The services a command applies to, among `services` (from
+/// [`crate::script::dropin::effective_services`]).
+fn select<'a>(
+    config: &Config,
+    services: &'a [Arc<Service>],
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'a Arc<Service>>> {
+    match only {
+        None => Ok(services.iter().collect()),
+        Some(name) => services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| vec![s])
+            .ok_or_else(|| {
+                let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "no service {name:?} in {} (known: {})",
+                    config.path.display(),
+                    known.join(", ")
+                )
+            }),
+    }
+}
+
+async fn pass_command(
+    path: &std::path::Path,
+    args: &PlanArgs,
+    options: PassOptions,
+) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let sandbox = Sandbox::for_config(&config);
+    let cancel = CancellationToken::new();
+    let cache = Arc::new(ScriptCache::new());
+    let (services, problems) = {
+        let (config, cache) = (config.clone(), Arc::clone(&cache));
+        tokio::task::spawn_blocking(move || effective_services(&config, &cache)).await?
+    };
+    let mut all_ok = true;
+    if args.service.is_none() {
+        for p in &problems {
+            all_ok = false;
+            tracing::error!(script = %p.path.display(), service = %p.name, "{}", p.message);
+        }
+    }
+    let mut outcomes = Vec::new();
+    for service in select(&config, &services, args.service.as_deref())? {
+        let result = match cache.get(&service.script) {
+            Err(e) => Err(e.into()),
+            Ok(script) => static_pass(&config, service, &script, &sandbox, options, &cancel).await,
+        };
+        match &result {
+            Ok(r) if r.failed_deliveries() > 0 => {
+                all_ok = false;
+                tracing::error!(service = %service.name, failed = r.failed_deliveries(), "pass wrote its files but some deliveries failed");
+            }
+            Ok(_) => {}
+            Err(e) if e.files_kept() => {
+                all_ok = false;
+                tracing::error!(service = %service.name, error = %e, "pass failed; files left as they were");
+            }
+            Err(e) => {
+                all_ok = false;
+                tracing::error!(service = %service.name, error = %e, "pass failed after changing files");
+            }
+        }
+        if let Ok(r) = &result
+            && r.rules.as_ref().is_some_and(|x| !x.is_ok())
+        {
+            all_ok = false;
+        }
+        outcomes.push((service.name.clone(), result));
+    }
+    if args.json {
+        print_json(&outcomes, options.dry_run)?;
+    } else {
+        for (name, r) in &outcomes {
+            match r {
+                Ok(report) => {
+                    print_table(report);
+                    if let (Some(c), Some(s)) =
+                        (args.capacity, services.iter().find(|s| &s.name == name))
+                    {
+                        print_capacity(report, c, s.ring.load_factor);
+                    }
+                }
+                Err(e) => println!("service {name}: ERROR: {e}\n"),
+            }
+        }
+    }
+    Ok(all_ok)
+}
+
+/// A pass as the commands run it: the nodes as configured or as the
+/// script returns them (no health probes), node scripts compiled afresh,
+/// weights from the state file.
+async fn static_pass(
+    config: &Config,
+    service: &Service,
+    script: &crate::script::CompiledScript,
+    sandbox: &Sandbox,
+    options: PassOptions,
+    cancel: &CancellationToken,
+) -> Result<PassReport, crate::pass::PassError> {
+    let nodes = crate::pass::resolve_nodes(service, script, None, sandbox)
+        .await?
+        .unwrap_or_else(|| service.nodes.clone());
+    let input = PassInput {
+        config,
+        service,
+        script,
+        nodes: &nodes,
+        sandbox,
+        learned_weights: None,
+        previous: None,
+    };
+    run_pass(input, options, cancel).await
+}
+
+/// `--json`: every service's report. A dry run delivers nothing, so its
+/// report leaves out the delivery fields rather than show `false` and `0`.
+fn print_json(
+    outcomes: &[(String, Result<PassReport, crate::pass::PassError>)],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Outcome<'a> {
+        Done(&'a PassReport),
+        Failed { name: &'a str, error: String },
+    }
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        services: Vec<Outcome<'a>>,
+    }
+    let services = outcomes
+        .iter()
+        .map(|(name, r)| match r {
+            Ok(report) => Outcome::Done(report),
+            Err(e) => Outcome::Failed {
+                name,
+                error: e.to_string(),
+            },
+        })
+        .collect();
+    let mut json = serde_json::to_value(Output { services })?;
+    if dry_run {
+        strip_delivery_fields(&mut json);
+    }
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+/// Fields of `once --json` that only a delivery fills in.
+const DELIVERY_FIELDS: [&str; 2] = ["departed", "delivery_runs_s"];
+const NODE_DELIVERY_FIELDS: [&str; 4] = ["delivered", "result", "attempts", "error"];
+
+fn strip_delivery_fields(json: &mut serde_json::Value) {
+    let services = json["services"].as_array_mut().into_iter().flatten();
+    for service in services.filter_map(|s| s.as_object_mut()) {
+        for key in DELIVERY_FIELDS {
+            service.remove(key);
+        }
+        if let Some(phases) = service.get_mut("phases_ms").and_then(|p| p.as_object_mut()) {
+            phases.remove("deliver");
+        }
+        let nodes = service.get_mut("nodes").and_then(|n| n.as_array_mut());
+        for node in nodes
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_object_mut())
+        {
+            for key in NODE_DELIVERY_FIELDS {
+                node.remove(key);
+            }
+        }
+    }
+}
+
+/// The per-node table `plan` and `once` print; `once` adds each node's
+/// delivery result.
+fn print_table(r: &PassReport) {
+    println!(
+        "service {}: {} targets ({} invalid, {} duplicates merged), {} nodes, each target on {} node(s)",
+        r.name,
+        r.targets,
+        r.invalid,
+        r.duplicates,
+        r.nodes.len(),
+        r.replicas
+    );
+    for bad in &r.invalid_samples {
+        println!("  invalid: {bad}");
+    }
+    if let Some(a) = &r.affinity {
+        println!(
+            "  affinity {:?}: {} groups, {} target(s) lacking a label of the template, each placed alone{}",
+            a.template,
+            a.groups,
+            a.ungrouped,
+            if a.ungrouped_samples.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.ungrouped_samples.join(" "))
+            }
+        );
+    }
+    // Columns: groups only with affinity, the weight only when targets are
+    // weighted, the delivery result only when there was a delivery.
+    let grouped = r.affinity.is_some();
+    let weighted = r.nodes.iter().any(|n| n.weight.is_some());
+    let mut header = vec!["NODE", "TARGETS"];
+    if grouped {
+        header.push("GROUPS");
+    }
+    if weighted {
+        header.push("WEIGHT");
+    }
+    header.extend(["IN", "OUT"]);
+    if !r.dry_run {
+        header.push("RESULT");
+    }
+    header.push("FILE");
+    let rows: Vec<Vec<String>> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut row = vec![n.node.clone(), n.count.to_string()];
+            if grouped {
+                row.push(n.groups.unwrap_or(0).to_string());
+            }
+            if weighted {
+                row.push(n.weight.unwrap_or(0).to_string());
+            }
+            row.extend([n.moved_in.to_string(), n.moved_out.to_string()]);
+            if !r.dry_run {
+                row.push(n.result.map(|r| r.as_str()).unwrap_or("ok").into());
+            }
+            row.push(n.file.clone());
+            row
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|row| row[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // Counts align right; names, results and files left.
+    let numbers = 3 + usize::from(grouped) + usize::from(weighted);
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let w = widths[c];
+                let numeric = (1..=numbers).contains(&c);
+                if c == cells.len() - 1 {
+                    cell.to_string()
+                } else if numeric {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        println!("  {}", text.join("  "));
+    };
+    line(header.clone());
+    for (n, row) in r.nodes.iter().zip(&rows) {
+        line(row.iter().map(String::as_str).collect());
+        if let Some(e) = &n.error {
+            println!("    error: {e}");
+        }
+    }
+    for d in &r.departed {
+        println!("  left the ring: {} ({})", d.node, d.result.as_str());
+    }
+    if r.oversized_count > 0 {
+        println!(
+            "  oversized (heavier than a node's fair share, each placed whole): {} target(s): {}",
+            r.oversized_count,
+            r.oversized.join(" ")
+        );
+    }
+    if let Some(a) = r.affinity.as_ref().filter(|a| a.oversized_count > 0) {
+        let first: Vec<String> = a
+            .oversized
+            .iter()
+            .map(|g| format!("{} ({} targets, weight {})", g.key, g.targets, g.weight))
+            .collect();
+        println!(
+            "  oversized groups (heavier than a node's fair share, each placed whole, not split): {}: {}",
+            a.oversized_count,
+            first.join(", ")
+        );
+    }
+    if let Some(rules) = &r.rules {
+        rules.print();
+    }
+    println!();
+}
+
+/// `plan --capacity C`: how many nodes of `C` weight (series) each the
+/// service needs at its load factor, against how many it has.
+fn print_capacity(r: &PassReport, capacity: u64, load_factor: f64) {
+    let total: u64 = r
+        .nodes
+        .iter()
+        .map(|n| n.weight.unwrap_or(n.count as u64))
+        .sum();
+    let needed = ((total as f64 * load_factor) / capacity.max(1) as f64).ceil() as u64;
+    println!(
+        "service {}: total weight {total} (×{load_factor} headroom) at {capacity} per node needs {} node(s); it has {}\n",
+        r.name,
+        needed.max(r.replicas as u64),
+        r.nodes.len()
+    );
+}
+
+fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(false);
+        }
+    };
+    if let Some(warning) = config.exposure_warning() {
+        eprintln!("warning: {warning}");
+    }
+    let cache = ScriptCache::new();
+    let sandbox = Sandbox::for_config(&config);
+    let (services, problems) = effective_services(&config, &cache);
+    let mut ok = problems.is_empty();
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    for s in &services {
+        if let Err(e) = check_service_dir(&config, s) {
+            ok = false;
+            eprintln!("{e} (service {})", s.name);
+        }
+        let usable = check_service_scripts(s, &cache)
+            .map_err(anyhow::Error::from)
+            .and_then(|script| {
+                if !script.has_fn("file_name", 1) {
+                    check_default_file_names(s, &s.nodes)?;
+                }
+                Ok(script)
+            });
+        match usable {
+            Ok(script) => {
+                let nodes = match (&s.node_script, s.nodes.len()) {
+                    (Some(n), _) => format!("nodes from {}", n.display()),
+                    (None, _) if script.has_fn("nodes", 1) => "nodes from fn nodes(ctx)".into(),
+                    (None, n) => format!("{n} nodes"),
+                };
+                println!(
+                    "ok: service {} ({}{}, {nodes}, replicas {}, schedule {})",
+                    s.name,
+                    if s.drop_in { "drop-in " } else { "" },
+                    s.script.display(),
+                    s.replicas,
+                    s.schedule
+                );
+                if args.run && !check_run(s, &script, &sandbox) {
+                    ok = false;
+                }
+                if !crate::rules::check_command(s) {
+                    ok = false;
+                }
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("{e} (service {})", s.name);
+            }
+        }
+    }
+    let drop_ins = services.iter().filter(|s| s.drop_in).count();
+    if ok {
+        println!(
+            "{}: {} service(s) ({} drop-in), all scripts compile{}",
+            config.path.display(),
+            services.len(),
+            drop_ins,
+            if args.run { " and run" } else { "" }
+        );
+    }
+    Ok(ok)
+}
+
+/// The service's directory must hold only files promshard wrote, as a
+/// pass requires.
+fn check_service_dir(config: &Config, s: &Service) -> anyhow::Result<()> {
+    let dir = config.out_dir.join(&s.name);
+    let state = crate::store::state::ServiceState::load(&config.out_dir, &s.name);
+    let owned = state.owned().into_keys().collect();
+    let foreign = crate::store::files::foreign_files(&dir, &owned, &Default::default())?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(crate::pass::PassError::ForeignFiles {
+        dir,
+        files: foreign,
+        state: crate::store::state::state_path(&config.out_dir, &s.name),
+    }
+    .into())
+}
+
+/// The names the first pass will give the files of `nodes` must be valid
+/// and fit in a file name (a long service name and a long node name
+/// together may not). A counted name is checked with a 7-digit count.
+fn check_default_file_names(s: &Service, nodes: &[NodeSpec]) -> anyhow::Result<()> {
+    use crate::shard::names::{FileNameArgs, check_file_name, default_file_name};
+    for (i, node) in nodes.iter().enumerate() {
+        let args = FileNameArgs {
+            service: s.name.clone(),
+            node: node.addr.clone(),
+            index: i + 1,
+            total: nodes.len(),
+            count: 9_999_999,
+            file_type: s.file_type,
+        };
+        let name = default_file_name(&args, s.file_naming);
+        if let Err(why) = check_file_name(&name) {
+            anyhow::bail!("file name {name:?} for node {} {why}", node.addr);
+        }
+    }
+    Ok(())
+}
+
+/// How many invalid entries `check --run` shows.
+const CHECK_SAMPLES: usize = 5;
+
+/// `check --run` for one service: call nodes() and targets(), print what
+/// they returned and the first problems. Writes nothing.
+fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sandbox) -> bool {
+    let started = std::time::Instant::now();
+    let nodes = match crate::pass::script_nodes(s, script, None, sandbox) {
+        None => s.nodes.clone(),
+        Some(Ok(n)) => {
+            let list: Vec<&str> = n.iter().map(|n| n.addr.as_str()).collect();
+            println!("  nodes(): {} node(s): {}", n.len(), list.join(", "));
+            n
+        }
+        Some(Err(e)) => {
+            eprintln!("  {e} (service {})", s.name);
+            return false;
+        }
+    };
+    if !script.has_fn("file_name", 1)
+        && let Err(e) = check_default_file_names(s, &nodes)
+    {
+        eprintln!("  {e} (service {})", s.name);
+        return false;
+    }
+    let run = ScriptRun::new(script, sandbox);
+    match run.targets(crate::pass::script_ctx(s, &nodes)) {
+        Err(e) => {
+            eprintln!("  {e} (service {})", s.name);
+            false
+        }
+        Ok((groups, mut invalid)) => {
+            let normalized = crate::shard::target::normalize(groups);
+            invalid.extend(normalized.invalid);
+            invalid.sort_by_key(|i| i.group);
+            println!(
+                "  targets(): {} target(s), {} invalid, {} duplicate(s) merged, in {} ms",
+                normalized.targets.len(),
+                invalid.len(),
+                normalized.duplicates,
+                started.elapsed().as_millis()
+            );
+            for bad in invalid.iter().take(CHECK_SAMPLES) {
+                println!("  invalid: {bad}");
+            }
+            if invalid.len() > CHECK_SAMPLES {
+                println!("  … and {} more invalid", invalid.len() - CHECK_SAMPLES);
+            }
+            if normalized.targets.is_empty() {
+                println!("  warning: no targets");
+            }
+            true
+        }
+    }
+}
+
+/// `promshard where`: the daemon's answer (plan in effect and what each
+/// node reported), or the assignment computed from the config alone.
+async fn where_command(path: &std::path::Path, args: &WhereArgs) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let answer = match ask_daemon(&config, args).await {
+        Ok(answer) => answer,
+        Err(why) => {
+            eprintln!(
+                "promshard: no daemon answered at {} ({why}); computing the assignment from {}, nothing observed",
+                config.listen,
+                config.path.display()
+            );
+            compute_where(&config, args).await?
+        }
+    };
+    let services = answer["services"].as_array().cloned().unwrap_or_default();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if services.is_empty() {
+        println!("{}: not assigned by any service", args.target);
+    } else {
+        for s in &services {
+            print_where(s);
+        }
+    }
+    Ok(!services.is_empty())
+}
+
+/// `GET /api/v1/where` on the daemon this config runs.
+async fn ask_daemon(config: &Config, args: &WhereArgs) -> Result<serde_json::Value, String> {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut url = format!(
+        "http://{addr}/api/v1/where?target={}",
+        crate::observe::prom::encode(&args.target)
+    );
+    if let Some(s) = &args.service {
+        url.push_str(&format!("&service={}", crate::observe::prom::encode(s)));
+    }
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(std::time::Duration::from_secs(3)))
+            .build()
+            .into();
+        let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}"))?;
+        if v.get("services").is_some() {
+            Ok(v)
+        } else {
+            Err(format!("HTTP {status}: {body}"))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The assignment of `args.target` by a dry-run pass of each service.
+async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serde_json::Value> {
+    let cache = Arc::new(ScriptCache::new());
+    let sandbox = Sandbox::for_config(config);
+    let services = {
+        let (config, cache) = (config.clone(), Arc::clone(&cache));
+        tokio::task::spawn_blocking(move || effective_services(&config, &cache).0).await?
+    };
+    let mut found = Vec::new();
+    for service in select(config, &services, args.service.as_deref())? {
+        let script = match cache.get(&service.script) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("promshard: service {}: {e}", service.name);
+                continue;
+            }
+        };
+        let options = PassOptions {
+            dry_run: true,
+            force: true,
+        };
+        let cancel = CancellationToken::new();
+        match static_pass(config, service, &script, &sandbox, options, &cancel).await {
+            Ok(report) => found.extend(crate::observe::locate(
+                &service.name,
+                args.target.trim(),
+                &report.assignment,
+                None,
+            )),
+            Err(e) => eprintln!("promshard: service {}: {e}", service.name),
+        }
+    }
+    Ok(serde_json::json!({ "target": args.target.trim(), "services": found }))
+}
+
+fn print_where(s: &serde_json::Value) {
+    let str_list = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "service {}: {} on {} (file {}){}, state {}",
+        s["service"].as_str().unwrap_or(""),
+        s["target"].as_str().unwrap_or(""),
+        str_list(&s["assigned"]),
+        str_list(&s["files"]),
+        s["group"]
+            .as_str()
+            .map(|g| format!(", affinity group {g:?}"))
+            .unwrap_or_default(),
+        s["state"].as_str().unwrap_or("not observed"),
+    );
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        let o = &n["observed"];
+        let seen = if o.is_null() {
+            match (n["error"].as_str(), s["observed_at"].is_null()) {
+                (Some(e), _) => format!("not observed: {e}"),
+                (None, true) => "not observed".into(),
+                (None, false) => "not active".into(),
+            }
+        } else {
+            format!(
+                "{}, last scrape {}, series {}{}",
+                o["health"].as_str().unwrap_or("?"),
+                o["last_scrape"].as_str().unwrap_or("never"),
+                o["series"]
+                    .as_u64()
+                    .map(|v| v.to_string())
+                    .unwrap_or("?".into()),
+                o["last_error"]
+                    .as_str()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            )
+        };
+        println!(
+            "  {}  {}  {seen}",
+            n["node"].as_str().unwrap_or(""),
+            if n["assigned"].as_bool() == Some(true) {
+                "assigned"
+            } else {
+                "NOT ASSIGNED"
+            },
+        );
+    }
+}

@@ -1,0 +1,233 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::shard::affinity::Affinity;
+use crate::shard::names::FileType;
+use crate::shard::placement::NodeSpec;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/promshard/promshard.yaml"), text)
+}
+
+const GOOD: &str = r#"
+out_dir: out
+services:
+  - name: node_exporter
+    script: scripts/node.rhai
+    nodes: ["10.0.0.2:9090", {addr: "10.0.0.1:9090", weight: 2}]
+    port: 9100
+    push: {kind: local, dest: "/srv/{node}/node.json"}
+"#;
+
+#[test]
+fn name_and_script_are_required_of_services_and_refused_elsewhere() {
+    let text = "defaults: {name: x, script: y.rhai}\nservices:\n  - nodes: [\"10.0.0.1:9090\"]\n";
+    let e = parse(text).unwrap_err().to_string();
+    for want in [
+        "defaults.name: not allowed in defaults",
+        "defaults.script: not allowed in defaults",
+        "services[0] \"\": name: required",
+        "services[0] \"\": script: required",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let c = parse(GOOD).unwrap();
+    let named = serde_json::json!({"name": "other", "replicas": 2});
+    let e = c
+        .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(named), false)
+        .unwrap_err();
+    assert_eq!(e[0].location, "fn service(): name", "{e:?}");
+    let ok = serde_json::json!({"replicas": 2, "nodes": ["10.0.0.1:9090"]});
+    let s = c
+        .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(ok), false)
+        .unwrap();
+    assert_eq!((s.name.as_str(), s.replicas), ("extra", 2));
+}
+
+#[test]
+fn good_config_resolves_paths_and_sorts_nodes() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.out_dir, Path::new("/etc/promshard/out"));
+    let s = &c.services[0];
+    assert_eq!(s.script, Path::new("/etc/promshard/scripts/node.rhai"));
+    assert_eq!(
+        s.nodes[0],
+        NodeSpec {
+            addr: "10.0.0.1:9090".into(),
+            weight: 2
+        }
+    );
+    assert_eq!(s.replicas, 1);
+    assert_eq!(s.file_type, FileType::Json);
+    assert_eq!(s.schedule, Schedule::Cron(DEFAULT_SCHEDULE.into()));
+}
+
+#[test]
+fn affinity_and_shard_label_are_checked_and_inherited() {
+    let text = GOOD.replace(
+        "port: 9100",
+        "port: 9100\n    affinity: \"{labels.app\"\n    shard_label: instance",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    for want in [
+        "promshard.yaml: services[0] \"node_exporter\": affinity: template \"{labels.app\": unclosed",
+        "services[0] \"node_exporter\": shard_label: \"instance\": job and instance identify a series",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    affinity: \"{app}\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("affinity: template \"{app}\": unknown placeholder {app}: use {labels.<name>}, {host} or {address}"), "{e}");
+    let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    shard_label: \"1x\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("shard_label: \"1x\": label names must start"),
+        "{e}"
+    );
+    let inherited =
+        format!("defaults: {{affinity: \"{{labels.app}}\", shard_label: shard}}\n{GOOD}");
+    let c = parse(&inherited).unwrap();
+    let s = &c.services[0];
+    assert_eq!(
+        s.affinity.as_ref().map(Affinity::as_str),
+        Some("{labels.app}")
+    );
+    assert_eq!(s.shard_label.as_deref(), Some("shard"));
+    assert_eq!(parse(GOOD).unwrap().services[0].affinity, None);
+    let bad = serde_json::json!({"affinity": "{labels.app}-{dc}"});
+    let e = c
+        .drop_in_service("extra", Path::new("scripts/extra.rhai"), Some(bad), false)
+        .unwrap_err();
+    assert_eq!(e[0].location, "fn service(): affinity", "{e:?}");
+    assert!(e[0].message.contains("unknown placeholder {dc}"), "{e:?}");
+}
+
+#[test]
+fn errors_name_file_service_and_key() {
+    let text = GOOD.replace("port: 9100", "port: 9100\n    replicas: 0");
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "promshard.yaml: services[0] \"node_exporter\": replicas: replicas must be >= 1"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error_with_position() {
+    let e = parse(&GOOD.replace("port: 9100", "prot: 9100"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prot") && e.contains("line"), "{e}");
+}
+
+#[test]
+fn duplicates_and_empty_nodes_are_errors() {
+    let dup = GOOD.replace("\"10.0.0.2:9090\"", "\"10.0.0.1:9090\"");
+    assert!(
+        parse(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate node")
+    );
+    let twice = format!("{GOOD}{}", &GOOD[GOOD.find("  - name").unwrap()..]);
+    assert!(
+        parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate service name")
+    );
+    let empty = GOOD.replace(
+        "nodes: [\"10.0.0.2:9090\", {addr: \"10.0.0.1:9090\", weight: 2}]",
+        "nodes: []",
+    );
+    assert!(
+        parse(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("nodes: at least one node")
+    );
+}
+
+#[test]
+fn bad_node_and_schedule_are_reported_together() {
+    let text = GOOD
+        .replace("10.0.0.2:9090", "10.0.0.2")
+        .replace("port: 9100", "port: 9100\n    schedule: \"nope\"");
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.problems.len(), 2, "{e}");
+}
+
+#[test]
+fn schedules() {
+    assert!(parse_schedule("*/5 * * * * *").is_ok());
+    assert_eq!(
+        parse_schedule("* * * * *").unwrap(),
+        Schedule::Cron("0 * * * * *".into())
+    );
+    assert_eq!(
+        parse_schedule("@every 30s").unwrap(),
+        Schedule::Every(Duration::from_secs(30))
+    );
+    assert_eq!(
+        parse_schedule("@every 5m").unwrap(),
+        Schedule::Every(Duration::from_secs(300))
+    );
+    assert!(parse_schedule("@every 0s").is_err());
+    assert!(parse_schedule("61 * * * * *").is_err());
+}
+
+#[test]
+fn health_defaults_and_overrides() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.services[0].health, None, "no health: no probes");
+    let c = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {}")).unwrap();
+    assert_eq!(c.services[0].health, Some(Health::default()));
+    let text = GOOD.replace(
+        "port: 9100",
+        "port: 9100\n    health: {path: /ready, interval: 500ms, timeout: 200ms, fall: 2, rise: 1}",
+    );
+    let h = parse(&text).unwrap().services[0].health.clone().unwrap();
+    assert_eq!(
+        h,
+        Health {
+            path: "/ready".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_millis(200),
+            fall: 2,
+            rise: 1
+        }
+    );
+    // Inherited from `defaults:`.
+    let text = format!("defaults:\n  health: {{fall: 5}}\n{GOOD}");
+    let h = parse(&text).unwrap().services[0].health.clone().unwrap();
+    assert_eq!(h.fall, 5);
+}
+
+#[test]
+fn health_errors_name_the_key() {
+    let text = GOOD.replace(
+        "port: 9100",
+        "port: 9100\n    health: {path: healthy, interval: 1s, timeout: 2s, fall: 0, rise: 101}",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    let keys = ["health.path", "health.timeout", "health.fall"];
+    for key in keys.into_iter().chain(["health.rise"]) {
+        assert!(
+            e.contains(&format!("services[0] \"node_exporter\": {key}: ")),
+            "{key} missing in:\n{e}"
+        );
+    }
+    let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {interval: soon}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("health.interval"), "{e}");
+    let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {intervall: 1s}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("intervall"), "{e}");
+}

@@ -1,0 +1,138 @@
+//! The observation loop of a service (`observe:`): every interval, ask
+//! each node what it scrapes, audit it against the plan in effect, and
+//! learn target weights from the series the servers report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::config::Service;
+use crate::observe::{self, ServiceObservation, TargetState};
+use crate::shard::weights::Weights;
+
+impl Shared {
+    /// The weights a pass of `service` uses (`weights: {from: series}`):
+    /// what the observer learned, starting from the state file.
+    pub(super) fn learned_weights(&self, service: &Service) -> Option<Arc<BTreeMap<String, u32>>> {
+        service.weights?;
+        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let learned = all.entry(service.name.clone()).or_insert_with(|| {
+            let state =
+                crate::store::state::ServiceState::load(&self.config().out_dir, &service.name);
+            Weights::from_applied(&state.weights)
+        });
+        Some(Arc::new(learned.applied()))
+    }
+
+    /// Feed an observation into `name`'s learned weights; whether a weight
+    /// in use changed (then the placement should follow).
+    pub(super) fn learn_weights(
+        &self,
+        service: &Service,
+        settings: crate::config::SeriesWeights,
+        observed: &ServiceObservation,
+    ) -> usize {
+        let seen = observed
+            .nodes
+            .iter()
+            .filter_map(|n| n.observed.as_ref())
+            .flat_map(|o| o.targets.iter())
+            .filter_map(|t| Some((t.address.as_str(), t.series?)));
+        // Make sure the state file's weights are the starting point.
+        let _ = self.learned_weights(service);
+        let mut all = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let learned = all.entry(service.name.clone()).or_default();
+        let changed = learned.observe(seen, settings.smoothing, settings.threshold);
+        let assignment = &observed.assignment;
+        learned.retain(|a| !assignment.nodes_of(a).is_empty());
+        changed
+    }
+
+    /// Observe the nodes of `name`'s plan in effect every `interval` until
+    /// `stop`; never blocks a pass (it only reads the plan).
+    pub(super) async fn observe_loop(
+        self: Arc<Self>,
+        service: Arc<Service>,
+        settings: crate::config::Observe,
+        stop: CancellationToken,
+    ) {
+        let (name, replicas) = (service.name.clone(), service.replicas);
+        let mut last_counts = None;
+        let mut failing = std::collections::BTreeSet::new();
+        loop {
+            let plan = self.status(&name).and_then(|s| {
+                let a = Arc::clone(&s.current.as_ref()?.assignment);
+                Some((a, s.changed_at))
+            });
+            // Until the first pass has a plan, look again soon.
+            let wait = if plan.is_some() {
+                settings.interval
+            } else {
+                settings.interval.min(Duration::from_secs(1))
+            };
+            if let Some((assignment, changed_at)) = plan {
+                let observed =
+                    observe::observe_service(&name, &settings, assignment, &changed_at, replicas)
+                        .await;
+                self.metrics.record_observation(&name, &observed);
+                for n in &observed.nodes {
+                    match &n.error {
+                        Some(e) if failing.insert(n.node.clone()) => {
+                            tracing::warn!(service = %name, node = %n.node, error = %e, "cannot observe node; its targets are unknown");
+                        }
+                        None if failing.remove(&n.node) => {
+                            tracing::info!(service = %name, node = %n.node, "node answers observation again");
+                        }
+                        _ => {}
+                    }
+                }
+                let counts = observed.audit.counts.clone();
+                if last_counts.as_ref() != Some(&counts) {
+                    let c = |s: TargetState| counts.get(&s).copied().unwrap_or(0);
+                    tracing::info!(
+                        service = %name,
+                        ok = c(TargetState::Ok),
+                        missing = c(TargetState::Missing),
+                        extra = c(TargetState::Extra),
+                        duplicate = c(TargetState::Duplicate),
+                        down = c(TargetState::Down),
+                        unknown = c(TargetState::Unknown),
+                        pending = c(TargetState::Pending),
+                        "audit changed"
+                    );
+                    last_counts = Some(counts.clone());
+                }
+                let relearned = service
+                    .weights
+                    .map(|w| self.learn_weights(&service, w, &observed))
+                    .unwrap_or(0);
+                {
+                    let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(s) = status.get_mut(&name) {
+                        s.audit = Some(counts);
+                        s.observed_at = Some(observed.at);
+                        s.observed_series = Some(
+                            observed
+                                .nodes
+                                .iter()
+                                .filter_map(|n| Some((n.node.clone(), n.series?)))
+                                .collect(),
+                        );
+                        s.observation = Some(Arc::new(observed));
+                    }
+                }
+                if relearned > 0 {
+                    tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
+                    self.trigger(&name, "weights learned").await;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! What the daemon publishes about each service (`/api/v1/services`, the
+//! status page, `/sd`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::membership::NodeStatus;
+use crate::observe::{ServiceObservation, TargetState};
+use crate::pass::PassReport;
+use crate::script::cache::ScriptState;
+
+/// Result of the last pass of a service, for `/api/v1/services`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastPass {
+    /// Unix seconds when the pass finished.
+    pub finished_at: u64,
+    /// `ok`, `failed` (script, plan, I/O or delivery) or `refused` (mass-drop guard).
+    pub result: &'static str,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the API shows about one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub script: PathBuf,
+    pub schedule: String,
+    /// Next cron tick (RFC 3339), when known.
+    pub next_run: Option<String>,
+    pub passes: u64,
+    /// The script version serving and why a newer edit is not.
+    pub script_state: ScriptState,
+    pub last_pass: Option<LastPass>,
+    /// Unix seconds of the last successful pass.
+    pub last_success: Option<u64>,
+    /// The last successful pass (the plan now in effect).
+    pub current: Option<PassReport>,
+    /// Per-node health, when the service has `health:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Vec<NodeStatus>>,
+    /// Every node any plan of this service has had; `/sd` answers `[]`
+    /// (not 404) for those no longer in the plan.
+    #[serde(skip)]
+    pub nodes_seen: std::collections::BTreeSet<String>,
+    /// Audit counts of the last observation (`observe:`), by state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<BTreeMap<TargetState, usize>>,
+    /// Unix seconds of the last observation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<u64>,
+    /// Series each node really ingests from the service's targets, as last
+    /// observed (next to the planned `weight` of each node in `current`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_series: Option<BTreeMap<String, u64>>,
+    /// The last observation (served whole by `/api/v1/services/{name}/audit`).
+    #[serde(skip)]
+    pub observation: Option<Arc<ServiceObservation>>,
+    /// When each node's file last changed: the audit's grace.
+    #[serde(skip)]
+    pub changed_at: BTreeMap<String, Instant>,
+}

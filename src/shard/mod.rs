@@ -1,0 +1,25 @@
+//! The pure core: everything that decides who scrapes what, with no I/O,
+//! no async runtime and no script engine. Given targets, nodes and
+//! settings it returns values; the layers above carry out the effects.
+//!
+//! - [`target`]: labels and target validation, normalization
+//! - [`placement`]: weighted rendezvous hashing, bounded loads
+//! - [`affinity`]: grouping targets that belong together
+//! - [`plan`]: targets + live nodes → per-node assignment and file names
+//! - [`names`]: file-name rules; [`render`]: file_sd content
+//! - [`assignment`]: the plan's compact target → nodes lookup
+//! - [`observation`]: what a server reported; [`audit`]: what the servers scrape against what was planned
+//! - [`weights`]: series weights learned from the servers
+//! - [`template`]: the `{field}` templates used by affinity and scripts
+
+pub mod affinity;
+pub mod assignment;
+pub mod audit;
+pub mod names;
+pub mod observation;
+pub mod placement;
+pub mod plan;
+pub mod render;
+pub mod target;
+pub mod template;
+pub mod weights;
