@@ -34,9 +34,6 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
     ("push::run_batch", "to split"),
     ("script::watch", "to split"),
     ("metrics::new", "to split"),
-    ("daemon::reconcile", "to split"),
-    ("daemon::start", "to split"),
-    ("daemon::observe_loop", "to split"),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

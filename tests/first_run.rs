@@ -312,3 +312,64 @@ fn the_test_command_without_prometheus_and_root_says_what_to_install() {
         "{stderr}"
     );
 }
+
+/// Start-up takes only what `check` and a reload take: a service whose
+/// script is missing or unreadable stops the start with one line naming the
+/// script, why, and the service, and nothing is written.
+#[test]
+fn run_refuses_to_start_with_a_missing_or_unreadable_script() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    use util::child::{ChildGuard, poll};
+
+    let dir = Dir::new();
+    site(&dir, "delivered/{node}");
+    let unreadable = dir.write("site/scripts/locked.rhai", "fn targets(ctx) { [] }");
+    fs::set_permissions(&unreadable, fs::Permissions::from_mode(0o000)).unwrap();
+    // Running as root reads a mode-000 file anyway: then only the missing
+    // script is checked.
+    let locked = fs::read(&unreadable).is_err();
+    let mut config = fs::read_to_string(dir.join("site/promshard.yaml")).unwrap();
+    config.push_str(
+        "  - name: ghost\n    script: scripts/ghost.rhai\n    nodes: [\"127.0.0.1:9091\"]\n",
+    );
+    if locked {
+        config.push_str(
+            "  - name: locked\n    script: scripts/locked.rhai\n    nodes: [\"127.0.0.1:9091\"]\n",
+        );
+    }
+    dir.write("site/promshard.yaml", config);
+    let cfg = dir.join("site/promshard.yaml");
+    let child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new("promshard run", child);
+    let status = poll("promshard run to exit", Duration::from_secs(10), || {
+        guard.exited().ok_or_else(|| "still running".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let mut stderr = String::new();
+    let mut pipe = guard.child.stderr.take().unwrap();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    let ghost = dir.join("site/scripts/ghost.rhai");
+    assert!(stderr.contains("config rejected, not starting"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: cannot read script: no such file",
+            ghost.display()
+        )) && stderr.contains("(service ghost)"),
+        "{stderr}"
+    );
+    if locked {
+        assert!(
+            stderr.contains("locked.rhai: cannot read script: Permission denied")
+                && stderr.contains("(service locked)"),
+            "{stderr}"
+        );
+    }
+    assert!(!dir.join("site/out").exists(), "nothing is written");
+}

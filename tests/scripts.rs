@@ -241,59 +241,159 @@ fn operation_call_depth_and_size_limits_come_from_config() {
     assert!(bad.contains("script_limits.timeout"), "{bad}");
 }
 
-#[test]
-fn limit_errors_name_the_script_the_config_key_and_what_to_do() {
+/// A sandbox with small limits, so each test script hits one quickly.
+fn small_limits() -> Sandbox {
     let mut sandbox = Sandbox::default();
     let l = &mut sandbox.limits;
     (l.max_operations, l.max_call_levels) = (1000, 8);
     (l.max_string_size, l.max_array_size, l.max_map_size) = (100, 50, 5);
+    sandbox
+}
+
+/// Run `run()` of each script and check that its limit error names the
+/// file, line and column, the config key with its value, and what to do.
+/// Each case: where the limit is hit, the script, the expected
+/// `file:line:column` suffix.
+fn assert_limit_errors(key: &str, advice: &str, cases: &[(&str, &str, (usize, usize))]) {
+    let sandbox = small_limits();
     let dir = tempfile::tempdir().unwrap();
-    let cases = [
-        (
-            "fn run() {\n  let i = 0;\n  while i < 100000 { i += 1; }\n}",
-            "script_limits.max_operations = 1000",
-        ),
-        (
-            "fn f(n) { f(n + 1) }\nfn run() {\n  f(0)\n}",
-            "script_limits.max_call_levels = 8",
-        ),
-        (
-            "fn run() {\n  let s = \"x\";\n  s.pad(200, \"y\");\n  s\n}",
-            "script_limits.max_string_size = 100",
-        ),
-        (
-            "fn run() {\n  let a = [];\n  a.pad(51, 0);\n  a\n}",
-            "script_limits.max_array_size = 50",
-        ),
-        (
-            "fn run() {\n  let m = #{};\n  for i in 0..10 { m[`k${i}`] = i; }\n  m\n}",
-            "script_limits.max_map_size = 5",
-        ),
-    ];
-    for (src, names) in cases {
+    let mut wrong = Vec::new();
+    for (where_, src, (line, column)) in cases {
         let s = compile(dir.path(), src);
         let e = ScriptRun::new(&s, &sandbox).call("run", ()).unwrap_err();
         let text = e.to_string();
-        assert_eq!(e.kind(), "limit", "{text}");
-        assert!(text.contains("t.rhai") && text.contains("run()"), "{text}");
-        assert!(text.contains(names), "{src}: {text}");
-        assert!(
-            text.contains("raise it") || text.contains("recursion"),
-            "says what to do: {text}"
-        );
+        let at = format!("{}:{line}:{column}: run() stopped", s.path.display());
+        let right = e.kind() == "limit"
+            && e.position() == Some((*line, *column))
+            && text.starts_with(&at)
+            && text.contains(key)
+            && text.contains(advice);
+        if !right {
+            wrong.push(format!("{where_} (expected :{line}:{column}): {text}"));
+        }
     }
-    // For big lists the message points at the native builders.
-    let s = compile(
-        dir.path(),
-        "fn run() {\n  [1, 2, 3].map(|x| {\n    let i = 0; while i < 100000 { i += 1; } x })\n}",
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn operations_limit_error_names_the_place_the_key_and_what_to_do() {
+    assert_limit_errors(
+        "script_limits.max_operations = 1000",
+        "for big lists, targets_from_json",
+        &[
+            (
+                "entry function",
+                "fn run() {\n  let i = 0;\n  while i < 100000 { i += 1; }\n}",
+                (3, 24),
+            ),
+            (
+                "nested function",
+                "fn spin() {\n  let i = 0;\n  while i < 100000 { i += 1; }\n}\nfn run() {\n  spin()\n}",
+                (3, 24),
+            ),
+            (
+                "closure",
+                "fn run() {\n  [1, 2, 3].map(|x| {\n    let i = 0; while i < 100000 { i += 1; } x })\n}",
+                (3, 37),
+            ),
+        ],
     );
-    let text = ScriptRun::new(&s, &sandbox)
-        .call("run", ())
-        .unwrap_err()
-        .to_string();
-    assert!(text.contains("targets_from_json"), "{text}");
-    // Where Rhai keeps the position, the message starts file:line:column.
-    assert!(text.contains("t.rhai:2:"), "{text}");
+}
+
+#[test]
+fn call_levels_limit_error_names_the_place_the_key_and_what_to_do() {
+    assert_limit_errors(
+        "script_limits.max_call_levels = 8",
+        "look for unbounded recursion",
+        &[
+            ("entry function", "fn run() {\n  run()\n}", (2, 3)),
+            (
+                "nested function",
+                "fn f(n) {\n  f(n + 1)\n}\nfn run() {\n  f(0)\n}",
+                (2, 3),
+            ),
+            (
+                "closure",
+                "fn run() {\n  [1].map(|x| {\n    run() })\n}",
+                (3, 5),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn string_size_limit_error_names_the_place_the_key_and_what_to_do() {
+    assert_limit_errors(
+        "script_limits.max_string_size = 100",
+        "targets_from_json",
+        &[
+            (
+                "entry function",
+                "fn run() {\n  let s = \"x\";\n  s.pad(200, \"y\");\n  s\n}",
+                (3, 3),
+            ),
+            (
+                "nested function",
+                "fn grow(s) {\n  s.pad(200, \"y\");\n  s\n}\nfn run() {\n  grow(\"x\")\n}",
+                (2, 3),
+            ),
+            (
+                "closure",
+                "fn run() {\n  [\"x\"].map(|s| {\n    s.pad(200, \"y\"); s })\n}",
+                (3, 5),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn array_size_limit_error_names_the_place_the_key_and_what_to_do() {
+    assert_limit_errors(
+        "script_limits.max_array_size = 50",
+        "targets_from_json",
+        &[
+            (
+                "entry function",
+                "fn run() {\n  let a = [];\n  a.pad(51, 0);\n  a\n}",
+                (3, 3),
+            ),
+            (
+                "nested function",
+                "fn grow(a) {\n  a.pad(51, 0);\n  a\n}\nfn run() {\n  grow([])\n}",
+                (2, 3),
+            ),
+            (
+                "closure",
+                "fn run() {\n  [1].map(|x| {\n    let a = []; a.pad(51, 0); a })\n}",
+                (3, 5),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn map_size_limit_error_names_the_place_the_key_and_what_to_do() {
+    assert_limit_errors(
+        "script_limits.max_map_size = 5",
+        "targets_from_json",
+        &[
+            (
+                "entry function",
+                "fn run() {\n  let m = #{};\n  for i in 0..10 { m[`k${i}`] = i; }\n  m\n}",
+                (4, 3),
+            ),
+            (
+                "nested function",
+                "fn fill(m) {\n  for i in 0..10 { m[`k${i}`] = i; }\n  m.len()\n}\nfn run() {\n  fill(#{})\n}",
+                (3, 3),
+            ),
+            (
+                "closure",
+                "fn run() {\n  [1].map(|x| {\n    let m = #{}; for i in 0..10 { m[`k${i}`] = i; } m.len() })\n}",
+                (3, 35),
+            ),
+        ],
+    );
 }
 
 #[test]

@@ -186,6 +186,15 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let config = Arc::new(Config::load(&config_path)?);
+    // Start-up takes only what a reload would: there is no last good
+    // version of a script yet, so a missing or broken one stops the start.
+    let cache = Arc::new(ScriptCache::new());
+    crate::script::dropin::check_config_scripts(&config, &cache).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}: config rejected, not starting:\n{problems}",
+            config_path.display()
+        )
+    })?;
     if let Some(warning) = config.exposure_warning() {
         tracing::warn!("{warning}");
     }
@@ -195,7 +204,7 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
             let (path, listen) = (config_path.display(), config.listen);
             format!("{path}: listen {listen}: cannot bind")
         })?;
-    let (shared, membership_events) = Shared::new(&config_path, &config, &shutdown).await?;
+    let (shared, membership_events) = Shared::new(&config_path, &config, cache, &shutdown).await?;
     shared.forward_membership_events(membership_events);
     shutdown.spawn(http::serve(
         listener,
@@ -221,6 +230,7 @@ impl Shared {
     async fn new(
         config_path: &Path,
         config: &Arc<Config>,
+        cache: Arc<ScriptCache>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<(
         Arc<Shared>,
@@ -239,7 +249,7 @@ impl Shared {
             status: RwLock::new(BTreeMap::new()),
             pass_locks: Mutex::new(HashMap::new()),
             weights: Mutex::new(HashMap::new()),
-            cache: Arc::new(ScriptCache::new()),
+            cache,
             scheduler,
             shutdown: shutdown.clone(),
         });

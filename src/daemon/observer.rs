@@ -2,7 +2,7 @@
 //! each node what it scrapes, audit it against the plan in effect, and
 //! learn target weights from the series the servers report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,11 +59,9 @@ impl Shared {
         settings: crate::config::Observe,
         stop: CancellationToken,
     ) {
-        let (name, replicas) = (service.name.clone(), service.replicas);
-        let mut last_counts = None;
-        let mut failing = std::collections::BTreeSet::new();
+        let mut log = ObservationLog::default();
         loop {
-            let plan = self.status(&name).and_then(|s| {
+            let plan = self.status(&service.name).and_then(|s| {
                 let a = Arc::clone(&s.current.as_ref()?.assignment);
                 Some((a, s.changed_at))
             });
@@ -74,65 +72,93 @@ impl Shared {
                 settings.interval.min(Duration::from_secs(1))
             };
             if let Some((assignment, changed_at)) = plan {
-                let observed =
-                    observe::observe_service(&name, &settings, assignment, &changed_at, replicas)
-                        .await;
-                self.metrics.record_observation(&name, &observed);
-                for n in &observed.nodes {
-                    match &n.error {
-                        Some(e) if failing.insert(n.node.clone()) => {
-                            tracing::warn!(service = %name, node = %n.node, error = %e, "cannot observe node; its targets are unknown");
-                        }
-                        None if failing.remove(&n.node) => {
-                            tracing::info!(service = %name, node = %n.node, "node answers observation again");
-                        }
-                        _ => {}
-                    }
-                }
-                let counts = observed.audit.counts.clone();
-                if last_counts.as_ref() != Some(&counts) {
-                    let c = |s: TargetState| counts.get(&s).copied().unwrap_or(0);
-                    tracing::info!(
-                        service = %name,
-                        ok = c(TargetState::Ok),
-                        missing = c(TargetState::Missing),
-                        extra = c(TargetState::Extra),
-                        duplicate = c(TargetState::Duplicate),
-                        down = c(TargetState::Down),
-                        unknown = c(TargetState::Unknown),
-                        pending = c(TargetState::Pending),
-                        "audit changed"
-                    );
-                    last_counts = Some(counts.clone());
-                }
-                let relearned = service
-                    .weights
-                    .map(|w| self.learn_weights(&service, w, &observed))
-                    .unwrap_or(0);
-                {
-                    let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-                    if let Some(s) = status.get_mut(&name) {
-                        s.audit = Some(counts);
-                        s.observed_at = Some(observed.at);
-                        s.observed_series = Some(
-                            observed
-                                .nodes
-                                .iter()
-                                .filter_map(|n| Some((n.node.clone(), n.series?)))
-                                .collect(),
-                        );
-                        s.observation = Some(Arc::new(observed));
-                    }
-                }
-                if relearned > 0 {
-                    tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
-                    self.trigger(&name, "weights learned").await;
-                }
+                let name = &service.name;
+                let observed = observe::observe_service(
+                    name,
+                    &settings,
+                    assignment,
+                    &changed_at,
+                    service.replicas,
+                )
+                .await;
+                self.metrics.record_observation(name, &observed);
+                log.changes(name, &observed);
+                self.take_observation(&service, observed).await;
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Publish an observation, learn weights from it, and re-plan when a
+    /// weight in use changed.
+    async fn take_observation(&self, service: &Service, observed: ServiceObservation) {
+        let name = &service.name;
+        let relearned = service
+            .weights
+            .map(|w| self.learn_weights(service, w, &observed))
+            .unwrap_or(0);
+        {
+            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = status.get_mut(name) {
+                s.audit = Some(observed.audit.counts.clone());
+                s.observed_at = Some(observed.at);
+                s.observed_series = Some(
+                    observed
+                        .nodes
+                        .iter()
+                        .filter_map(|n| Some((n.node.clone(), n.series?)))
+                        .collect(),
+                );
+                s.observation = Some(Arc::new(observed));
+            }
+        }
+        if relearned > 0 {
+            tracing::info!(service = %name, changed = relearned, "target weights learned from observed series; re-planning");
+            self.trigger(name, "weights learned").await;
+        }
+    }
+}
+
+/// What the observer logs: each node that stops or starts answering, and
+/// the audit's counts when they change (each event once).
+#[derive(Default)]
+struct ObservationLog {
+    failing: BTreeSet<String>,
+    last_counts: Option<BTreeMap<TargetState, usize>>,
+}
+
+impl ObservationLog {
+    fn changes(&mut self, name: &str, observed: &ServiceObservation) {
+        for n in &observed.nodes {
+            match &n.error {
+                Some(e) if self.failing.insert(n.node.clone()) => {
+                    tracing::warn!(service = %name, node = %n.node, error = %e, "cannot observe node; its targets are unknown");
+                }
+                None if self.failing.remove(&n.node) => {
+                    tracing::info!(service = %name, node = %n.node, "node answers observation again");
+                }
+                _ => {}
+            }
+        }
+        let counts = &observed.audit.counts;
+        if self.last_counts.as_ref() == Some(counts) {
+            return;
+        }
+        let c = |s: TargetState| counts.get(&s).copied().unwrap_or(0);
+        tracing::info!(
+            service = %name,
+            ok = c(TargetState::Ok),
+            missing = c(TargetState::Missing),
+            extra = c(TargetState::Extra),
+            duplicate = c(TargetState::Duplicate),
+            down = c(TargetState::Down),
+            unknown = c(TargetState::Unknown),
+            pending = c(TargetState::Pending),
+            "audit changed"
+        );
+        self.last_counts = Some(counts.clone());
     }
 }

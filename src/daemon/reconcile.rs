@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::config::{Config, Service};
 use crate::script::ScriptEvent;
+use crate::script::dropin::{DropInProblem, effective_services};
+
+use super::runner::Runner;
 
 impl Shared {
     /// Make the running services match `config`: start new ones, restart
@@ -23,28 +26,9 @@ impl Shared {
             tracing::warn!(old = %self.config().listen, new = %config.listen, "listen address changes take effect after a restart");
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
-        // Drop-ins run their `fn service()`: blocking work.
-        let services = {
-            let (config, cache) = (Arc::clone(&config), Arc::clone(&self.cache));
-            tokio::task::spawn_blocking(move || {
-                crate::script::dropin::effective_services(&config, &cache)
-            })
-            .await
+        let Some((mut wanted, problems)) = self.list_services(&config).await else {
+            return;
         };
-        let (services, problems) = match services {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "listing services failed; running services kept");
-                return;
-            }
-        };
-        for p in &problems {
-            tracing::error!(service = %p.name, path = %p.path.display(), "{p}");
-        }
-        let mut wanted: BTreeMap<String, Arc<Service>> = services
-            .iter()
-            .map(|s| (s.name.clone(), Arc::clone(s)))
-            .collect();
         let mut runners = self.runners.lock().await;
         // A running drop-in whose file is still there but whose edit broke
         // it (e.g. `fn service()` returns `replicas: 0`) keeps its last good
@@ -60,9 +44,6 @@ impl Shared {
             }
         }
         let names: Vec<String> = runners.keys().cloned().collect();
-        // Old runners are retired, not awaited (see the module doc). A
-        // replacement queues on the service's pass lock, so passes still
-        // never overlap.
         for name in names {
             let keep = wanted
                 .get(&name)
@@ -70,50 +51,83 @@ impl Shared {
             if keep {
                 continue;
             }
-            let Some(runner) = runners.remove(&name) else {
-                continue;
-            };
-            let busy = self.busy(&name);
-            if wanted.contains_key(&name) {
-                if busy {
-                    tracing::info!(service = %name, "service changed; new settings apply after the pass in progress");
-                } else {
-                    tracing::info!(service = %name, "service changed; re-planning");
-                }
-                self.retire(runner, |_| {});
-                continue;
+            if let Some(runner) = runners.remove(&name) {
+                self.replace_or_remove(runner, wanted.contains_key(&name), &config);
             }
-            self.membership.unwatch(&name);
-            let gone = self
-                .status
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
-            tracing::warn!(
-                service = %name,
-                dir = %config.out_dir.join(&name).display(),
-                finishing_pass = busy,
-                "service removed; its files are left in place"
-            );
-            // Its metrics go once its last pass can no longer record any,
-            // unless it was added back meanwhile.
-            self.retire(runner, move |shared| {
-                let back = shared
-                    .status
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&name);
-                if !back {
-                    shared.metrics.forget_service(&name, &nodes)
-                }
-            });
         }
         for (name, service) in wanted {
             if !runners.contains_key(&name) {
                 self.start(&mut runners, service).await;
             }
         }
+    }
+
+    /// Every service of `config`, drop-ins included (their `fn service()`
+    /// runs: blocking work), by name, and the drop-ins that failed.
+    async fn list_services(
+        &self,
+        config: &Arc<Config>,
+    ) -> Option<(BTreeMap<String, Arc<Service>>, Vec<DropInProblem>)> {
+        let (config, cache) = (Arc::clone(config), Arc::clone(&self.cache));
+        let listed = tokio::task::spawn_blocking(move || effective_services(&config, &cache)).await;
+        let (services, problems) = match listed {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "listing services failed; running services kept");
+                return None;
+            }
+        };
+        for p in &problems {
+            tracing::error!(service = %p.name, path = %p.path.display(), "{p}");
+        }
+        let wanted = services
+            .iter()
+            .map(|s| (s.name.clone(), Arc::clone(s)))
+            .collect();
+        Some((wanted, problems))
+    }
+
+    /// Retire the runner of a changed (`still_wanted`) or removed service.
+    /// Old runners are retired, not awaited (see the module doc); a
+    /// replacement queues on the service's pass lock, so passes still
+    /// never overlap.
+    fn replace_or_remove(self: &Arc<Self>, runner: Runner, still_wanted: bool, config: &Config) {
+        let name = runner.service.name.clone();
+        let busy = self.busy(&name);
+        if still_wanted {
+            if busy {
+                tracing::info!(service = %name, "service changed; new settings apply after the pass in progress");
+            } else {
+                tracing::info!(service = %name, "service changed; re-planning");
+            }
+            self.retire(runner, |_| {});
+            return;
+        }
+        self.membership.unwatch(&name);
+        let gone = self
+            .status
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
+        tracing::warn!(
+            service = %name,
+            dir = %config.out_dir.join(&name).display(),
+            finishing_pass = busy,
+            "service removed; its files are left in place"
+        );
+        // Its metrics go once its last pass can no longer record any,
+        // unless it was added back meanwhile.
+        self.retire(runner, move |shared| {
+            let back = shared
+                .status
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&name);
+            if !back {
+                shared.metrics.forget_service(&name, &nodes)
+            }
+        });
     }
 
     /// A script was added, edited or removed: re-list services (drop-ins come
@@ -169,20 +183,7 @@ impl Shared {
         let (path, cache) = (self.config_path.clone(), Arc::clone(&self.cache));
         let checked = tokio::task::spawn_blocking(move || {
             let config = Config::load(&path).map_err(|e| e.to_string())?;
-            let problems: Vec<String> = config
-                .services
-                .iter()
-                .filter_map(|s| {
-                    crate::script::dropin::check_service_scripts(s, &cache)
-                        .err()
-                        .map(|e| format!("{e} (service {})", s.name))
-                })
-                .collect();
-            if problems.is_empty() {
-                Ok(config)
-            } else {
-                Err(problems.join("\n"))
-            }
+            crate::script::dropin::check_config_scripts(&config, &cache).map(|()| config)
         })
         .await
         .unwrap_or_else(|e| Err(format!("checking the config failed: {e}")));

@@ -16,7 +16,6 @@ use super::status::{LastPass, ServiceStatus};
 use crate::config::{Config, Schedule, Service};
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
-use crate::script::cache::ScriptState;
 use crate::store::state::unix_now;
 
 /// One running service.
@@ -182,54 +181,8 @@ impl Shared {
                 None
             }
         };
-        {
-            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-            let entry = status
-                .entry(service.name.clone())
-                .or_insert_with(|| ServiceStatus {
-                    name: service.name.clone(),
-                    script: service.script.clone(),
-                    schedule: service.schedule.to_string(),
-                    next_run: None,
-                    passes: 0,
-                    script_state: ScriptState::default(),
-                    last_pass: None,
-                    last_success: None,
-                    current: None,
-                    health: None,
-                    nodes_seen: Default::default(),
-                    audit: None,
-                    observed_at: None,
-                    observed_series: None,
-                    observation: None,
-                    changed_at: BTreeMap::new(),
-                });
-            entry.script = service.script.clone();
-            entry.schedule = service.schedule.to_string();
-        }
-        let task = {
-            let shared = Arc::clone(self);
-            let (service, wake, stop) = (Arc::clone(&service), Arc::clone(&wake), stop.clone());
-            self.shutdown.spawn(async move {
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        _ = wake.notified() => {}
-                    }
-                    if let Some(wait) = shared.pass(&service).await {
-                        // The rebalance's next step, unless a trigger comes first.
-                        let (wake, stop) = (Arc::clone(&wake), stop.clone());
-                        shared.shutdown.spawn(async move {
-                            tokio::select! {
-                                _ = stop.cancelled() => {}
-                                _ = tokio::time::sleep(wait) => wake.notify_one(),
-                            }
-                        });
-                    }
-                }
-            })
-        };
+        self.publish_service(&service);
+        let task = self.spawn_runner(Arc::clone(&service), Arc::clone(&wake), stop.clone());
         if let Some(settings) = service.observe.clone() {
             let shared = Arc::clone(self);
             let (service, stop) = (Arc::clone(&service), stop.clone());
@@ -248,6 +201,46 @@ impl Shared {
                 task,
             },
         );
+    }
+
+    /// The runner task: one pass per wake-up until `stop`.
+    fn spawn_runner(
+        self: &Arc<Self>,
+        service: Arc<Service>,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let shared = Arc::clone(self);
+        self.shutdown.spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = wake.notified() => {}
+                }
+                if let Some(wait) = shared.pass(&service).await {
+                    // The rebalance's next step, unless a trigger comes first.
+                    let (wake, stop) = (Arc::clone(&wake), stop.clone());
+                    shared.shutdown.spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(wait) => wake.notify_one(),
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    /// Show `service` in the API (a new entry, or new settings on the
+    /// entry it had).
+    fn publish_service(&self, service: &Service) {
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        let entry = status
+            .entry(service.name.clone())
+            .or_insert_with(|| ServiceStatus::new(service));
+        entry.script = service.script.clone();
+        entry.schedule = service.schedule.to_string();
     }
 
     pub(super) async fn add_job(

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::config::Service;
 use crate::membership::NodeStatus;
 use crate::observe::{ServiceObservation, TargetState};
 use crate::pass::PassReport;
@@ -64,4 +65,28 @@ pub struct ServiceStatus {
     /// When each node's file last changed: the audit's grace.
     #[serde(skip)]
     pub changed_at: BTreeMap<String, Instant>,
+}
+
+impl ServiceStatus {
+    /// A service that has not run yet.
+    pub fn new(service: &Service) -> Self {
+        ServiceStatus {
+            name: service.name.clone(),
+            script: service.script.clone(),
+            schedule: service.schedule.to_string(),
+            next_run: None,
+            passes: 0,
+            script_state: ScriptState::default(),
+            last_pass: None,
+            last_success: None,
+            current: None,
+            health: None,
+            nodes_seen: Default::default(),
+            audit: None,
+            observed_at: None,
+            observed_series: None,
+            observation: None,
+            changed_at: BTreeMap::new(),
+        }
+    }
 }

@@ -95,6 +95,27 @@ pub fn check_service_scripts(
     Ok(script)
 }
 
+/// What the daemon requires of a config file before it runs it, at start-up
+/// and on every reload: each service of the file passes
+/// [`check_service_scripts`], as `check` requires. The problems, one line
+/// each, naming the script, why, and the service. Blocking.
+pub fn check_config_scripts(config: &Config, cache: &ScriptCache) -> Result<(), String> {
+    let problems: Vec<String> = config
+        .services
+        .iter()
+        .filter_map(|s| {
+            check_service_scripts(s, cache)
+                .err()
+                .map(|e| format!("{e} (service {})", s.name))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 /// Every service: those in the config file, then the drop-ins of
 /// `scripts_dir` (sorted by name). Drop-in scripts come from `cache` (the
 /// last version that compiled). Each drop-in that cannot become a service is

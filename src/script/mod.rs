@@ -24,6 +24,7 @@ mod convert;
 pub mod dropin;
 mod host;
 pub mod json_targets;
+mod position;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -354,19 +355,67 @@ fn limit_hit(err: &EvalAltResult) -> Option<(&'static Limit, Position)> {
     Some((limit, err.position()))
 }
 
+/// Stop a call at its deadline or when it allocated more than
+/// `max_memory`, checked in `on_progress`.
+fn watch_progress(
+    engine: &mut Engine,
+    limits: &Limits,
+    deadline: &Arc<Mutex<Instant>>,
+    alloc_start: &Arc<std::sync::atomic::AtomicI64>,
+) {
+    let watched = Arc::clone(deadline);
+    let ticks = std::sync::atomic::AtomicU32::new(0);
+    let alloc_watched = Arc::clone(alloc_start);
+    let max_memory = i64::try_from(limits.max_memory).unwrap_or(i64::MAX);
+    engine.on_progress(move |_ops| {
+        // Reading the clock on every operation would cost more than the
+        // operation; every 256th is precise enough for a deadline in
+        // seconds. Count calls here rather than use `ops`: closures called
+        // from native functions (`map`, `filter`, …) restart Rhai's
+        // operation count, which would never reach a multiple of 256.
+        let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A thread-local read: cheap enough for every operation.
+        let start = alloc_watched.load(std::sync::atomic::Ordering::Relaxed);
+        if alloc::allocated().wrapping_sub(start) > max_memory {
+            return Some(Dynamic::from("memory"));
+        }
+        if n.is_multiple_of(256) {
+            let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
+            if Instant::now() >= deadline {
+                return Some(Dynamic::from("deadline"));
+            }
+        }
+        None
+    });
+}
+
 /// A sandboxed engine bound to one script, for the calls of one pass.
 pub struct ScriptRun {
     engine: Engine,
     script: CompiledScript,
+    sandbox: Sandbox,
     deadline: Arc<Mutex<Instant>>,
     /// What the calling thread had allocated when the current call started.
     alloc_start: Arc<std::sync::atomic::AtomicI64>,
     limits: Limits,
+    /// Set on the engine that re-runs a call to find where a limit hit.
+    tracker: Option<position::Tracker>,
 }
 
 impl ScriptRun {
     /// Make a sandboxed engine for `script`.
     pub fn new(script: &CompiledScript, sandbox: &Sandbox) -> Self {
+        Self::build(script, sandbox, false)
+    }
+
+    /// Like [`ScriptRun::new`], with the position tracker installed (what a
+    /// limit error's second run uses; public for the benchmark).
+    #[doc(hidden)]
+    pub fn tracked(script: &CompiledScript, sandbox: &Sandbox) -> Self {
+        Self::build(script, sandbox, true)
+    }
+
+    fn build(script: &CompiledScript, sandbox: &Sandbox, track: bool) -> Self {
         let limits = &sandbox.limits;
         let mut engine = Engine::new();
         engine
@@ -380,31 +429,8 @@ impl ScriptRun {
         engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
         let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
-        let watched = Arc::clone(&deadline);
-        let ticks = std::sync::atomic::AtomicU32::new(0);
         let alloc_start = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        let alloc_watched = Arc::clone(&alloc_start);
-        let max_memory = i64::try_from(limits.max_memory).unwrap_or(i64::MAX);
-        engine.on_progress(move |_ops| {
-            // Reading the clock on every operation would cost more than the
-            // operation; every 256th is precise enough for a deadline in
-            // seconds. Count calls here rather than use `ops`: closures called
-            // from native functions (`map`, `filter`, …) restart Rhai's
-            // operation count, which would never reach a multiple of 256.
-            let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // A thread-local read: cheap enough for every operation.
-            let start = alloc_watched.load(std::sync::atomic::Ordering::Relaxed);
-            if alloc::allocated().wrapping_sub(start) > max_memory {
-                return Some(Dynamic::from("memory"));
-            }
-            if n.is_multiple_of(256) {
-                let deadline = *watched.lock().unwrap_or_else(|p| p.into_inner());
-                if Instant::now() >= deadline {
-                    return Some(Dynamic::from("deadline"));
-                }
-            }
-            None
-        });
+        watch_progress(&mut engine, limits, &deadline, &alloc_start);
         let script_dir = script
             .path
             .parent()
@@ -422,39 +448,96 @@ impl ScriptRun {
                 deadline: Arc::clone(&deadline),
             },
         );
+        let tracker = track.then(|| position::Tracker::install(&mut engine));
         Self {
             engine,
             script: script.clone(),
+            sandbox: sandbox.clone(),
             deadline,
             alloc_start,
             limits: limits.clone(),
+            tracker,
         }
     }
 
     /// Call `name(args…)` with a fresh scope and a fresh deadline.
-    pub fn call(&self, name: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, ScriptError> {
+    pub fn call(
+        &self,
+        name: &str,
+        args: impl rhai::FuncArgs + Clone,
+    ) -> Result<Dynamic, ScriptError> {
         if !self.script.ast.iter_functions().any(|f| f.name == name) {
             return Err(ScriptError::Missing {
                 path: self.script.path.clone(),
                 function: name.into(),
             });
         }
+        self.call_raw(name, args.clone()).map_err(|e| {
+            let e = self.runtime_error(name, e);
+            match e {
+                ScriptError::Limit { .. } if self.tracker.is_none() => self.locate(name, args, e),
+                e => e,
+            }
+        })
+    }
+
+    /// The call itself; the error as Rhai gave it.
+    fn call_raw(&self, name: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, EvalAltResult> {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
             Instant::now() + self.limits.timeout;
         self.alloc_start
             .store(alloc::allocated(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &self.tracker {
+            t.reset();
+        }
         let mut scope = Scope::new();
         let options = CallFnOptions::new().eval_ast(false);
         let value = self
             .engine
             .call_fn_with_options::<Dynamic>(options, &mut scope, &self.script.ast, name, args)
-            .map_err(|e| self.runtime_error(name, *e))?;
+            .map_err(|e| *e)?;
         // A value built without function calls on it (a map filled key by
         // key, then returned) has not been measured yet.
         self.engine
             .ensure_data_size_within_limits(&value)
-            .map_err(|e| self.runtime_error(name, *e))?;
+            .map_err(|e| *e)?;
         Ok(value)
+    }
+
+    /// Rhai drops the position of a limit error at function boundaries (see
+    /// `position`): run the call again with the tracker and take the place
+    /// from there. Calls are deterministic over the same input, and a limit
+    /// error already cost the pass; a second run that ends differently (its
+    /// source answered differently) leaves the error as it was.
+    fn locate(&self, name: &str, args: impl rhai::FuncArgs, err: ScriptError) -> ScriptError {
+        let ScriptError::Limit {
+            limit: hit, value, ..
+        } = &err
+        else {
+            return err;
+        };
+        let again = Self::tracked(&self.script, &self.sandbox);
+        let place = match again.call_raw(name, args) {
+            Err(e) => match again.runtime_error(name, e) {
+                ScriptError::Limit { limit, .. } if limit.key == hit.key => again
+                    .tracker
+                    .as_ref()
+                    .and_then(position::Tracker::innermost),
+                _ => None,
+            },
+            Ok(_) => None,
+        };
+        match place {
+            Some((line, column)) => ScriptError::Limit {
+                path: self.script.path.clone(),
+                function: name.into(),
+                line,
+                column,
+                limit: hit,
+                value: *value,
+            },
+            None => err,
+        }
     }
 
     fn runtime_error(&self, function: &str, err: EvalAltResult) -> ScriptError {
