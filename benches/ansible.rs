@@ -78,6 +78,7 @@ fn main() {
                 node: node.clone(),
                 file,
                 file_name: format!("web_{i}.json"),
+                epoch: None,
             }
         })
         .collect();

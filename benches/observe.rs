@@ -12,8 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use promshard::observe::{ActiveTarget, Assignment, NodeObservation, locate};
 use promshard::shard::audit::{NodeInput, audit};
-use promshard::shard::names::{FileNaming, FileType, default_file_name};
-use promshard::shard::placement::PlacementSettings;
+use promshard::shard::names::{FileNaming, default_file_name};
 use promshard::shard::plan::{Plan, PlanInput, make_plan};
 use promshard::shard::target::{RawGroup, Target, normalize};
 use promshard::sim::{synthetic_addresses, synthetic_nodes};
@@ -33,20 +32,9 @@ fn fleet() -> (Vec<Target>, Plan) {
         .collect();
     let targets = normalize(groups).targets;
     let nodes = synthetic_nodes(10, 1);
-    let plan = make_plan(
-        &PlanInput {
-            service: "svc",
-            nodes: &nodes,
-            targets: &targets,
-            replicas: 1,
-            ring: &PlacementSettings::default(),
-            file_type: FileType::Json,
-            move_cap: None,
-            affinity: None,
-            shard_label: None,
-        },
-        |a| Ok(default_file_name(a, FileNaming::Stable)),
-    )
+    let plan = make_plan(&PlanInput::new("svc", &nodes, &targets), |a| {
+        Ok(default_file_name(a, FileNaming::Stable))
+    })
     .expect("plan");
     (targets, plan)
 }

@@ -39,15 +39,8 @@ fn groups(n: usize) -> Vec<RawGroup> {
 fn plan_and_render(targets: &[Target], nodes: &[NodeSpec], ring: &PlacementSettings) -> usize {
     let plan = make_plan(
         &PlanInput {
-            service: "svc",
-            nodes,
-            targets,
-            replicas: 1,
             ring,
-            file_type: FileType::Json,
-            move_cap: None,
-            affinity: None,
-            shard_label: None,
+            ..PlanInput::new("svc", nodes, targets)
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

@@ -33,6 +33,8 @@ pub mod observe;
 
 pub mod pass;
 
+pub mod ha;
+
 pub mod metrics;
 
 pub mod daemon;

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub observe_errors: Family<LabelSet, Counter>,
     pub observe_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
     pub rules: RuleMetrics,
+    /// `ha:` only (absent without it).
+    pub leader: Family<LabelSet, Gauge>,
+    pub ha_role: Family<LabelSet, Gauge>,
+    pub ha_epoch: Family<LabelSet, Gauge>,
 }
 
 impl Default for Metrics {
@@ -117,6 +121,9 @@ impl Metrics {
             observe_errors: Family::default(),
             observe_duration: Family::new_with_constructor(pass_histogram),
             rules: Default::default(),
+            leader: Family::default(),
+            ha_role: Family::default(),
+            ha_epoch: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -250,6 +257,21 @@ impl Metrics {
             m.observe_duration.clone(),
         );
         m.rules.register(&mut registry);
+        registry.register(
+            "leader",
+            "1 on the instance that is the elected leader (ha:), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "ha_role",
+            "1 for this instance's role in the ha: cluster (leader or standby)",
+            m.ha_role.clone(),
+        );
+        registry.register(
+            "ha_epoch",
+            "The epoch this instance leads with (ha:); absent on a standby",
+            m.ha_epoch.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -456,6 +478,29 @@ impl Metrics {
     }
 
     /// Count a script reload (`ok` or `failed`).
+    /// The instance's part in the `ha:` cluster.
+    pub fn ha(&self, s: &crate::ha::HaStatus) {
+        let leader = s.role == crate::ha::Role::Leader;
+        self.leader
+            .get_or_create(&Vec::new())
+            .set(i64::from(leader));
+        for role in [crate::ha::Role::Leader, crate::ha::Role::Standby] {
+            self.ha_role
+                .get_or_create(&vec![("role", role.as_str().to_string())])
+                .set(i64::from(s.role == role));
+        }
+        match s.epoch {
+            Some(e) => {
+                self.ha_epoch
+                    .get_or_create(&Vec::new())
+                    .set(i64::try_from(e).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.ha_epoch.remove(&Vec::new());
+            }
+        }
+    }
+
     pub fn script_reload(&self, result: &'static str) {
         self.script_reloads
             .get_or_create(&vec![("result", result.into())])
@@ -641,6 +686,7 @@ mod tests {
             }),
             assignment: Default::default(),
             sd: None,
+            plan_hash: String::new(),
         };
         m.record_pass("s", 2.0, &Ok(report));
         let text = m.encode();

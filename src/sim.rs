@@ -547,121 +547,221 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, PlacementError> {
     if cfg.nodes == 0 {
         return Err(PlacementError::NoNodes);
     }
-    let sizes = cfg.group_sizes();
-    let targets = sizes
-        .as_ref()
-        .map_or(cfg.targets, |s| s.iter().map(|&n| n as usize).sum());
-    let addrs = synthetic_addresses(targets, cfg.seed);
-    let tw = match &cfg.weight_dist {
-        Some(d) => Some(d.sample(addrs.len(), cfg.seed)),
-        None => cfg
-            .target_weights
-            .then(|| synthetic_weights(addrs.len(), cfg.seed)),
+    let keys = SimKeys::new(cfg);
+    let tw = keys.weights.as_deref();
+    let f = Fleets::new(cfg);
+    let ring = Rendezvous::new(&f.fleet, &cfg.settings)?;
+    let base = ring.assign_hashes(&keys.hashes, tw, cfg.replicas)?;
+    let load = load_stats(&f.fleet, &base, tw);
+    let b = Baseline {
+        cfg,
+        hashes: &keys.hashes,
+        weights: tw,
+        fleet: &f.fleet,
+        placed: base.per_node.iter().map(|l| l.len() as u64).sum(),
+        base,
     };
-    // With groups, the keys placed are the groups: consecutive runs of
-    // targets (neighbours, as an application's hosts often are), each
-    // weighing its targets' total.
-    let (hashes, tw) = match &sizes {
-        None => (addrs.iter().map(|k| hash_key(k)).collect::<Vec<u64>>(), tw),
-        Some(sizes) => {
-            let mut at = 0usize;
-            let weights = sizes
-                .iter()
-                .map(|&n| {
-                    let run = at..at + n as usize;
-                    at = run.end;
-                    tw.as_ref().map_or(n, |w| {
-                        w[run].iter().fold(0u32, |sum, &x| sum.saturating_add(x))
-                    })
-                })
-                .collect();
-            let hashes = (0..sizes.len())
-                .map(|g| hash_key(&format!("group-{g}")))
-                .collect();
-            (hashes, Some(weights))
-        }
-    };
-    let keys = hashes.len();
-    let tw = tw.as_deref();
-
-    // The fleet plus one spare node; weights follow the generator order.
-    let mut all = synthetic_nodes(cfg.nodes + 1, cfg.seed);
-    weigh(&mut all, &cfg.node_weights);
-    let spare = all.remove(all.len() / 2 + 1 - usize::from(all.len() < 2));
-    let fleet = all;
-    let removed = fleet[fleet.len() / 2].clone();
-    let smaller: Vec<NodeSpec> = fleet
+    let idx = f
+        .fleet
         .iter()
-        .filter(|n| n.addr != removed.addr)
-        .cloned()
-        .collect();
-    let mut larger = fleet.clone();
-    larger.push(spare.clone());
-    larger.sort_by(|a, b| a.addr.cmp(&b.addr));
-
-    let ring = Rendezvous::new(&fleet, &cfg.settings)?;
-    let base = ring.assign_hashes(&hashes, tw, cfg.replicas)?;
-    let load = load_stats(&fleet, &base, tw);
-    let placed: u64 = base.per_node.iter().map(|l| l.len() as u64).sum();
-
-    let change =
-        |nodes: &[NodeSpec], node: &NodeSpec, ideal: u64| -> Result<MoveStats, PlacementError> {
-            let a = if nodes.is_empty() {
-                Placement {
-                    per_node: Vec::new(),
-                }
-            } else {
-                Rendezvous::new(nodes, &cfg.settings)?.assign_hashes(&hashes, tw, cfg.replicas)?
-            };
-            let (moved, between) = movement((&fleet, &base), (nodes, &a), keys, &node.addr);
-            Ok(MoveStats {
-                node: node.addr.clone(),
-                moved,
-                ideal,
-                ratio: if ideal > 0 {
-                    moved as f64 / ideal as f64
-                } else {
-                    0.0
-                },
-                between_others: between,
-                between_others_frac: if placed > 0 {
-                    between as f64 / placed as f64
-                } else {
-                    0.0
-                },
-                load_after: load_stats(nodes, &a, tw),
-            })
-        };
-    let idx = fleet
-        .iter()
-        .position(|n| n.addr == removed.addr)
+        .position(|n| n.addr == f.removed.addr)
         .unwrap_or(0);
-    let remove = change(&smaller, &removed, base.per_node[idx].len() as u64)?;
-    let wsum: u64 = larger.iter().map(|n| u64::from(n.weight)).sum();
-    let add_ideal = (placed as f64 * f64::from(spare.weight) / wsum as f64).round() as u64;
-    let add = change(&larger, &spare, add_ideal)?;
+    let remove = b.change(&f.smaller, &f.removed, b.base.per_node[idx].len() as u64)?;
+    let wsum: u64 = f.larger.iter().map(|n| u64::from(n.weight)).sum();
+    let add_ideal = (b.placed as f64 * f64::from(f.spare.weight) / wsum as f64).round() as u64;
+    let add = b.change(&f.larger, &f.spare, add_ideal)?;
+    Ok(SimReport {
+        config: cfg.clone(),
+        placement_bytes: ring.memory_bytes(),
+        load,
+        remove,
+        add,
+        hashmod: hashmod_stats(&f, &keys.hashes, tw),
+        groups: group_stats(keys.sizes, keys.targets, tw, cfg.replicas, f.fleet.len()),
+    })
+}
 
-    // Modulo hashing on the same fleet: a node's index is its position.
-    let modulo = |nodes: &[NodeSpec]| hashmod_assign(nodes.len(), &hashes);
-    let hm_base = modulo(&fleet);
+/// The keys a simulation places, with their weights: one per target, or
+/// one per affinity group.
+struct SimKeys {
+    /// Targets in the fleet (with groups, the sum of the group sizes).
+    targets: usize,
+    hashes: Vec<u64>,
+    weights: Option<Vec<u32>>,
+    /// Targets per group, with groups.
+    sizes: Option<Vec<u32>>,
+}
+
+impl SimKeys {
+    fn new(cfg: &SimConfig) -> Self {
+        let sizes = cfg.group_sizes();
+        let targets = sizes
+            .as_ref()
+            .map_or(cfg.targets, |s| s.iter().map(|&n| n as usize).sum());
+        let addrs = synthetic_addresses(targets, cfg.seed);
+        let tw = match &cfg.weight_dist {
+            Some(d) => Some(d.sample(addrs.len(), cfg.seed)),
+            None => cfg
+                .target_weights
+                .then(|| synthetic_weights(addrs.len(), cfg.seed)),
+        };
+        let (hashes, weights) = match &sizes {
+            None => (addrs.iter().map(|k| hash_key(k)).collect(), tw),
+            Some(sizes) => {
+                let (hashes, weights) = group_keys(sizes, tw.as_deref());
+                (hashes, Some(weights))
+            }
+        };
+        Self {
+            targets,
+            hashes,
+            weights,
+            sizes,
+        }
+    }
+}
+
+/// With groups, the keys placed are the groups: consecutive runs of
+/// targets (neighbours, as an application's hosts often are), each
+/// weighing its targets' total (its size when targets are unweighted).
+fn group_keys(sizes: &[u32], tw: Option<&[u32]>) -> (Vec<u64>, Vec<u32>) {
+    let mut at = 0usize;
+    let weights = sizes
+        .iter()
+        .map(|&n| {
+            let run = at..at + n as usize;
+            at = run.end;
+            tw.map_or(n, |w| {
+                w[run].iter().fold(0u32, |sum, &x| sum.saturating_add(x))
+            })
+        })
+        .collect();
+    let hashes = (0..sizes.len())
+        .map(|g| hash_key(&format!("group-{g}")))
+        .collect();
+    (hashes, weights)
+}
+
+/// The simulated fleet and its two changes: without its middle node, and
+/// with one spare node more.
+struct Fleets {
+    fleet: Vec<NodeSpec>,
+    removed: NodeSpec,
+    smaller: Vec<NodeSpec>,
+    spare: NodeSpec,
+    larger: Vec<NodeSpec>,
+}
+
+impl Fleets {
+    /// The fleet plus one spare node; weights follow the generator order.
+    fn new(cfg: &SimConfig) -> Self {
+        let mut all = synthetic_nodes(cfg.nodes + 1, cfg.seed);
+        weigh(&mut all, &cfg.node_weights);
+        let spare = all.remove(all.len() / 2 + 1 - usize::from(all.len() < 2));
+        let fleet = all;
+        let removed = fleet[fleet.len() / 2].clone();
+        let smaller: Vec<NodeSpec> = fleet
+            .iter()
+            .filter(|n| n.addr != removed.addr)
+            .cloned()
+            .collect();
+        let mut larger = fleet.clone();
+        larger.push(spare.clone());
+        larger.sort_by(|a, b| a.addr.cmp(&b.addr));
+        Self {
+            fleet,
+            removed,
+            smaller,
+            spare,
+            larger,
+        }
+    }
+}
+
+/// The fleet's placement, which each change is measured against.
+struct Baseline<'a> {
+    cfg: &'a SimConfig,
+    hashes: &'a [u64],
+    weights: Option<&'a [u32]>,
+    fleet: &'a [NodeSpec],
+    base: Placement,
+    /// Placements in `base` (targets × replicas).
+    placed: u64,
+}
+
+impl Baseline<'_> {
+    /// What changes when the fleet becomes `nodes` (`node` removed or
+    /// added), against the least possible, `ideal`.
+    fn change(
+        &self,
+        nodes: &[NodeSpec],
+        node: &NodeSpec,
+        ideal: u64,
+    ) -> Result<MoveStats, PlacementError> {
+        let (cfg, tw) = (self.cfg, self.weights);
+        let a = if nodes.is_empty() {
+            Placement {
+                per_node: Vec::new(),
+            }
+        } else {
+            Rendezvous::new(nodes, &cfg.settings)?.assign_hashes(self.hashes, tw, cfg.replicas)?
+        };
+        let keys = self.hashes.len();
+        let (moved, between) = movement((self.fleet, &self.base), (nodes, &a), keys, &node.addr);
+        Ok(MoveStats {
+            node: node.addr.clone(),
+            moved,
+            ideal,
+            ratio: if ideal > 0 {
+                moved as f64 / ideal as f64
+            } else {
+                0.0
+            },
+            between_others: between,
+            between_others_frac: if self.placed > 0 {
+                between as f64 / self.placed as f64
+            } else {
+                0.0
+            },
+            load_after: load_stats(nodes, &a, tw),
+        })
+    }
+}
+
+/// Modulo hashing on the same fleet and changes, for comparison: a node's
+/// index is its position.
+fn hashmod_stats(f: &Fleets, hashes: &[u64], tw: Option<&[u32]>) -> HashmodStats {
+    let keys = hashes.len();
+    let modulo = |nodes: &[NodeSpec]| hashmod_assign(nodes.len(), hashes);
+    let hm_base = modulo(&f.fleet);
     let hm_moved = |nodes: &[NodeSpec], node: &NodeSpec| {
         let (moved, _) = movement(
-            (&fleet, &hm_base),
+            (&f.fleet, &hm_base),
             (nodes, &modulo(nodes)),
             keys,
             &node.addr,
         );
         moved as f64 / keys.max(1) as f64
     };
-    let hashmod = HashmodStats {
-        max_over_mean: load_stats(&fleet, &hm_base, tw).max_over_mean,
-        remove_moved_frac: hm_moved(&smaller, &removed),
-        add_moved_frac: hm_moved(&larger, &spare),
-    };
+    HashmodStats {
+        max_over_mean: load_stats(&f.fleet, &hm_base, tw).max_over_mean,
+        remove_moved_frac: hm_moved(&f.smaller, &f.removed),
+        add_moved_frac: hm_moved(&f.larger, &f.spare),
+    }
+}
 
-    let groups = sizes.map(|mut sizes| {
+/// The spread of group sizes and how many groups are too heavy to
+/// balance, with groups.
+fn group_stats(
+    sizes: Option<Vec<u32>>,
+    targets: usize,
+    tw: Option<&[u32]>,
+    replicas: usize,
+    nodes: usize,
+) -> Option<GroupStats> {
+    sizes.map(|mut sizes| {
         let oversized =
-            crate::shard::plan::oversized(tw.unwrap_or_default(), cfg.replicas, fleet.len()).len();
+            crate::shard::plan::oversized(tw.unwrap_or_default(), replicas, nodes).len();
         sizes.sort_unstable();
         GroupStats {
             groups: sizes.len(),
@@ -671,15 +771,6 @@ pub fn simulate(cfg: &SimConfig) -> Result<SimReport, PlacementError> {
             largest: sizes.last().copied().unwrap_or(0),
             oversized,
         }
-    });
-    Ok(SimReport {
-        config: cfg.clone(),
-        placement_bytes: ring.memory_bytes(),
-        load,
-        remove,
-        add,
-        hashmod,
-        groups,
     })
 }
 

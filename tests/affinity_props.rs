@@ -4,7 +4,7 @@
 //! and movement counted in groups.
 
 use promshard::shard::affinity::Affinity;
-use promshard::shard::names::{FileNaming, FileType, default_file_name};
+use promshard::shard::names::{FileNaming, default_file_name};
 use promshard::shard::placement::{Balance, NodeSpec, Placement, PlacementSettings};
 use promshard::shard::plan::{Plan, PlanInput, make_plan};
 use promshard::shard::target::{RawGroup, Target, normalize};
@@ -48,15 +48,10 @@ fn plan(
 ) -> Plan {
     make_plan(
         &PlanInput {
-            service: "svc",
-            nodes,
-            targets,
             replicas,
             ring,
-            file_type: FileType::Json,
-            move_cap: None,
             affinity: Some(affinity),
-            shard_label: None,
+            ..PlanInput::new("svc", nodes, targets)
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )
@@ -242,15 +237,9 @@ fn a_missing_label_places_the_target_by_its_own_address() {
     let with = plan(&targets, &nodes, &s, 2, &app);
     let without = make_plan(
         &PlanInput {
-            service: "svc",
-            nodes: &nodes,
-            targets: &targets,
             replicas: 2,
             ring: &s,
-            file_type: FileType::Json,
-            move_cap: None,
-            affinity: None,
-            shard_label: None,
+            ..PlanInput::new("svc", &nodes, &targets)
         },
         |a| Ok(default_file_name(a, FileNaming::Stable)),
     )

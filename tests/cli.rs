@@ -423,6 +423,37 @@ fn check_names_file_and_line_of_script_syntax_errors() {
 }
 
 #[test]
+fn check_validates_ha_and_once_refuses_to_bypass_the_election() {
+    let dir = Dir::new();
+    dir.write(
+        "scripts/svc.rhai",
+        "fn targets(ctx) { [\"127.0.0.1:9100\"] }\n",
+    );
+    let services = config_yaml(&strs(&nodes(2)), &[("svc", "scripts/svc.rhai", "")]);
+    let ha =
+        "ha: {etcd: {endpoints: [\"127.0.0.1:2379\"]}, name: prod, lease_ttl: 3s, instance: a}\n";
+    dir.config(&format!("{ha}{services}"));
+    dir.run(&["check"]).success().stdout_has(&[
+        "ok: ha cluster prod as instance a on etcd http://127.0.0.1:2379 (lease_ttl 3s",
+    ]);
+    dir.run(&["once"])
+        .failure()
+        .stderr_has(&["ha: is set", "bypass the election"]);
+    assert!(!dir.join("out").exists(), "once wrote nothing");
+    dir.run(&["plan"]).success();
+
+    let bad = "ha: {etcd: {endpoints: [\"nohost\"], tls: {cert: c.pem}}, name: \"a/b\", lease_ttl: 500ms}\n";
+    dir.config(&format!("{bad}{services}"));
+    dir.run(&["check"]).failure().stderr_has(&[
+        "ha.etcd.endpoints[0]",
+        "not host:port",
+        "ha.etcd.tls: set both cert and key",
+        "ha.name",
+        "ha.lease_ttl",
+    ]);
+}
+
+#[test]
 fn check_names_the_key_of_config_errors() {
     let dir = Dir::new();
     dir.write("scripts/svc.rhai", "fn targets(ctx) { [] }\n");

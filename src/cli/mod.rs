@@ -15,6 +15,8 @@ use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::shard::placement::NodeSpec;
 use crate::sim::SimArgs;
 
+mod table;
+
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
 #[derive(Debug, Parser)]
 #[command(name = "promshard", version, about, long_about = None)]
@@ -231,6 +233,12 @@ async fn pass_command(
     options: PassOptions,
 ) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
+    if config.ha.is_some() && !options.dry_run {
+        anyhow::bail!(
+            "{}: ha: is set, so only the elected leader of `promshard run` writes and delivers; `once` would bypass the election (use `plan`, or remove ha: for a one-off)",
+            path.display()
+        );
+    }
     let sandbox = Sandbox::for_config(&config);
     let cancel = CancellationToken::new();
     let cache = Arc::new(ScriptCache::new());
@@ -279,7 +287,7 @@ async fn pass_command(
         for (name, r) in &outcomes {
             match r {
                 Ok(report) => {
-                    print_table(report);
+                    table::print_table(report);
                     if let (Some(c), Some(s)) =
                         (args.capacity, services.iter().find(|s| &s.name == name))
                     {
@@ -315,6 +323,7 @@ async fn static_pass(
         sandbox,
         learned_weights: None,
         previous: None,
+        fence: None,
     };
     run_pass(input, options, cancel).await
 }
@@ -379,133 +388,6 @@ fn strip_delivery_fields(json: &mut serde_json::Value) {
     }
 }
 
-/// The per-node table `plan` and `once` print; `once` adds each node's
-/// delivery result.
-fn print_table(r: &PassReport) {
-    println!(
-        "service {}: {} targets ({} invalid, {} duplicates merged), {} nodes, each target on {} node(s)",
-        r.name,
-        r.targets,
-        r.invalid,
-        r.duplicates,
-        r.nodes.len(),
-        r.replicas
-    );
-    for bad in &r.invalid_samples {
-        println!("  invalid: {bad}");
-    }
-    if let Some(a) = &r.affinity {
-        println!(
-            "  affinity {:?}: {} groups, {} target(s) lacking a label of the template, each placed alone{}",
-            a.template,
-            a.groups,
-            a.ungrouped,
-            if a.ungrouped_samples.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", a.ungrouped_samples.join(" "))
-            }
-        );
-    }
-    // Columns: groups only with affinity, the weight only when targets are
-    // weighted, the delivery result only when there was a delivery.
-    let grouped = r.affinity.is_some();
-    let weighted = r.nodes.iter().any(|n| n.weight.is_some());
-    let mut header = vec!["NODE", "TARGETS"];
-    if grouped {
-        header.push("GROUPS");
-    }
-    if weighted {
-        header.push("WEIGHT");
-    }
-    header.extend(["IN", "OUT"]);
-    if !r.dry_run {
-        header.push("RESULT");
-    }
-    header.push("FILE");
-    let rows: Vec<Vec<String>> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut row = vec![n.node.clone(), n.count.to_string()];
-            if grouped {
-                row.push(n.groups.unwrap_or(0).to_string());
-            }
-            if weighted {
-                row.push(n.weight.unwrap_or(0).to_string());
-            }
-            row.extend([n.moved_in.to_string(), n.moved_out.to_string()]);
-            if !r.dry_run {
-                row.push(n.result.map(|r| r.as_str()).unwrap_or("ok").into());
-            }
-            row.push(n.file.clone());
-            row
-        })
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            rows.iter()
-                .map(|row| row[c].len())
-                .chain([header[c].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    // Counts align right; names, results and files left.
-    let numbers = 3 + usize::from(grouped) + usize::from(weighted);
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                let w = widths[c];
-                let numeric = (1..=numbers).contains(&c);
-                if c == cells.len() - 1 {
-                    cell.to_string()
-                } else if numeric {
-                    format!("{cell:>w$}")
-                } else {
-                    format!("{cell:<w$}")
-                }
-            })
-            .collect();
-        println!("  {}", text.join("  "));
-    };
-    line(header.clone());
-    for (n, row) in r.nodes.iter().zip(&rows) {
-        line(row.iter().map(String::as_str).collect());
-        if let Some(e) = &n.error {
-            println!("    error: {e}");
-        }
-    }
-    for d in &r.departed {
-        println!("  left the ring: {} ({})", d.node, d.result.as_str());
-    }
-    if r.oversized_count > 0 {
-        println!(
-            "  oversized (heavier than a node's fair share, each placed whole): {} target(s): {}",
-            r.oversized_count,
-            r.oversized.join(" ")
-        );
-    }
-    if let Some(a) = r.affinity.as_ref().filter(|a| a.oversized_count > 0) {
-        let first: Vec<String> = a
-            .oversized
-            .iter()
-            .map(|g| format!("{} ({} targets, weight {})", g.key, g.targets, g.weight))
-            .collect();
-        println!(
-            "  oversized groups (heavier than a node's fair share, each placed whole, not split): {}: {}",
-            a.oversized_count,
-            first.join(", ")
-        );
-    }
-    if let Some(rules) = &r.rules {
-        rules.print();
-    }
-    println!();
-}
-
 /// `plan --capacity C`: how many nodes of `C` weight (series) each the
 /// service needs at its load factor, against how many it has.
 fn print_capacity(r: &PassReport, capacity: u64, load_factor: f64) {
@@ -533,6 +415,15 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     };
     if let Some(warning) = config.exposure_warning() {
         eprintln!("warning: {warning}");
+    }
+    if let Some(ha) = &config.ha {
+        println!(
+            "ok: ha cluster {} as instance {} on etcd {} (lease_ttl {}s; etcd not contacted)",
+            ha.name,
+            ha.instance,
+            ha.endpoints.join(", "),
+            ha.lease_ttl.as_secs()
+        );
     }
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);

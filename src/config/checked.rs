@@ -41,6 +41,8 @@ pub struct Config {
     pub services: Vec<Arc<Service>>,
     /// The `defaults:` block, applied to every service.
     pub(super) defaults: RawService,
+    /// `ha:`: elect one delivering leader on etcd.
+    pub ha: Option<super::ha::HaConfig>,
 }
 
 /// When a service's pass runs.
@@ -79,6 +81,7 @@ pub const RESERVED_VARS: &[&str] = &[
     "service",
     "service_port",
     "node",
+    "promshard_epoch",
 ];
 
 /// Settings of `push: {kind: ansible}` (see `push::ansible`).

@@ -28,6 +28,7 @@
 
 pub mod checked;
 pub mod duration;
+pub mod ha;
 pub mod raw;
 pub mod rules;
 pub mod service;

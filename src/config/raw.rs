@@ -46,6 +46,9 @@ pub(super) struct RawConfig {
     /// Rule files for every service, like `defaults: {rules: …}`.
     #[serde(default)]
     pub rules: Option<RawRules>,
+    /// Leader election on etcd (`config::ha`); absent: one instance.
+    #[serde(default)]
+    pub ha: Option<super::ha::RawHa>,
 }
 
 fn default_out_dir() -> PathBuf {

@@ -31,6 +31,11 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
     let env_allowlist = check_env_allowlist(raw.env_allowlist.clone(), &mut p);
     check_defaults(&raw.defaults, &base_dir, &mut p);
     let services = check_services(raw.services, &raw.defaults, &base_dir, &mut p);
+    let ha = raw.ha.clone().and_then(|h| {
+        super::ha::check(h, &base_dir, listen)
+            .map_err(|problems| problems.into_iter().for_each(|(k, m)| p.push(&k, m)))
+            .ok()
+    });
     let out_dir = base_dir.join(&raw.out_dir);
     p.check("out_dir", check_out_dir(&out_dir));
     p.finish(Config {
@@ -45,6 +50,7 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
         base_dir,
         listen,
         services,
+        ha,
     })
 }
 

@@ -153,6 +153,9 @@ async fn services(State(shared): App) -> Response {
     let list = shared.statuses().await;
     #[derive(serde::Serialize)]
     struct Out {
+        /// With `ha:`: this instance's role, epoch and the leader.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ha: Option<crate::ha::HaStatus>,
         services: Vec<crate::daemon::ServiceStatus>,
     }
     // The full plan is at /plan; keep this listing small.
@@ -165,7 +168,8 @@ async fn services(State(shared): App) -> Response {
             s
         })
         .collect();
-    json(StatusCode::OK, &Out { services })
+    let ha = shared.ha.as_ref().map(|h| h.status());
+    json(StatusCode::OK, &Out { ha, services })
 }
 
 async fn plan(State(shared): App, Path(name): Path<String>) -> Response {
@@ -265,7 +269,13 @@ async fn status_page(State(shared): App, Query(q): Query<PageQuery>) -> Response
     let statuses = shared.statuses().await;
     let target = q.target.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let found = target.map(|t| (t, where_answers(&statuses, t, None)));
-    let page = super::status_page::render(&statuses, found, crate::store::state::unix_now());
+    let ha = shared.ha.as_ref().map(|h| h.status());
+    let page = super::status_page::render(
+        &statuses,
+        ha.as_ref(),
+        found,
+        crate::store::state::unix_now(),
+    );
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -334,11 +344,25 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
     let Some(status) = shared.status(&service) else {
         return error(StatusCode::NOT_FOUND, format!("no service {service:?}"));
     };
-    let Some(snapshot) = status.current.and_then(|c| c.sd) else {
+    let Some(current) = status.current else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("service {service:?} has no successful pass yet"),
         );
+    };
+    // ha: only ever the plan the leader delivered.
+    let snapshot = match (&shared.ha, current.sd.clone()) {
+        (Some(ha), _) => match ha.sd_answer(&service, &current) {
+            Ok(sd) => sd,
+            Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        (None, Some(sd)) => sd,
+        (None, None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service {service:?} has no successful pass yet"),
+            );
+        }
     };
     let config = shared.config();
     let seen = status.nodes_seen.contains(&node)

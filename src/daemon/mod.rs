@@ -66,6 +66,8 @@ pub struct Shared {
     scheduler: JobScheduler,
     /// Every task of the daemon is spawned through it.
     shutdown: Shutdown,
+    /// With `ha:` (read at start): the election; only its leader delivers.
+    pub ha: Option<Arc<crate::ha::Ha>>,
 }
 
 impl Shared {
@@ -252,7 +254,12 @@ impl Shared {
             cache,
             scheduler,
             shutdown: shutdown.clone(),
+            ha: config.ha.clone().map(crate::ha::Ha::new),
         });
+        if let Some(ha) = &shared.ha {
+            shutdown.spawn(Arc::clone(ha).run(shutdown.token().clone()));
+            shutdown.spawn(follow_ha(Arc::clone(ha), Arc::clone(&shared)));
+        }
         Ok((shared, events))
     }
 
@@ -333,5 +340,26 @@ impl Shared {
         }
         let mut sched = self.scheduler.clone();
         let _ = sched.shutdown().await;
+    }
+}
+
+/// Follow the election: metrics, and a pass of every service on a change
+/// of role (a new leader delivers at once; a standby plans at once).
+async fn follow_ha(ha: Arc<crate::ha::Ha>, shared: Arc<Shared>) {
+    let mut changes = ha.subscribe();
+    let mut role = None;
+    loop {
+        let status = changes.borrow_and_update().clone();
+        shared.metrics.ha(&status);
+        if role.replace(status.role) != Some(status.role) {
+            let names: Vec<String> = shared.runners.lock().await.keys().cloned().collect();
+            for name in names {
+                shared.trigger(&name, "ha role change").await;
+            }
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
     }
 }

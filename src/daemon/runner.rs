@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Shared;
 use super::status::{LastPass, ServiceStatus};
 use crate::config::{Config, Schedule, Service};
-use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
+use crate::pass::{Fence, PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
 use crate::store::state::unix_now;
 
@@ -56,7 +56,11 @@ impl Shared {
         } else {
             self.run_service_pass(&config, service, nodes).await
         };
-        if matches!(result, Err(PassError::AllNodesDown { .. })) {
+        let standby = self
+            .ha
+            .as_ref()
+            .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
+        if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
             forget_deliveries(&config, service);
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -149,6 +153,8 @@ impl Shared {
                     }
                 },
             };
+        let (options, fence) = self.ha_mode(config, service);
+        let epoch = fence.as_ref().map(|f| f.epoch);
         let input = PassInput {
             config,
             service,
@@ -160,8 +166,40 @@ impl Shared {
                 .max_move_ratio
                 .and_then(|_| self.status(&service.name)?.current)
                 .map(|c| c.assignment),
+            fence,
         };
-        run_pass(input, PassOptions::default(), self.shutdown.token()).await
+        let result = run_pass(input, options, self.shutdown.token()).await;
+        if let (Some(ha), Ok(r)) = (&self.ha, &result) {
+            if let Some(epoch) = epoch {
+                ha.publish(&service.name, epoch, &r.plan_hash).await;
+            }
+            ha.keep(&service.name, r);
+        }
+        result
+    }
+
+    /// With `ha:`, how this pass runs: a standby computes only (dry run);
+    /// a leader delivers, fenced, and resends every file on its first pass
+    /// of a term (what an earlier leader delivered is unknown).
+    fn ha_mode(&self, config: &Config, service: &Service) -> (PassOptions, Option<Fence>) {
+        let Some(ha) = &self.ha else {
+            return (PassOptions::default(), None);
+        };
+        match ha.mode() {
+            crate::ha::PassMode::Standby => (
+                PassOptions {
+                    dry_run: true,
+                    ..PassOptions::default()
+                },
+                None,
+            ),
+            crate::ha::PassMode::Leader(fence) => {
+                if ha.first_pass_of_term(&service.name, fence.epoch) {
+                    forget_deliveries(config, service);
+                }
+                (PassOptions::default(), Some(fence))
+            }
+        }
     }
 
     /// Start a runner for `service` (its first pass runs at once).

@@ -59,6 +59,7 @@ fn ago(at: Option<u64>, now: u64) -> String {
 /// to a `where` search on top when there was one.
 pub fn render(
     services: &[ServiceStatus],
+    ha: Option<&crate::ha::HaStatus>,
     found: Option<(&str, Vec<WhereAnswer>)>,
     now: u64,
 ) -> String {
@@ -77,6 +78,9 @@ pub fn render(
          <button type=submit>find</button></form>",
         esc(found.as_ref().map(|f| f.0).unwrap_or(""))
     );
+    if let Some(ha) = ha {
+        ha_line(&mut h, ha);
+    }
     if let Some((target, answers)) = &found {
         where_section(&mut h, target, answers, now);
     }
@@ -92,6 +96,28 @@ pub fn render(
          <code>/api/v1/services/NAME/audit</code></p></body></html>",
     );
     h
+}
+
+/// `ha:`: this instance's role, so nobody mistakes a standby's plan for
+/// what was delivered.
+fn ha_line(h: &mut String, ha: &crate::ha::HaStatus) {
+    let role = match ha.epoch {
+        Some(e) => format!("<b>leader</b> (epoch {e}): writes and delivers"),
+        None => format!(
+            "<b>standby</b>: plans, delivers nothing; leader: {}",
+            esc(ha.leader.as_deref().unwrap_or("none known"))
+        ),
+    };
+    let _ = write!(
+        h,
+        "<p id=ha>HA cluster {} · instance {} · {role}{}</p>",
+        esc(&ha.cluster),
+        esc(&ha.instance),
+        ha.etcd_error
+            .as_deref()
+            .map(|e| format!(" · <span class=bad>etcd: {}</span>", esc(e)))
+            .unwrap_or_default()
+    );
 }
 
 /// The answer to "which server scrapes this target?".
@@ -400,7 +426,7 @@ mod tests {
             observed_at: None,
             nodes: Vec::new(),
         };
-        let page = render(&[], Some(("10.0.0.1:9100", vec![answer])), 0);
+        let page = render(&[], None, Some(("10.0.0.1:9100", vec![answer])), 0);
         assert!(
             page.contains("affinity group <b>&lt;b&gt;billing&lt;/b&gt;</b>"),
             "{page}"
@@ -409,7 +435,7 @@ mod tests {
 
     #[test]
     fn an_empty_daemon_renders_a_page() {
-        let page = render(&[], None, 0);
+        let page = render(&[], None, None, 0);
         assert!(page.starts_with("<!doctype html>"));
         assert!(page.contains("No problems."));
         assert!(page.ends_with("</html>"));

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Fence;
 use super::report::PassReport;
 use crate::config::Service;
-use crate::push::{Delivery, DeliveryResult, NodeDelivery, Pusher};
+use crate::push::{Delivered, Delivery, DeliveryResult, NodeDelivery, Pusher};
 use crate::shard::names::FileType;
 use crate::shard::render::render;
 use crate::store::files;
@@ -45,6 +46,7 @@ pub(super) async fn deliver(
     out_dir: &Path,
     state: &ServiceState,
     report: &mut PassReport,
+    fence: Option<&Fence>,
     cancel: &CancellationToken,
     now: u64,
 ) {
@@ -52,6 +54,16 @@ pub(super) async fn deliver(
     if !pusher.delivers() {
         return;
     }
+    // ha: deliver only while etcd confirms the lease; carry the epoch.
+    let fenced = match fence {
+        Some(f) => Some((f.confirm)().await.map(|()| f.epoch)),
+        None => None,
+    };
+    let epoch = fenced.as_ref().and_then(|f| f.as_ref().ok().copied());
+    let pusher = Fenced {
+        pusher,
+        refused: fenced.and_then(Result::err),
+    };
     let dir = out_dir.join(&service.name);
     let batch: Vec<Delivery> = report
         .nodes
@@ -68,6 +80,7 @@ pub(super) async fn deliver(
             node: n.node.clone(),
             file: dir.join(&n.file),
             file_name: n.file.clone(),
+            epoch,
         })
         .collect();
     let delivered = pusher.deliver(service, batch, cancel, true).await;
@@ -96,7 +109,7 @@ pub(super) async fn deliver(
         .cloned()
         .collect();
     if !departed.is_empty() {
-        deliver_empty(service, out_dir, &pusher, departed, report, cancel).await;
+        deliver_empty(service, out_dir, &pusher, departed, epoch, report, cancel).await;
     }
 }
 
@@ -104,8 +117,9 @@ pub(super) async fn deliver(
 async fn deliver_empty(
     service: &Service,
     out_dir: &Path,
-    pusher: &Pusher,
+    pusher: &Fenced,
     departed: Vec<String>,
+    epoch: Option<u64>,
     report: &mut PassReport,
     cancel: &CancellationToken,
 ) {
@@ -126,9 +140,32 @@ async fn deliver_empty(
             node,
             file: empty.clone(),
             file_name: name.clone(),
+            epoch,
         })
         .collect();
     let delivered = pusher.deliver(service, batch, cancel, false).await;
     report.delivery_runs_s.extend(delivered.run_seconds);
     report.departed = delivered.nodes;
+}
+
+/// The service's pusher, or (`ha:`, lease not confirmed) a refusal of
+/// every delivery with the reason: per node `fenced`, not retried.
+struct Fenced {
+    pusher: Pusher,
+    refused: Option<String>,
+}
+
+impl Fenced {
+    async fn deliver(
+        &self,
+        service: &Service,
+        batch: Vec<Delivery>,
+        cancel: &CancellationToken,
+        retry: bool,
+    ) -> Delivered {
+        match &self.refused {
+            Some(why) => Delivered::fenced(&batch, why),
+            None => self.pusher.deliver(service, batch, cancel, retry).await,
+        }
+    }
 }

@@ -67,7 +67,22 @@ pub struct PassInput<'a> {
     pub learned_weights: Option<Arc<BTreeMap<String, u32>>>,
     /// The plan in effect, for `max_move_ratio` (`None`: no cap this pass).
     pub previous: Option<Arc<Assignment>>,
+    /// With `ha:`, the leader's fence: confirmed right before delivering,
+    /// and carried by every delivery.
+    pub fence: Option<Fence>,
 }
+
+/// With `ha:`, a leader's right to deliver: its epoch, and a check (asked
+/// of etcd right before each delivery) that it still holds it.
+#[derive(Clone)]
+pub struct Fence {
+    pub epoch: u64,
+    pub confirm: Arc<dyn Fn() -> ConfirmFuture + Send + Sync>,
+}
+
+/// The answer of [`Fence::confirm`]: `Err` says why the leader may not deliver.
+pub type ConfirmFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// Run `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -159,13 +174,24 @@ pub async fn run_pass(
     )
     .await;
     if options.dry_run {
+        report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
     report.removed = emitted.removed;
     report.phases_ms.write = emitted.write_ms;
     let (t, now) = (Instant::now(), unix_now());
-    deliver::deliver(service, &out_dir, &guarded.state, &mut report, cancel, now).await;
+    let fence = input.fence.as_ref();
+    deliver::deliver(
+        service,
+        &out_dir,
+        &guarded.state,
+        &mut report,
+        fence,
+        cancel,
+        now,
+    )
+    .await;
     report.phases_ms.deliver = report::ms_since(t);
     record(&out_dir, service, &report, learned, guarded, planned, now).await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
@@ -356,15 +382,9 @@ mod tests {
         let nodes = [NodeSpec::new("p1:9090"), NodeSpec::new("p2:9090")];
         let plan = make_plan(
             &PlanInput {
-                service: "svc",
-                nodes: &nodes,
-                targets: &targets,
-                replicas: 1,
-                ring: &Default::default(),
                 file_type: FileType::Yaml,
-                move_cap: None,
-                affinity: None,
                 shard_label: Some("shard"),
+                ..PlanInput::new("svc", &nodes, &targets)
             },
             |a| {
                 Ok(default_file_name(

@@ -94,6 +94,9 @@ pub struct PassReport {
     /// What each node holds after this pass (not in dry runs), for `/sd`.
     #[serde(skip)]
     pub sd: Option<Arc<SdSnapshot>>,
+    /// Hash of every node's file name and content: equal hashes, same
+    /// assignment (`ha:` standbys compare it with the leader's).
+    pub plan_hash: String,
 }
 
 /// The targets and plan of a pass, kept in memory so that `/sd` answers
@@ -163,6 +166,8 @@ impl PassReport {
         dry_run: bool,
     ) -> PassReport {
         let oversized = oversized_targets(&computed.targets, &computed.plan);
+        let nodes = node_reports(computed, emitted, state, dry_run);
+        let plan_hash = plan_hash(&nodes);
         let mut phases_ms = computed.phases.clone();
         phases_ms.render = emitted.render_ms;
         PassReport {
@@ -177,7 +182,7 @@ impl PassReport {
                 .collect(),
             duplicates: computed.duplicates,
             replicas: computed.plan.replicas,
-            nodes: node_reports(computed, emitted, state, dry_run),
+            nodes,
             departed: Vec::new(),
             removed: Vec::new(),
             dry_run,
@@ -195,8 +200,18 @@ impl PassReport {
             rules: None,
             assignment: Arc::clone(&computed.assignment),
             sd: None,
+            plan_hash,
         }
     }
+}
+
+/// The hash of a plan's files: every node, its file name and content hash.
+fn plan_hash(nodes: &[NodeReport]) -> String {
+    let text: String = nodes
+        .iter()
+        .map(|n| format!("{}\t{}\t{}\n", n.node, n.file, n.hash))
+        .collect();
+    crate::shard::render::content_hash(text.as_bytes())
 }
 
 /// One report per planned node. In a dry run a node counts as changed when

@@ -139,6 +139,9 @@ pub fn host_vars(settings: &AnsiblePush, service: &Service, d: &Delivery) -> Map
         vars.insert("service_port".into(), port.into());
     }
     vars.insert("node".into(), d.node.clone().into());
+    if let Some(epoch) = d.epoch {
+        vars.insert("promshard_epoch".into(), epoch.into());
+    }
     vars
 }
 
@@ -588,6 +591,10 @@ pub async fn run_batch(
                             format!("{} (see ansible-playbook output)", r.result.as_str())
                         }))
                     };
+                    // The playbook's epoch marker refused a stale leader.
+                    if r.error.as_deref().is_some_and(|e| e.starts_with("fenced:")) {
+                        r.result = DeliveryResult::Fenced;
+                    }
                 }
                 (Ended::Exited(_), None) => {
                     r.result = DeliveryResult::Failed;
@@ -613,7 +620,7 @@ pub async fn run_batch(
                 }
             }
             *counts.entry(r.result.as_str()).or_default() += 1;
-            if !r.result.is_success() {
+            if !r.result.is_success() && r.result != DeliveryResult::Fenced {
                 still.push(i);
             }
         }

@@ -1,11 +1,13 @@
 //! `push: local`: copy each node's file atomically to a path template,
 //! e.g. `/srv/prom/{node}/sd/node.json`. Used when the Prometheus servers
-//! read a shared or local filesystem, and by the end-to-end tests.
+//! read a shared or local filesystem, and by the end-to-end tests. Under
+//! `ha:` each copy is fenced by the leader's epoch (`push::fence`).
 
 use std::path::{Component, Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use super::fence::{FenceError, write_fenced};
 use super::{Delivery, DeliveryResult, NodeDelivery};
 use crate::config::Service;
 use crate::store::files::write_atomic;
@@ -41,14 +43,23 @@ pub(super) async fn deliver(
             continue;
         }
         let target = expand_template(dest, &d.node, &service.name);
-        let file = d.file.clone();
+        let (file, epoch) = (d.file.clone(), d.epoch);
         let result = match target {
-            Err(e) => Err(e),
-            Ok(target) => tokio::task::spawn_blocking(move || copy_atomic(&file, &target))
-                .await
-                .unwrap_or_else(|e| Err(format!("copy task failed: {e}"))),
+            Err(e) => Err(FenceError::Io(e)),
+            Ok(target) => tokio::task::spawn_blocking(move || match epoch {
+                None => copy_atomic(&file, &target).map_err(FenceError::Io),
+                Some(epoch) => write_fenced(&target, epoch, || copy_atomic(&file, &target)),
+            })
+            .await
+            .unwrap_or_else(|e| Err(FenceError::Io(format!("copy task failed: {e}")))),
         };
         out.push(match result {
+            Err(e @ FenceError::Fenced { .. }) => NodeDelivery {
+                node: d.node,
+                result: DeliveryResult::Fenced,
+                attempts: 1,
+                error: Some(e.to_string()),
+            },
             Ok(changed) => NodeDelivery {
                 node: d.node,
                 result: if changed {
@@ -63,7 +74,7 @@ pub(super) async fn deliver(
                 node: d.node,
                 result: DeliveryResult::Failed,
                 attempts: 1,
-                error: Some(e),
+                error: Some(e.to_string()),
             },
         });
     }

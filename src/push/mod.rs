@@ -12,6 +12,7 @@
 //! `ansible-playbook` run per pass).
 
 pub mod ansible;
+pub mod fence;
 mod local;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct Delivery {
     pub file: PathBuf,
     /// File name (without directory).
     pub file_name: String,
+    /// With `ha:`, the leader's epoch: the destination refuses it when a
+    /// newer leader has delivered there (see `push::fence`).
+    pub epoch: Option<u64>,
 }
 
 /// Outcome of delivering to one node.
@@ -46,16 +50,20 @@ pub enum DeliveryResult {
     Unreachable,
     /// Not attempted: nothing changed since the last successful delivery.
     SkippedUnchanged,
+    /// Refused under `ha:`: this instance is no longer the leader, or a
+    /// newer leader's epoch is at the destination. Never retried.
+    Fenced,
 }
 
 impl DeliveryResult {
     /// Every result, e.g. to forget a node's series.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Ok,
         Self::Changed,
         Self::Failed,
         Self::Unreachable,
         Self::SkippedUnchanged,
+        Self::Fenced,
     ];
 
     /// Whether the node now has its file.
@@ -71,6 +79,7 @@ impl DeliveryResult {
             Self::Failed => "failed",
             Self::Unreachable => "unreachable",
             Self::SkippedUnchanged => "skipped-unchanged",
+            Self::Fenced => "fenced",
         }
     }
 }
@@ -82,6 +91,7 @@ impl From<DeliveryResult> for LastResult {
             DeliveryResult::Changed => LastResult::Changed,
             DeliveryResult::Failed => LastResult::Failed,
             DeliveryResult::Unreachable => LastResult::Unreachable,
+            DeliveryResult::Fenced => LastResult::Fenced,
         }
     }
 }
@@ -111,6 +121,24 @@ pub enum Pusher {
     None,
     Local { dest: String },
     Ansible(AnsiblePush),
+}
+
+impl Delivered {
+    /// Every delivery of `batch` refused for `why` (not attempted).
+    pub fn fenced(batch: &[Delivery], why: &str) -> Self {
+        Delivered {
+            nodes: batch
+                .iter()
+                .map(|d| NodeDelivery {
+                    node: d.node.clone(),
+                    result: DeliveryResult::Fenced,
+                    attempts: 0,
+                    error: Some(why.to_string()),
+                })
+                .collect(),
+            run_seconds: Vec::new(),
+        }
+    }
 }
 
 impl Pusher {

@@ -261,6 +261,8 @@ async fn ansible(
             node: node.clone(),
             file: store.to_path_buf(),
             file_name: String::new(),
+            // Rule deliveries are not fenced by the `ha:` epoch (yet).
+            epoch: None,
         })
         .collect();
     let report = crate::push::ansible::run_batch(&run, service, &batch, cancel).await;

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::Watcher as _;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -126,7 +125,7 @@ pub fn watch(
     tx: UnboundedSender<ScriptEvent>,
     cancel: CancellationToken,
 ) -> Result<JoinHandle<()>, notify::Error> {
-    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let (raw_tx, raw_rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
             Ok(ev) => {
@@ -136,6 +135,21 @@ pub fn watch(
             }
             Err(e) => tracing::warn!(error = %e, "script watcher error"),
         })?;
+    let watched = watch_each(&mut watcher, &dirs);
+    let known = scan(&watched);
+    tracing::info!(dirs = ?watched, scripts = known.len(), "watching scripts");
+    let reloader = Reloader {
+        raw_rx,
+        cache,
+        known,
+        tx,
+        cancel,
+    };
+    Ok(tokio::spawn(reloader.run(watcher)))
+}
+
+/// Watch each directory once (normalized); returns those being watched.
+fn watch_each(watcher: &mut impl notify::Watcher, dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut watched: Vec<PathBuf> = Vec::new();
     for dir in dirs.iter().map(|d| normalize(d)) {
         if watched.contains(&dir) {
@@ -148,10 +162,15 @@ pub fn watch(
             }
         }
     }
-    // What the watcher last saw of each script, so that only real changes
-    // become events (an editor's extra touch or a no-op rename is not one).
+    watched
+}
+
+/// What the watcher sees of each script at the start, so that only real
+/// changes become events (an editor's extra touch or a no-op rename is not
+/// one).
+fn scan(watched: &[PathBuf]) -> HashMap<PathBuf, Seen> {
     let mut known: HashMap<PathBuf, Seen> = HashMap::new();
-    for dir in &watched {
+    for dir in watched {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for entry in rd.flatten() {
                 let p = entry.path();
@@ -161,50 +180,80 @@ pub fn watch(
             }
         }
     }
-    tracing::info!(dirs = ?watched, scripts = known.len(), "watching scripts");
-    Ok(tokio::spawn(async move {
-        let _watcher = watcher; // dropped (unwatched) when the task ends
-        loop {
-            let first = tokio::select! {
-                _ = cancel.cancelled() => break,
-                p = raw_rx.recv() => match p { Some(p) => p, None => break },
+    known
+}
+
+/// The watcher task: raw paths in, debounced and reloaded, events out.
+struct Reloader {
+    raw_rx: UnboundedReceiver<PathBuf>,
+    cache: Arc<ScriptCache>,
+    /// What the watcher last saw of each script.
+    known: HashMap<PathBuf, Seen>,
+    tx: UnboundedSender<ScriptEvent>,
+    cancel: CancellationToken,
+}
+
+impl Reloader {
+    /// Reload each debounced batch until cancelled, the watcher stops, or
+    /// nobody listens any more. Holds `watcher` so that it is dropped
+    /// (unwatched) when the task ends.
+    async fn run(mut self, watcher: impl notify::Watcher) {
+        let _watcher = watcher;
+        while let Some(pending) = self.next_batch().await {
+            let Some(events) = self.reload(pending).await else {
+                continue;
             };
-            let mut pending = BTreeSet::from([first]);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(DEBOUNCE) => break,
-                    p = raw_rx.recv() => match p {
-                        Some(p) => { pending.insert(p); }
-                        None => break,
-                    },
-                }
-            }
-            let cache = Arc::clone(&cache);
-            let batch: Vec<PathBuf> = pending.into_iter().filter(|p| is_script(p)).collect();
-            let seen = std::mem::take(&mut known);
-            // Reading and compiling is blocking work.
-            let (events, seen) = match tokio::task::spawn_blocking(move || {
-                let mut seen = seen;
-                let events = process(&batch, &cache, &mut seen);
-                (events, seen)
-            })
-            .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "script reload task failed");
-                    continue;
-                }
-            };
-            known = seen;
             for ev in events {
-                if tx.send(ev).is_err() {
+                if self.tx.send(ev).is_err() {
                     return;
                 }
             }
         }
-    }))
+    }
+
+    /// The paths touched until the directories have been quiet for
+    /// [`DEBOUNCE`]; `None` when cancelled or the watcher is gone.
+    async fn next_batch(&mut self) -> Option<BTreeSet<PathBuf>> {
+        let first = tokio::select! {
+            _ = self.cancel.cancelled() => return None,
+            p = self.raw_rx.recv() => p?,
+        };
+        let mut pending = BTreeSet::from([first]);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = tokio::time::sleep(DEBOUNCE) => break,
+                p = self.raw_rx.recv() => match p {
+                    Some(p) => { pending.insert(p); }
+                    None => break,
+                },
+            }
+        }
+        Some(pending)
+    }
+
+    /// Reload the scripts among `pending` off the runtime (reading and
+    /// compiling is blocking work); `None` if that task failed.
+    async fn reload(&mut self, pending: BTreeSet<PathBuf>) -> Option<Vec<ScriptEvent>> {
+        let cache = Arc::clone(&self.cache);
+        let batch: Vec<PathBuf> = pending.into_iter().filter(|p| is_script(p)).collect();
+        let mut seen = std::mem::take(&mut self.known);
+        match tokio::task::spawn_blocking(move || {
+            let events = process(&batch, &cache, &mut seen);
+            (events, seen)
+        })
+        .await
+        {
+            Ok((events, seen)) => {
+                self.known = seen;
+                Some(events)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "script reload task failed");
+                None
+            }
+        }
+    }
 }
 
 /// Look at each touched script once and say what changed. A script that

@@ -110,6 +110,9 @@ pub struct Audit {
     pub samples: BTreeMap<TargetState, Vec<AuditSample>>,
 }
 
+/// Address → the nodes that have it active, and what each reported.
+type Active<'a> = HashMap<&'a str, Vec<(&'a str, &'a ActiveTarget)>>;
+
 /// Audit `assignment` against what each node answered. `nodes` holds one
 /// entry per node of the assignment; a node missing from it counts as not
 /// answering. Targets active on nodes but in no plan are audited too
@@ -119,53 +122,8 @@ pub fn audit(
     nodes: &BTreeMap<String, NodeInput<'_>>,
     replicas: usize,
 ) -> Audit {
-    // Address → the nodes that have it active, and whether it is healthy
-    // on each.
-    let mut active: HashMap<&str, Vec<(&str, &ActiveTarget)>> = HashMap::new();
-    for (node, input) in nodes {
-        for t in input.observed.map(|o| o.targets.as_slice()).unwrap_or(&[]) {
-            active
-                .entry(t.address.as_str())
-                .or_default()
-                .push((node.as_str(), t));
-        }
-    }
-    let mut out = Audit {
-        counts: TargetState::ALL.iter().map(|&s| (s, 0)).collect(),
-        nodes: assignment
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeAudit {
-                node: n.clone(),
-                assigned: assignment.counts[i],
-                active: nodes
-                    .get(n)
-                    .and_then(|o| o.observed)
-                    .map(|o| o.targets.len()),
-                ..NodeAudit::default()
-            })
-            .collect(),
-        samples: BTreeMap::new(),
-    };
-    let record = |out: &mut Audit, addr: &str, assigned: Vec<&str>, state: TargetState| {
-        *out.counts.entry(state).or_default() += 1;
-        if state == TargetState::Ok {
-            return;
-        }
-        let list = out.samples.entry(state).or_default();
-        if list.len() < SAMPLES {
-            let on: Vec<String> = active
-                .get(addr)
-                .map(|v| v.iter().map(|(n, _)| n.to_string()).collect())
-                .unwrap_or_default();
-            list.push(AuditSample {
-                target: addr.to_string(),
-                assigned: assigned.iter().map(|s| s.to_string()).collect(),
-                active: on,
-            });
-        }
-    };
+    let active = active_by_address(nodes);
+    let mut out = Audit::empty(assignment, nodes);
     for (addr, owners) in assignment.iter() {
         let owners: Vec<&str> = owners.collect();
         let on = active.get(addr).map(Vec::as_slice).unwrap_or(&[]);
@@ -179,12 +137,9 @@ pub fn audit(
                 }
             }
         }
-        for (n, _) in on.iter().filter(|(n, _)| !owners.contains(n)) {
-            if let Some(i) = assignment.node_index(n) {
-                out.nodes[i].extra += 1;
-            }
-        }
-        record(&mut out, addr, owners, state);
+        let strangers = on.iter().filter(|(n, _)| !owners.contains(n));
+        out.count_extra(assignment, strangers);
+        out.record(&active, addr, owners, state);
     }
     // Active somewhere, assigned nowhere: a target this plan does not have.
     let mut foreign: Vec<&str> = active
@@ -194,14 +149,85 @@ pub fn audit(
         .collect();
     foreign.sort_unstable();
     for addr in foreign {
-        for (n, _) in &active[addr] {
-            if let Some(i) = assignment.node_index(n) {
-                out.nodes[i].extra += 1;
-            }
-        }
-        record(&mut out, addr, Vec::new(), TargetState::Extra);
+        out.count_extra(assignment, active[addr].iter());
+        out.record(&active, addr, Vec::new(), TargetState::Extra);
     }
     out
+}
+
+/// Index what every answering node has active by target address, so each
+/// target is looked up once.
+fn active_by_address<'a>(nodes: &'a BTreeMap<String, NodeInput<'_>>) -> Active<'a> {
+    let mut active: Active<'a> = HashMap::new();
+    for (node, input) in nodes {
+        for t in input.observed.map(|o| o.targets.as_slice()).unwrap_or(&[]) {
+            active
+                .entry(t.address.as_str())
+                .or_default()
+                .push((node.as_str(), t));
+        }
+    }
+    active
+}
+
+impl Audit {
+    /// Every state at 0 and a row per node of the assignment, so states
+    /// and nodes with nothing to report still show.
+    fn empty(assignment: &Assignment, nodes: &BTreeMap<String, NodeInput<'_>>) -> Audit {
+        Audit {
+            counts: TargetState::ALL.iter().map(|&s| (s, 0)).collect(),
+            nodes: assignment
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeAudit {
+                    node: n.clone(),
+                    assigned: assignment.counts[i],
+                    active: nodes
+                        .get(n)
+                        .and_then(|o| o.observed)
+                        .map(|o| o.targets.len()),
+                    ..NodeAudit::default()
+                })
+                .collect(),
+            samples: BTreeMap::new(),
+        }
+    }
+
+    /// Count a target on each node in `on` (`(node, report)`) that has it
+    /// active without being assigned it.
+    fn count_extra<'a>(
+        &mut self,
+        assignment: &Assignment,
+        on: impl Iterator<Item = &'a (&'a str, &'a ActiveTarget)>,
+    ) {
+        for (n, _) in on {
+            if let Some(i) = assignment.node_index(n) {
+                self.nodes[i].extra += 1;
+            }
+        }
+    }
+
+    /// Count `addr` in `state`, and list it (up to [`SAMPLES`] per state)
+    /// unless it is ok.
+    fn record(&mut self, active: &Active<'_>, addr: &str, assigned: Vec<&str>, state: TargetState) {
+        *self.counts.entry(state).or_default() += 1;
+        if state == TargetState::Ok {
+            return;
+        }
+        let list = self.samples.entry(state).or_default();
+        if list.len() < SAMPLES {
+            let on: Vec<String> = active
+                .get(addr)
+                .map(|v| v.iter().map(|(n, _)| n.to_string()).collect())
+                .unwrap_or_default();
+            list.push(AuditSample {
+                target: addr.to_string(),
+                assigned: assigned.iter().map(|s| s.to_string()).collect(),
+                active: on,
+            });
+        }
+    }
 }
 
 /// The state of one target assigned to `owners` and active on `on`

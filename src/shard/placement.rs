@@ -112,12 +112,18 @@ pub struct PlacementSettings {
 /// Default bounded-load capacity factor.
 pub const DEFAULT_LOAD_FACTOR: f64 = 1.02;
 
+impl PlacementSettings {
+    /// The defaults as a constant, for callers that need a `'static`
+    /// reference to them.
+    pub const DEFAULT: PlacementSettings = PlacementSettings {
+        balance: Balance::Consistent,
+        load_factor: DEFAULT_LOAD_FACTOR,
+    };
+}
+
 impl Default for PlacementSettings {
     fn default() -> Self {
-        Self {
-            balance: Balance::Consistent,
-            load_factor: DEFAULT_LOAD_FACTOR,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -480,6 +486,9 @@ impl Rendezvous {
             .collect()
     }
 
+    /// Bounded mode: the natural placement when it fits every capacity,
+    /// else keys granted in a fixed order (see [`Bounded`]) so that a full
+    /// node sheds the keys whose moves cost least.
     fn assign_bounded(
         &self,
         hashes: &[u64],
@@ -487,92 +496,26 @@ impl Rendezvous {
         replicas: usize,
         natural: Vec<u32>,
     ) -> Placement {
-        let n = self.node_count();
         let m = hashes.len();
-        let weight = |k: usize| weights.map_or(1, |w| u64::from(w[k]));
-        let caps = self.capacities((0..m).map(weight).sum(), replicas);
-        let mut natural_load = vec![0u64; n];
-        for (k, nodes) in natural.chunks(replicas).enumerate() {
-            for &node in nodes {
-                natural_load[node as usize] += weight(k);
-            }
-        }
-        if natural_load.iter().zip(&caps).all(|(l, c)| l <= c) {
+        let b = Bounded::new(self, hashes, weights, replicas);
+        if b.natural_fits(&natural) {
             return self.collect(&natural, m, replicas);
         }
-
-        // A fixed order of keys decides who keeps a full node: lighter
-        // weight classes (powers of two) first, then by hash. A full node
-        // so refuses its heaviest keys, which sheds the load with the fewest
-        // moves, and a weight that drifts within its power of two keeps its
-        // place in the order.
-        let mut g = Grants::new(n, m, replicas);
-        // An oversized key (heavier than any node's capacity) fits nowhere:
-        // it takes its own top choices first, whole, and lighter keys then
-        // flow around it instead of being squeezed in beside it.
-        let largest = caps.iter().copied().max().unwrap_or(0);
-        let oversized = |k: usize| weight(k) > largest;
-        for k in (0..m).filter(|&k| oversized(k)) {
-            for &node in &natural[k * replicas..(k + 1) * replicas] {
-                g.grant(k, node, weight(k));
-            }
-        }
-        // A big key (more than an eighth of the smallest capacity) would
-        // not fit in the gaps small keys leave: big keys go first, heaviest
-        // first, each to its first choices with room (first-fit decreasing
-        // along its own preference list). Few keys are big, so this hardly
-        // changes who moves.
-        let smallest = caps.iter().copied().min().unwrap_or(0);
-        let big = |k: usize| !oversized(k) && weight(k).saturating_mul(8) > smallest;
-        let mut heavy: Vec<(std::cmp::Reverse<u64>, u64, usize)> = (0..m)
-            .filter(|&k| big(k))
-            .map(|k| (std::cmp::Reverse(weight(k)), hashes[k], k))
-            .collect();
-        heavy.sort_unstable();
+        // A fixed order of keys decides who keeps a full node: oversized
+        // keys, then big keys heaviest first, then the rest by weight class
+        // and hash (see [`Bounded::light_order`]).
+        let mut g = Grants::new(self.node_count(), m, replicas);
+        b.grant_oversized(&natural, &mut g);
         let mut spill = Vec::new();
-        let mut prefs = Vec::with_capacity(n);
-        for &(_, _, k) in &heavy {
-            self.walk_preferences(k, hashes[k], weight(k), &caps, &mut g, &mut prefs);
-            if !g.complete(k) {
-                spill.push(k);
-            }
-        }
-        let mut order: Vec<(u64, u32)> = hashes
-            .iter()
-            .enumerate()
-            .filter(|&(k, _)| !oversized(k) && !big(k))
-            .map(|(k, &h)| {
-                let class = u64::from(64 - weight(k).leading_zeros());
-                ((class << 56) | (h >> 8), k as u32)
-            })
-            .collect();
-        order.sort_unstable();
-
-        // Round 1: every key asks its own top choices.
-        let mut refused = Vec::new();
-        for &(_, k) in &order {
-            let k = k as usize;
-            let w = weight(k);
-            for &node in &natural[k * replicas..(k + 1) * replicas] {
-                if g.load[node as usize] + w <= caps[node as usize] {
-                    g.grant(k, node, w);
-                }
-            }
-            if !g.complete(k) {
-                refused.push(k);
-            }
-        }
+        let mut prefs = Vec::with_capacity(self.node_count());
+        b.walk_all(b.big_keys(), &mut g, &mut prefs, &mut spill);
+        let order = b.light_order();
+        let refused = b.grant_first_choices(&order, &natural, &mut g);
         drop(natural);
-
         // Round 2: refused keys walk down their own preference lists, in
         // the same order, to the first nodes with room.
-        for &k in &refused {
-            self.walk_preferences(k, hashes[k], weight(k), &caps, &mut g, &mut prefs);
-            if !g.complete(k) {
-                spill.push(k);
-            }
-        }
-        place_stranded(&spill, &weight, &caps, &mut g);
+        b.walk_all(refused, &mut g, &mut prefs, &mut spill);
+        place_stranded(&spill, &|k| b.weight(k), &b.caps, &mut g);
         self.collect(&g.chosen, m, replicas)
     }
 
@@ -594,6 +537,159 @@ impl Rendezvous {
             }
             if !g.has(k, node) && g.load[node as usize] + w <= caps[node as usize] {
                 g.grant(k, node, w);
+            }
+        }
+    }
+}
+
+/// What bounded placement reads while it grants: the ring, the keys and
+/// their weights, each node's capacity, and the capacity extremes that
+/// sort keys into oversized, big and the rest.
+struct Bounded<'a> {
+    ring: &'a Rendezvous,
+    hashes: &'a [u64],
+    weights: Option<&'a [u32]>,
+    replicas: usize,
+    caps: Vec<u64>,
+    /// The largest capacity: a key heavier than it fits nowhere.
+    largest: u64,
+    /// The smallest capacity: a key above an eighth of it is big.
+    smallest: u64,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(
+        ring: &'a Rendezvous,
+        hashes: &'a [u64],
+        weights: Option<&'a [u32]>,
+        replicas: usize,
+    ) -> Self {
+        let total = (0..hashes.len())
+            .map(|k| weights.map_or(1, |w| u64::from(w[k])))
+            .sum();
+        let caps = ring.capacities(total, replicas);
+        Self {
+            ring,
+            hashes,
+            weights,
+            replicas,
+            largest: caps.iter().copied().max().unwrap_or(0),
+            smallest: caps.iter().copied().min().unwrap_or(0),
+            caps,
+        }
+    }
+
+    /// The load of key `k` (1 when keys are unweighted).
+    #[inline]
+    fn weight(&self, k: usize) -> u64 {
+        self.weights.map_or(1, |w| u64::from(w[k]))
+    }
+
+    /// Heavier than any node's capacity: fits nowhere.
+    fn oversized(&self, k: usize) -> bool {
+        self.weight(k) > self.largest
+    }
+
+    /// Too big for the gaps small keys leave (more than an eighth of the
+    /// smallest capacity), but not oversized.
+    fn big(&self, k: usize) -> bool {
+        !self.oversized(k) && self.weight(k).saturating_mul(8) > self.smallest
+    }
+
+    /// Whether every key's own top choices stay within every capacity, so
+    /// nothing needs to move.
+    fn natural_fits(&self, natural: &[u32]) -> bool {
+        let mut load = vec![0u64; self.caps.len()];
+        for (k, nodes) in natural.chunks(self.replicas).enumerate() {
+            for &node in nodes {
+                load[node as usize] += self.weight(k);
+            }
+        }
+        load.iter().zip(&self.caps).all(|(l, c)| l <= c)
+    }
+
+    /// An oversized key takes its own top choices first, whole, so that
+    /// lighter keys flow around it instead of being squeezed in beside it.
+    fn grant_oversized(&self, natural: &[u32], g: &mut Grants) {
+        let r = self.replicas;
+        for k in (0..self.hashes.len()).filter(|&k| self.oversized(k)) {
+            for &node in &natural[k * r..(k + 1) * r] {
+                g.grant(k, node, self.weight(k));
+            }
+        }
+    }
+
+    /// Big keys, heaviest first (then by hash): placed first-fit
+    /// decreasing along their own preference lists, as they would not fit
+    /// in the gaps small keys leave. Few keys are big, so this hardly
+    /// changes who moves.
+    fn big_keys(&self) -> Vec<usize> {
+        let mut heavy: Vec<(std::cmp::Reverse<u64>, u64, usize)> = (0..self.hashes.len())
+            .filter(|&k| self.big(k))
+            .map(|k| (std::cmp::Reverse(self.weight(k)), self.hashes[k], k))
+            .collect();
+        heavy.sort_unstable();
+        heavy.into_iter().map(|(_, _, k)| k).collect()
+    }
+
+    /// The other keys, lighter weight classes (powers of two) first, then
+    /// by hash: a full node so refuses its heaviest keys, which sheds the
+    /// load with the fewest moves, and a weight that drifts within its
+    /// power of two keeps its place in the order.
+    fn light_order(&self) -> Vec<(u64, u32)> {
+        let mut order: Vec<(u64, u32)> = self
+            .hashes
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| !self.oversized(k) && !self.big(k))
+            .map(|(k, &h)| {
+                let class = u64::from(64 - self.weight(k).leading_zeros());
+                ((class << 56) | (h >> 8), k as u32)
+            })
+            .collect();
+        order.sort_unstable();
+        order
+    }
+
+    /// Round 1: every key in `order` asks its own top choices; returns the
+    /// keys some full node refused, in order.
+    fn grant_first_choices(
+        &self,
+        order: &[(u64, u32)],
+        natural: &[u32],
+        g: &mut Grants,
+    ) -> Vec<usize> {
+        let (replicas, caps) = (self.replicas, self.caps.as_slice());
+        let mut refused = Vec::new();
+        for &(_, k) in order {
+            let k = k as usize;
+            let w = self.weight(k);
+            for &node in &natural[k * replicas..(k + 1) * replicas] {
+                if g.load[node as usize] + w <= caps[node as usize] {
+                    g.grant(k, node, w);
+                }
+            }
+            if !g.complete(k) {
+                refused.push(k);
+            }
+        }
+        refused
+    }
+
+    /// Each of `keys`, in order, walks its preference list to the first
+    /// nodes with room; a key still short of replicas goes to `spill`.
+    fn walk_all(
+        &self,
+        keys: Vec<usize>,
+        g: &mut Grants,
+        prefs: &mut Vec<(u64, u32)>,
+        spill: &mut Vec<usize>,
+    ) {
+        for k in keys {
+            let (hash, w) = (self.hashes[k], self.weight(k));
+            self.ring.walk_preferences(k, hash, w, &self.caps, g, prefs);
+            if !g.complete(k) {
+                spill.push(k);
             }
         }
     }

@@ -155,7 +155,9 @@ pub fn oversized(weights: &[u32], replicas: usize, nodes: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Inputs of [`make_plan`].
+/// Inputs of [`make_plan`]. [`PlanInput::new`] gives the common case; the
+/// fields are public so a caller sets what it needs on top:
+/// `PlanInput { replicas: 2, ..PlanInput::new(service, nodes, targets) }`.
 pub struct PlanInput<'a> {
     pub service: &'a str,
     /// Live nodes, sorted by address.
@@ -173,38 +175,105 @@ pub struct PlanInput<'a> {
     pub shard_label: Option<&'a str>,
 }
 
+impl<'a> PlanInput<'a> {
+    /// One replica, default ring settings, JSON files, no move cap, no
+    /// affinity, no shard label.
+    pub fn new(service: &'a str, nodes: &'a [NodeSpec], targets: &'a [Target]) -> Self {
+        Self {
+            service,
+            nodes,
+            targets,
+            replicas: 1,
+            ring: &PlacementSettings::DEFAULT,
+            file_type: FileType::Json,
+            move_cap: None,
+            affinity: None,
+            shard_label: None,
+        }
+    }
+}
+
 /// Assign targets to nodes and name the files. `namer` is the script's
 /// `file_name()` when it has one, else [`default_file_name`].
 pub fn make_plan(
     input: &PlanInput<'_>,
-    mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
+    namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
 ) -> Result<Plan, PlanError> {
     let ring = Rendezvous::new(input.nodes, input.ring)?;
     let grouping = input.affinity.map(|a| Groups::new(input.targets, a));
-    let (assignment, mut per_node) = match &grouping {
+    let mut placed = place(&ring, input, grouping.as_ref())?;
+    // Held-back moves are per target, so a group would be split while it
+    // moves: with affinity groups move whole, uncapped.
+    let deferred_moves = match (input.move_cap, &grouping) {
+        (Some(cap), None) => cap_moves(&mut placed.per_node, input.nodes, input.targets, cap),
+        _ => 0,
+    };
+    let nodes = name_files(input, placed, namer)?;
+    let total = input.nodes.len();
+    let replicas = input.replicas.min(total);
+    let affinity = input
+        .affinity
+        .zip(grouping)
+        .map(|(a, grouping)| affinity_plan(a, grouping, replicas, total));
+    Ok(Plan {
+        service: input.service.to_string(),
+        file_type: input.file_type,
+        targets: input.targets.len(),
+        replicas,
+        nodes,
+        deferred_moves,
+        affinity,
+        shard_label: input.shard_label.map(str::to_string),
+    })
+}
+
+/// Where the ring put the targets.
+struct Placed {
+    /// Per node, the indices of its targets.
+    per_node: Vec<Vec<u32>>,
+    /// With affinity, per node the number of groups.
+    groups: Option<Vec<usize>>,
+}
+
+/// Place the targets, or with affinity their groups, on the ring.
+fn place(
+    ring: &Rendezvous,
+    input: &PlanInput<'_>,
+    grouping: Option<&Groups>,
+) -> Result<Placed, PlanError> {
+    Ok(match grouping {
         None => {
             let hashes: Vec<u64> = input.targets.iter().map(|t| t.hash).collect();
             let any_weight = input.targets.iter().any(|t| t.weight != 1);
             let weights: Option<Vec<u32>> =
                 any_weight.then(|| input.targets.iter().map(|t| t.weight).collect());
             let a = ring.assign_hashes(&hashes, weights.as_deref(), input.replicas)?;
-            (None, a.per_node)
+            Placed {
+                per_node: a.per_node,
+                groups: None,
+            }
         }
         Some(g) => {
             let a = ring.assign_hashes(&g.hashes, Some(&g.weights), input.replicas)?;
-            let per_node = a.per_node.iter().map(|groups| g.expand(groups)).collect();
-            (Some(a), per_node)
+            Placed {
+                per_node: a.per_node.iter().map(|groups| g.expand(groups)).collect(),
+                groups: Some(a.per_node.iter().map(Vec::len).collect()),
+            }
         }
-    };
-    // Held-back moves are per target, so a group would be split while it
-    // moves: with affinity groups move whole, uncapped.
-    let deferred_moves = match (input.move_cap, &grouping) {
-        (Some(cap), None) => cap_moves(&mut per_node, input.nodes, input.targets, cap),
-        _ => 0,
-    };
+    })
+}
+
+/// Name each node's file and pair it with the node's targets; a name the
+/// namer refuses, that is unsafe, or that two nodes share is an error.
+fn name_files(
+    input: &PlanInput<'_>,
+    placed: Placed,
+    mut namer: impl FnMut(&FileNameArgs) -> Result<String, String>,
+) -> Result<Vec<NodePlan>, PlanError> {
     let total = input.nodes.len();
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut nodes = Vec::with_capacity(total);
+    let Placed { per_node, groups } = placed;
     for (i, (node, targets)) in input.nodes.iter().zip(per_node).enumerate() {
         let args = FileNameArgs {
             service: input.service.to_string(),
@@ -214,16 +283,7 @@ pub fn make_plan(
             count: targets.len(),
             file_type: input.file_type,
         };
-        let file = namer(&args).map_err(|reason| PlanError::BadFileName {
-            node: node.addr.clone(),
-            name: String::new(),
-            reason,
-        })?;
-        check_file_name(&file).map_err(|reason| PlanError::BadFileName {
-            node: node.addr.clone(),
-            name: file.clone(),
-            reason: reason.into(),
-        })?;
+        let file = safe_file_name(&mut namer, &args)?;
         if let Some(first) = names.insert(file.clone(), node.addr.clone()) {
             return Err(PlanError::DuplicateFileName {
                 first,
@@ -237,45 +297,58 @@ pub fn make_plan(
             file,
             count: targets.len(),
             targets,
-            groups: assignment.as_ref().map(|a| a.per_node[i].len()),
+            groups: groups.as_ref().map(|g| g[i]),
         });
     }
-    let replicas = input.replicas.min(total);
-    let affinity = input.affinity.zip(grouping).map(|(a, grouping)| {
-        let mut heavy = oversized(&grouping.weights, replicas, total);
-        heavy.sort_by_key(|&g| std::cmp::Reverse(grouping.weights[g]));
-        AffinityPlan {
-            template: a.as_str().to_string(),
-            groups: grouping.len(),
-            ungrouped: grouping.ungrouped(),
-            ungrouped_samples: (0..grouping.len())
-                .filter(|&g| grouping.is_ungrouped(g))
-                .take(SAMPLES)
-                .map(|g| grouping.keys[g].to_string())
-                .collect(),
-            oversized: heavy
-                .iter()
-                .take(SAMPLES)
-                .map(|&g| OversizedGroup {
-                    key: grouping.keys[g].to_string(),
-                    targets: grouping.members(g).len(),
-                    weight: u64::from(grouping.weights[g]),
-                })
-                .collect(),
-            oversized_count: heavy.len(),
-            grouping: Arc::new(grouping),
-        }
-    });
-    Ok(Plan {
-        service: input.service.to_string(),
-        file_type: input.file_type,
-        targets: input.targets.len(),
-        replicas,
-        nodes,
-        deferred_moves,
-        affinity,
-        shard_label: input.shard_label.map(str::to_string),
-    })
+    Ok(nodes)
+}
+
+/// The namer's file name for `args`, refused unless it is a safe plain
+/// file name (the daemon writes it inside the output directory).
+fn safe_file_name(
+    namer: &mut impl FnMut(&FileNameArgs) -> Result<String, String>,
+    args: &FileNameArgs,
+) -> Result<String, PlanError> {
+    let file = namer(args).map_err(|reason| PlanError::BadFileName {
+        node: args.node.clone(),
+        name: String::new(),
+        reason,
+    })?;
+    check_file_name(&file).map_err(|reason| PlanError::BadFileName {
+        node: args.node.clone(),
+        name: file.clone(),
+        reason: reason.into(),
+    })?;
+    Ok(file)
+}
+
+/// What a plan made with `affinity:` reports about its groups: how many,
+/// the targets left ungrouped, and the groups too heavy to balance,
+/// heaviest first.
+fn affinity_plan(a: &Affinity, grouping: Groups, replicas: usize, nodes: usize) -> AffinityPlan {
+    let mut heavy = oversized(&grouping.weights, replicas, nodes);
+    heavy.sort_by_key(|&g| std::cmp::Reverse(grouping.weights[g]));
+    AffinityPlan {
+        template: a.as_str().to_string(),
+        groups: grouping.len(),
+        ungrouped: grouping.ungrouped(),
+        ungrouped_samples: (0..grouping.len())
+            .filter(|&g| grouping.is_ungrouped(g))
+            .take(SAMPLES)
+            .map(|g| grouping.keys[g].to_string())
+            .collect(),
+        oversized: heavy
+            .iter()
+            .take(SAMPLES)
+            .map(|&g| OversizedGroup {
+                key: grouping.keys[g].to_string(),
+                targets: grouping.members(g).len(),
+                weight: u64::from(grouping.weights[g]),
+            })
+            .collect(),
+        oversized_count: heavy.len(),
+        grouping: Arc::new(grouping),
+    }
 }
 
 /// Hold back moves beyond `cap.max_ratio` of the total weight: targets are
@@ -375,15 +448,8 @@ mod tests {
     fn plan_of(t: &[Target], n: &[NodeSpec], replicas: usize) -> Result<Plan, PlanError> {
         make_plan(
             &PlanInput {
-                service: "svc",
-                nodes: n,
-                targets: t,
                 replicas,
-                ring: &PlacementSettings::default(),
-                file_type: FileType::Json,
-                move_cap: None,
-                affinity: None,
-                shard_label: None,
+                ..PlanInput::new("svc", n, t)
             },
             |a| Ok(default_file_name(a, FileNaming::Stable)),
         )
@@ -428,18 +494,11 @@ mod tests {
         while steps < 10 && !reached {
             let plan = make_plan(
                 &PlanInput {
-                    service: "svc",
-                    nodes: &n4,
-                    targets: &t,
-                    replicas: 1,
-                    ring: &PlacementSettings::default(),
-                    file_type: FileType::Json,
                     move_cap: Some(MoveCap {
                         previous: &previous,
                         max_ratio: 0.1,
                     }),
-                    affinity: None,
-                    shard_label: None,
+                    ..PlanInput::new("svc", &n4, &t)
                 },
                 |a| Ok(default_file_name(a, FileNaming::Stable)),
             )
@@ -480,17 +539,7 @@ mod tests {
     fn bad_and_duplicate_names_are_rejected() {
         let t = targets(10);
         let n = nodes(2);
-        let input = PlanInput {
-            service: "svc",
-            nodes: &n,
-            targets: &t,
-            replicas: 1,
-            ring: &PlacementSettings::default(),
-            file_type: FileType::Json,
-            move_cap: None,
-            affinity: None,
-            shard_label: None,
-        };
+        let input = PlanInput::new("svc", &n, &t);
         let long = "x".repeat(251);
         for bad in [
             "../x.json",

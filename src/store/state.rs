@@ -45,6 +45,8 @@ pub enum LastResult {
     Changed,
     Failed,
     Unreachable,
+    /// Refused under `ha:` (not the leader, or a newer epoch at the node).
+    Fenced,
     /// The node left the plan.
     Departed,
     /// Every node of the service was down: deliver again when it is back.

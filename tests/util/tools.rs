@@ -39,6 +39,11 @@ pub fn ansible_playbook() -> PathBuf {
     )
 }
 
+/// `etcd`: `PROMSHARD_ETCD`, else `PATH`.
+pub fn etcd() -> PathBuf {
+    find("etcd", "PROMSHARD_ETCD", "apt-get install etcd-server")
+}
+
 /// `chromium`: `PROMSHARD_CHROMIUM`, else `PATH`.
 pub fn chromium() -> PathBuf {
     find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
