@@ -454,6 +454,70 @@ fn rule_files_reach_every_node_through_the_shipped_rules_playbook_and_a_bad_edit
         );
         assert_eq!(got["a.yml"], RULE.as_bytes(), "{node} kept the good a.yml");
     }
+    rules_playbook_is_fenced_by_the_epoch(&f);
+}
+
+/// `ha:`: the rules playbook refuses a delivery older than the epoch
+/// marker in a node's rules directory, and an unconfirmed lease delivers
+/// nothing (the rules step is driven directly: `once` refuses `ha:`).
+fn rules_playbook_is_fenced_by_the_epoch(f: &Fixture) {
+    use promshard::push::DeliveryResult;
+    let config = promshard::config::Config::load(&f.path("promshard.yaml")).expect("config");
+    let service = &config.services[0];
+    let nodes: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+    let marker = |node: &str| f.path("rules-dest").join(node).join("..promshard-rules.epoch");
+    fs::write(marker(NODES[0]), "9\n").expect("newer leader's marker");
+    let step = |lease: Result<u64, String>| {
+        let mut state = BTreeMap::new();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(promshard::rules::step(
+            service,
+            &config.out_dir,
+            &nodes,
+            &mut state,
+            false,
+            Some(lease),
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("a rules report")
+    };
+    f.write("rules/a.yml", RULE.replace("name: web", "name: web3"));
+    let report = step(Ok(5));
+    for d in &report.deliveries {
+        let fenced = d.node == NODES[0];
+        let want = if fenced {
+            DeliveryResult::Fenced
+        } else {
+            DeliveryResult::Changed
+        };
+        assert_eq!(d.result, want, "{d:?}");
+        let got = rule_dir(f, &d.node);
+        if fenced {
+            let why = d.error.as_deref().unwrap_or_default();
+            assert!(why.starts_with("fenced:") && why.contains("epoch 9"), "{why}");
+            assert_eq!(got["a.yml"], RULE.as_bytes(), "the fenced node kept its file");
+            assert_eq!(fs::read_to_string(marker(NODES[0])).unwrap(), "9\n");
+        } else {
+            assert!(String::from_utf8_lossy(&got["a.yml"]).contains("web3"));
+            assert_eq!(fs::read_to_string(marker(&d.node)).unwrap().trim(), "5");
+        }
+    }
+    assert_eq!(report.deliveries.len(), NODES.len());
+
+    // The lease is not confirmed: nothing runs, every node is fenced.
+    f.write("rules/a.yml", RULE.replace("name: web", "name: web4"));
+    let before: Vec<_> = NODES.iter().map(|n| rule_dir(f, n)).collect();
+    let report = step(Err("lease lost".into()));
+    assert!(
+        report
+            .deliveries
+            .iter()
+            .all(|d| d.result == DeliveryResult::Fenced && d.error.as_deref() == Some("lease lost")),
+        "{:?}",
+        report.deliveries
+    );
+    let after: Vec<_> = NODES.iter().map(|n| rule_dir(f, n)).collect();
+    assert_eq!(before, after, "no rule file changed without the lease");
 }
 
 #[test]

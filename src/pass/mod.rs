@@ -165,7 +165,7 @@ pub async fn run_pass(
         options.dry_run,
     );
     report.rules = rules_step(
-        service,
+        &input,
         &out_dir,
         &report,
         &mut guarded.state,
@@ -288,18 +288,24 @@ async fn write_step(
 }
 
 /// Step 4: the rule files of every planned node (`None` without `rules:`).
+/// Under `ha:` the lease is confirmed first, as for the sd files.
 async fn rules_step(
-    service: &Service,
+    input: &PassInput<'_>,
     out_dir: &Path,
     report: &PassReport,
     state: &mut ServiceState,
     options: PassOptions,
     cancel: &CancellationToken,
 ) -> Option<crate::rules::RulesReport> {
+    let service = input.service;
     service.rules.as_ref()?;
+    let lease = match &input.fence {
+        Some(f) if !options.dry_run => Some((f.confirm)().await.map(|()| f.epoch)),
+        _ => None,
+    };
     let planned: Vec<String> = report.nodes.iter().map(|n| n.node.clone()).collect();
     let (rules, dry_run) = (&mut state.rules, options.dry_run);
-    crate::rules::step(service, out_dir, &planned, rules, dry_run, cancel).await
+    crate::rules::step(service, out_dir, &planned, rules, dry_run, lease, cancel).await
 }
 
 /// Step 6: remember what was done, and release the lock.

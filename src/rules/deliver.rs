@@ -9,6 +9,13 @@
 //! `rules.reload_url` if the directory changed or an earlier reload is
 //! still owed. `push: ansible` runs the rules playbook once for all due
 //! nodes (it does the same on each node). `push: none`: nodes pull.
+//!
+//! Under `ha:` the pass hands over the lease check it just made: refused,
+//! every due node's result is `fenced` and nothing is written; confirmed,
+//! the epoch goes with each delivery and an epoch marker in the node's
+//! rules directory (`..promshard-rules.epoch`, kept by both `push: local`
+//! and the playbook) refuses a delivery from an older leader, as for the
+//! sd files (`push::fence`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::source::{Prepared, prepare, store_dir};
 use super::{Rules, RulesDelivery, RulesReport};
 use crate::config::{AnsiblePush, Push, Service};
+use crate::push::fence::{FenceError, write_fenced};
 use crate::push::{Delivery, DeliveryResult};
 use crate::store::files::write_atomic;
 use crate::store::state::{NodeRules, unix_now};
@@ -32,13 +40,15 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Run the rules step of `service` for the planned `nodes`; `None` when it
 /// has no `rules:`. A dry run checks and reports only. `state` is the
-/// service state's record per node.
+/// service state's record per node. `lease` is `ha:`'s answer: the epoch
+/// to deliver with, or why this instance may not deliver.
 pub async fn step(
     service: &Service,
     out_dir: &Path,
     nodes: &[String],
     state: &mut BTreeMap<String, NodeRules>,
     dry_run: bool,
+    lease: Option<Result<u64, String>>,
     cancel: &CancellationToken,
 ) -> Option<RulesReport> {
     let rules = service.rules.as_ref()?;
@@ -70,10 +80,26 @@ pub async fn step(
     if due.is_empty() {
         return Some(report);
     }
-    let deliveries = match &service.push {
-        Push::None => return Some(report),
-        Push::Local { .. } => local(service, rules, &prepared, due, cancel).await,
-        Push::Ansible(a) => ansible(a, service, rules, &store, &prepared, &due, cancel).await,
+    let epoch = match lease {
+        Some(Err(why)) => Err(why),
+        Some(Ok(epoch)) => Ok(Some(epoch)),
+        None => Ok(None),
+    };
+    let deliveries = match (&service.push, epoch) {
+        (Push::None, _) => return Some(report),
+        (_, Err(why)) => due
+            .into_iter()
+            .map(|(node, _)| RulesDelivery {
+                node,
+                result: DeliveryResult::Fenced,
+                error: Some(why.clone()),
+            })
+            .collect(),
+        (Push::Local { .. }, Ok(epoch)) => local(service, rules, &prepared, due, epoch, cancel).await,
+        (Push::Ansible(a), Ok(epoch)) => {
+            let due = Due { nodes: &due, epoch };
+            ansible(a, service, rules, &store, &prepared, due, cancel).await
+        }
     };
     let changed = deliveries
         .iter()
@@ -86,6 +112,8 @@ pub async fn step(
         if d.result.is_success() {
             entry.hash = Some(prepared.hash.clone());
             entry.delivered_at = Some(now);
+        } else if d.result == DeliveryResult::Fenced {
+            tracing::warn!(service = %service.name, node = %d.node, error = d.error.as_deref().unwrap_or(""), "rule delivery fenced: not the leader");
         } else {
             tracing::warn!(service = %service.name, node = %d.node, error = d.error.as_deref().unwrap_or(""), "rule delivery failed; retried next pass");
         }
@@ -102,6 +130,7 @@ async fn local(
     rules: &Rules,
     prepared: &Prepared,
     due: Vec<(String, bool)>,
+    epoch: Option<u64>,
     cancel: &CancellationToken,
 ) -> Vec<RulesDelivery> {
     let (dir, url) = (
@@ -116,11 +145,12 @@ async fn local(
                     return failed(node, "cancelled by shutdown".into());
                 }
                 let done = node_dir(&dir, &node, &name)
-                    .and_then(|d| copy_set(&d, &files))
+                    .map_err(FenceError::Io)
+                    .and_then(|d| copy_fenced(&d, &files, epoch))
                     .and_then(|changed| match &url {
-                        Some(u) if changed || reload_owed => {
-                            reload(&u.replace("{node}", &node)).map(|()| changed)
-                        }
+                        Some(u) if changed || reload_owed => reload(&u.replace("{node}", &node))
+                            .map(|()| changed)
+                            .map_err(FenceError::Io),
                         _ => Ok(changed),
                     });
                 match done {
@@ -133,12 +163,30 @@ async fn local(
                         },
                         error: None,
                     },
-                    Err(e) => failed(node, e),
+                    Err(e @ FenceError::Fenced { .. }) => RulesDelivery {
+                        node,
+                        result: DeliveryResult::Fenced,
+                        error: Some(e.to_string()),
+                    },
+                    Err(FenceError::Io(e)) => failed(node, e),
                 }
             })
             .collect()
     });
     task.await.unwrap_or_default()
+}
+
+/// [`copy_set`]; under `ha:` only if no newer leader wrote `dir` (the
+/// epoch marker beside the manifest).
+fn copy_fenced(
+    dir: &Path,
+    files: &[(super::RuleFile, Vec<u8>)],
+    epoch: Option<u64>,
+) -> Result<bool, FenceError> {
+    match epoch {
+        Some(epoch) => write_fenced(&dir.join(MANIFEST), epoch, || copy_set(dir, files)),
+        None => copy_set(dir, files).map_err(FenceError::Io),
+    }
 }
 
 fn failed(node: String, error: String) -> RulesDelivery {
@@ -223,6 +271,12 @@ fn reload(url: &str) -> Result<(), String> {
     ))
 }
 
+/// The nodes a delivery is due to, and the `ha:` epoch it carries.
+struct Due<'a> {
+    nodes: &'a [(String, bool)],
+    epoch: Option<u64>,
+}
+
 /// `push: ansible`: one run of the rules playbook for every due node.
 async fn ansible(
     settings: &AnsiblePush,
@@ -230,7 +284,7 @@ async fn ansible(
     rules: &Rules,
     store: &Path,
     prepared: &Prepared,
-    due: &[(String, bool)],
+    due: Due<'_>,
     cancel: &CancellationToken,
 ) -> Vec<RulesDelivery> {
     let mut run = settings.clone();
@@ -256,13 +310,13 @@ async fn ansible(
         }
     }
     let batch: Vec<Delivery> = due
+        .nodes
         .iter()
         .map(|(node, _)| Delivery {
             node: node.clone(),
             file: store.to_path_buf(),
             file_name: String::new(),
-            // Rule deliveries are not fenced by the `ha:` epoch (yet).
-            epoch: None,
+            epoch: due.epoch,
         })
         .collect();
     let report = crate::push::ansible::run_batch(&run, service, &batch, cancel).await;
@@ -309,6 +363,21 @@ mod tests {
         left.sort();
         assert_eq!(left, [MANIFEST, "a.yml", "theirs.yml"]);
         assert_eq!(std::fs::read(dir.join("a.yml")).unwrap(), b"A2");
+    }
+
+    #[test]
+    fn a_newer_epoch_in_the_directory_refuses_the_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rules");
+        assert!(copy_fenced(&dir, &[file("a.yml", "A")], Some(7)).unwrap());
+        let stale = copy_fenced(&dir, &[file("a.yml", "old")], Some(6));
+        assert!(
+            matches!(stale, Err(FenceError::Fenced { held: 7, epoch: 6, .. })),
+            "{stale:?}"
+        );
+        assert_eq!(std::fs::read(dir.join("a.yml")).unwrap(), b"A");
+        assert!(copy_fenced(&dir, &[file("a.yml", "new")], Some(8)).unwrap());
+        assert_eq!(std::fs::read(dir.join("a.yml")).unwrap(), b"new");
     }
 
     #[test]
