@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::pass::{PassError, PassReport};
 use crate::push::DeliveryResult;
@@ -42,6 +42,136 @@ pub fn pass_outcome(result: &Result<PassReport, PassError>) -> (&'static str, Op
         Err(e @ PassError::AllNodesDown { .. }) => ("all_nodes_down", Some(e.to_string())),
         Err(e) => ("failed", Some(e.to_string())),
     }
+}
+
+/// Every metric's name (after the `promshard_` prefix) and help text, in
+/// the order `/metrics` lists them.
+const HELP: &[(&str, &str)] = &[
+    ("pass_duration_seconds", "Duration of a service pass"),
+    (
+        "passes",
+        "Passes by service and result (ok, failed, refused)",
+    ),
+    (
+        "targets",
+        "Valid targets of a service in its last good pass",
+    ),
+    ("node_targets", "Targets assigned to a node"),
+    (
+        "invalid_targets",
+        "Invalid targets skipped in the last pass",
+    ),
+    ("script_errors", "Script failures by service and kind"),
+    ("script_reloads", "Script recompilations by result"),
+    ("config_reloads", "Config reloads by result"),
+    (
+        "files_written",
+        "sd files rewritten because their content changed",
+    ),
+    ("deliveries", "Deliveries by service, node and result"),
+    (
+        "mass_drop_refusals",
+        "Passes refused by the mass-drop guard",
+    ),
+    (
+        "last_success_timestamp_seconds",
+        "Unix time of the last successful pass",
+    ),
+    (
+        "node_up",
+        "1 if the node is in the ring (healthy), 0 if not",
+    ),
+    (
+        "membership_changes",
+        "Node membership changes (health checks) by service and direction (up, down)",
+    ),
+    (
+        "live_nodes",
+        "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
+    ),
+    (
+        "delivery_run_duration_seconds",
+        "Duration of one batched delivery run (e.g. ansible-playbook)",
+    ),
+    (
+        "node_weight",
+        "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
+    ),
+    (
+        "oversized_targets",
+        "Targets heavier than a node's fair share of the weight, each placed whole",
+    ),
+    (
+        "affinity_groups",
+        "Affinity groups placed (affinity:), targets lacking a label of the template included",
+    ),
+    (
+        "affinity_ungrouped_targets",
+        "Targets lacking a label of the affinity template, each placed by its own address",
+    ),
+    (
+        "oversized_groups",
+        "Affinity groups heavier than a node's fair share, each placed whole",
+    ),
+    (
+        "audit_targets",
+        "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
+    ),
+    (
+        "node_series",
+        "Series the service's targets feed into each node (summed scrape samples after relabelling)",
+    ),
+    (
+        "node_head_series",
+        "Series in each observed Prometheus's head block, all jobs",
+    ),
+    (
+        "observe_errors",
+        "Observations of a node that failed (timeout, refused, bad answer)",
+    ),
+    (
+        "observe_duration_seconds",
+        "Duration of one observation of every node of a service",
+    ),
+    (
+        "rule_files",
+        "Rule files in effect for every node of a service",
+    ),
+    (
+        "rule_files_refused",
+        "Rule files the last pass refused (validation failed or unreadable; the last good version stays)",
+    ),
+    (
+        "rule_deliveries",
+        "Deliveries of a service's rule set to a node, by result",
+    ),
+    (
+        "leader",
+        "1 on the instance that is the elected leader (ha:), else 0",
+    ),
+    (
+        "ha_role",
+        "1 for this instance's role in the ha: cluster (leader or standby)",
+    ),
+    (
+        "ha_epoch",
+        "The epoch this instance leads with (ha:); absent on a standby",
+    ),
+];
+
+/// Register `metric` under `name` with its text from [`HELP`].
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &'static str, metric: M) -> M {
+    let help = HELP
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
+        .unwrap_or_else(|| panic!("metric {name} has no HELP entry"));
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+fn histograms() -> Family<LabelSet, Histogram, fn() -> Histogram> {
+    Family::new_with_constructor(pass_histogram)
 }
 
 /// Every `result` [`pass_outcome`] can give.
@@ -93,186 +223,51 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("promshard");
-        let m = Self {
-            pass_duration: Family::new_with_constructor(pass_histogram),
-            passes: Family::default(),
-            targets: Family::default(),
-            node_targets: Family::default(),
-            invalid_targets: Family::default(),
-            script_errors: Family::default(),
-            script_reloads: Family::default(),
-            config_reloads: Family::default(),
-            files_written: Family::default(),
-            deliveries: Family::default(),
-            mass_drop_refusals: Family::default(),
-            last_success: Family::default(),
-            node_up: Family::default(),
-            membership_changes: Family::default(),
-            live_nodes: Family::default(),
-            delivery_run_duration: Family::new_with_constructor(pass_histogram),
-            audit_targets: Family::default(),
-            node_weight: Family::default(),
-            oversized_targets: Family::default(),
-            affinity_groups: Family::default(),
-            affinity_ungrouped_targets: Family::default(),
-            oversized_groups: Family::default(),
-            node_series: Family::default(),
-            node_head_series: Family::default(),
-            observe_errors: Family::default(),
-            observe_duration: Family::new_with_constructor(pass_histogram),
-            rules: Default::default(),
-            leader: Family::default(),
-            ha_role: Family::default(),
-            ha_epoch: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "pass_duration_seconds",
-            "Duration of a service pass",
-            m.pass_duration.clone(),
-        );
-        registry.register(
-            "passes",
-            "Passes by service and result (ok, failed, refused)",
-            m.passes.clone(),
-        );
-        registry.register(
-            "targets",
-            "Valid targets of a service in its last good pass",
-            m.targets.clone(),
-        );
-        registry.register(
-            "node_targets",
-            "Targets assigned to a node",
-            m.node_targets.clone(),
-        );
-        registry.register(
-            "invalid_targets",
-            "Invalid targets skipped in the last pass",
-            m.invalid_targets.clone(),
-        );
-        registry.register(
-            "script_errors",
-            "Script failures by service and kind",
-            m.script_errors.clone(),
-        );
-        registry.register(
-            "script_reloads",
-            "Script recompilations by result",
-            m.script_reloads.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reloads by result",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "files_written",
-            "sd files rewritten because their content changed",
-            m.files_written.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Deliveries by service, node and result",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "mass_drop_refusals",
-            "Passes refused by the mass-drop guard",
-            m.mass_drop_refusals.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last successful pass",
-            m.last_success.clone(),
-        );
-        registry.register(
-            "node_up",
-            "1 if the node is in the ring (healthy), 0 if not",
-            m.node_up.clone(),
-        );
-        registry.register(
-            "membership_changes",
-            "Node membership changes (health checks) by service and direction (up, down)",
-            m.membership_changes.clone(),
-        );
-        registry.register(
-            "live_nodes",
-            "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
-            m.live_nodes.clone(),
-        );
-        registry.register(
-            "delivery_run_duration_seconds",
-            "Duration of one batched delivery run (e.g. ansible-playbook)",
-            m.delivery_run_duration.clone(),
-        );
-        registry.register(
-            "node_weight",
-            "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
-            m.node_weight.clone(),
-        );
-        registry.register(
-            "oversized_targets",
-            "Targets heavier than a node's fair share of the weight, each placed whole",
-            m.oversized_targets.clone(),
-        );
-        registry.register(
-            "affinity_groups",
-            "Affinity groups placed (affinity:), targets lacking a label of the template included",
-            m.affinity_groups.clone(),
-        );
-        registry.register(
-            "affinity_ungrouped_targets",
-            "Targets lacking a label of the affinity template, each placed by its own address",
-            m.affinity_ungrouped_targets.clone(),
-        );
-        registry.register(
-            "oversized_groups",
-            "Affinity groups heavier than a node's fair share, each placed whole",
-            m.oversized_groups.clone(),
-        );
-        registry.register(
-            "audit_targets",
-            "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
-            m.audit_targets.clone(),
-        );
-        registry.register(
-            "node_series",
-            "Series the service's targets feed into each node (summed scrape samples after relabelling)",
-            m.node_series.clone(),
-        );
-        registry.register(
-            "node_head_series",
-            "Series in each observed Prometheus's head block, all jobs",
-            m.node_head_series.clone(),
-        );
-        registry.register(
-            "observe_errors",
-            "Observations of a node that failed (timeout, refused, bad answer)",
-            m.observe_errors.clone(),
-        );
-        registry.register(
-            "observe_duration_seconds",
-            "Duration of one observation of every node of a service",
-            m.observe_duration.clone(),
-        );
-        m.rules.register(&mut registry);
-        registry.register(
-            "leader",
-            "1 on the instance that is the elected leader (ha:), else 0",
-            m.leader.clone(),
-        );
-        registry.register(
-            "ha_role",
-            "1 for this instance's role in the ha: cluster (leader or standby)",
-            m.ha_role.clone(),
-        );
-        registry.register(
-            "ha_epoch",
-            "The epoch this instance leads with (ha:); absent on a standby",
-            m.ha_epoch.clone(),
-        );
-        Self { registry, ..m }
+        Self {
+            pass_duration: register(&mut registry, "pass_duration_seconds", histograms()),
+            passes: register(&mut registry, "passes", Family::default()),
+            targets: register(&mut registry, "targets", Family::default()),
+            node_targets: register(&mut registry, "node_targets", Family::default()),
+            invalid_targets: register(&mut registry, "invalid_targets", Family::default()),
+            script_errors: register(&mut registry, "script_errors", Family::default()),
+            script_reloads: register(&mut registry, "script_reloads", Family::default()),
+            config_reloads: register(&mut registry, "config_reloads", Family::default()),
+            files_written: register(&mut registry, "files_written", Family::default()),
+            deliveries: register(&mut registry, "deliveries", Family::default()),
+            mass_drop_refusals: register(&mut registry, "mass_drop_refusals", Family::default()),
+            last_success: register(
+                &mut registry,
+                "last_success_timestamp_seconds",
+                Family::default(),
+            ),
+            node_up: register(&mut registry, "node_up", Family::default()),
+            membership_changes: register(&mut registry, "membership_changes", Family::default()),
+            live_nodes: register(&mut registry, "live_nodes", Family::default()),
+            delivery_run_duration: register(
+                &mut registry,
+                "delivery_run_duration_seconds",
+                histograms(),
+            ),
+            node_weight: register(&mut registry, "node_weight", Family::default()),
+            oversized_targets: register(&mut registry, "oversized_targets", Family::default()),
+            affinity_groups: register(&mut registry, "affinity_groups", Family::default()),
+            affinity_ungrouped_targets: register(
+                &mut registry,
+                "affinity_ungrouped_targets",
+                Family::default(),
+            ),
+            oversized_groups: register(&mut registry, "oversized_groups", Family::default()),
+            audit_targets: register(&mut registry, "audit_targets", Family::default()),
+            node_series: register(&mut registry, "node_series", Family::default()),
+            node_head_series: register(&mut registry, "node_head_series", Family::default()),
+            observe_errors: register(&mut registry, "observe_errors", Family::default()),
+            observe_duration: register(&mut registry, "observe_duration_seconds", histograms()),
+            rules: RuleMetrics::new(&mut registry),
+            leader: register(&mut registry, "leader", Family::default()),
+            ha_role: register(&mut registry, "ha_role", Family::default()),
+            ha_epoch: register(&mut registry, "ha_epoch", Family::default()),
+            registry,
+        }
     }
 
     /// Record an observation: audit counts, series per node, errors.
@@ -526,7 +521,6 @@ impl Metrics {
 /// Metrics of rule files (`rules:`): `promshard_rule_files` (files in
 /// effect), `promshard_rule_files_refused` (files the last pass refused)
 /// and `promshard_rule_deliveries_total{result}` (deliveries to nodes).
-#[derive(Default)]
 pub struct RuleMetrics {
     files: Family<LabelSet, Gauge>,
     refused: Family<LabelSet, Gauge>,
@@ -541,22 +535,12 @@ fn with_result(name: &str, result: DeliveryResult) -> LabelSet {
 }
 
 impl RuleMetrics {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "rule_files",
-            "Rule files in effect for every node of a service",
-            self.files.clone(),
-        );
-        registry.register(
-            "rule_files_refused",
-            "Rule files the last pass refused (validation failed or unreadable; the last good version stays)",
-            self.refused.clone(),
-        );
-        registry.register(
-            "rule_deliveries",
-            "Deliveries of a service's rule set to a node, by result",
-            self.deliveries.clone(),
-        );
+    fn new(registry: &mut Registry) -> Self {
+        Self {
+            files: register(registry, "rule_files", Family::default()),
+            refused: register(registry, "rule_files_refused", Family::default()),
+            deliveries: register(registry, "rule_deliveries", Family::default()),
+        }
     }
 
     /// Record the rules step of a pass.
@@ -587,6 +571,19 @@ impl RuleMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_help_entry_is_a_registered_metric() {
+        // Empty families are not encoded, so look for a second mention of
+        // each name: its registration in `new`.
+        let source = include_str!("metrics.rs");
+        for (name, _) in HELP {
+            assert!(
+                source.matches(&format!("\"{name}\"")).count() >= 2,
+                "{name} has help text but is never registered"
+            );
+        }
+    }
 
     #[test]
     fn encodes_with_prefix_and_total_suffix() {

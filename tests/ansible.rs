@@ -465,7 +465,11 @@ fn rules_playbook_is_fenced_by_the_epoch(f: &Fixture) {
     let config = promshard::config::Config::load(&f.path("promshard.yaml")).expect("config");
     let service = &config.services[0];
     let nodes: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
-    let marker = |node: &str| f.path("rules-dest").join(node).join("..promshard-rules.epoch");
+    let marker = |node: &str| {
+        f.path("rules-dest")
+            .join(node)
+            .join("..promshard-rules.epoch")
+    };
     fs::write(marker(NODES[0]), "9\n").expect("newer leader's marker");
     let step = |lease: Result<u64, String>| {
         let mut state = BTreeMap::new();
@@ -494,8 +498,15 @@ fn rules_playbook_is_fenced_by_the_epoch(f: &Fixture) {
         let got = rule_dir(f, &d.node);
         if fenced {
             let why = d.error.as_deref().unwrap_or_default();
-            assert!(why.starts_with("fenced:") && why.contains("epoch 9"), "{why}");
-            assert_eq!(got["a.yml"], RULE.as_bytes(), "the fenced node kept its file");
+            assert!(
+                why.starts_with("fenced:") && why.contains("epoch 9"),
+                "{why}"
+            );
+            assert_eq!(
+                got["a.yml"],
+                RULE.as_bytes(),
+                "the fenced node kept its file"
+            );
             assert_eq!(fs::read_to_string(marker(NODES[0])).unwrap(), "9\n");
         } else {
             assert!(String::from_utf8_lossy(&got["a.yml"]).contains("web3"));

@@ -95,7 +95,9 @@ pub async fn step(
                 error: Some(why.clone()),
             })
             .collect(),
-        (Push::Local { .. }, Ok(epoch)) => local(service, rules, &prepared, due, epoch, cancel).await,
+        (Push::Local { .. }, Ok(epoch)) => {
+            local(service, rules, &prepared, due, epoch, cancel).await
+        }
         (Push::Ansible(a), Ok(epoch)) => {
             let due = Due { nodes: &due, epoch };
             ansible(a, service, rules, &store, &prepared, due, cancel).await
@@ -372,7 +374,14 @@ mod tests {
         assert!(copy_fenced(&dir, &[file("a.yml", "A")], Some(7)).unwrap());
         let stale = copy_fenced(&dir, &[file("a.yml", "old")], Some(6));
         assert!(
-            matches!(stale, Err(FenceError::Fenced { held: 7, epoch: 6, .. })),
+            matches!(
+                stale,
+                Err(FenceError::Fenced {
+                    held: 7,
+                    epoch: 6,
+                    ..
+                })
+            ),
             "{stale:?}"
         );
         assert_eq!(std::fs::read(dir.join("a.yml")).unwrap(), b"A");
