@@ -103,26 +103,38 @@ pub async fn step(
             ansible(a, service, rules, &store, &prepared, due, cancel).await
         }
     };
+    record(service, state, &deliveries, &prepared, now);
+    report.deliveries = deliveries;
+    Some(report)
+}
+
+/// Remember per node which set it holds; log each failure and one summary.
+fn record(
+    service: &Service,
+    state: &mut BTreeMap<String, NodeRules>,
+    deliveries: &[RulesDelivery],
+    prepared: &Prepared,
+    now: u64,
+) {
     let changed = deliveries
         .iter()
         .filter(|d| d.result == DeliveryResult::Changed)
         .count();
     let failed = deliveries.iter().filter(|d| !d.result.is_success()).count();
-    for d in &deliveries {
+    for d in deliveries {
         let entry = state.entry(d.node.clone()).or_default();
         entry.last_result = Some(d.result.into());
+        let error = d.error.as_deref().unwrap_or("");
         if d.result.is_success() {
             entry.hash = Some(prepared.hash.clone());
             entry.delivered_at = Some(now);
         } else if d.result == DeliveryResult::Fenced {
-            tracing::warn!(service = %service.name, node = %d.node, error = d.error.as_deref().unwrap_or(""), "rule delivery fenced: not the leader");
+            tracing::warn!(service = %service.name, node = %d.node, error, "rule delivery fenced: not the leader");
         } else {
-            tracing::warn!(service = %service.name, node = %d.node, error = d.error.as_deref().unwrap_or(""), "rule delivery failed; retried next pass");
+            tracing::warn!(service = %service.name, node = %d.node, error, "rule delivery failed; retried next pass");
         }
     }
     tracing::info!(service = %service.name, files = prepared.files.len(), nodes = deliveries.len(), changed, failed, "rule files delivered");
-    report.deliveries = deliveries;
-    Some(report)
 }
 
 /// `push: local`: copy the set into each node's directory and reload it
