@@ -5,7 +5,8 @@
 //! live nodes (`membership`); `script` yields targets; the pure core
 //! (`shard`: validate, place, plan, render) decides who scrapes what;
 //! `pass` runs compute → guard → write (`store`) → deliver (`push`) →
-//! record (`store::state`). `observe` reads back what each server scrapes.
+//! record (`store::state`); `rules` checks rule files and delivers them to
+//! every node. `observe` reads back what each server scrapes.
 //! `daemon` runs passes on schedules and triggers; `cli` wires commands.
 //!
 //! Modules, lowest layer first (each uses only those before it):
@@ -23,6 +24,8 @@ pub mod config;
 pub mod script;
 
 pub mod push;
+
+pub mod rules;
 
 pub mod membership;
 

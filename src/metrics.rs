@@ -12,9 +12,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::pass::{PassError, PassReport};
+use crate::push::DeliveryResult;
+use crate::rules::RulesReport;
 
 type LabelSet = Vec<(&'static str, String)>;
 
@@ -40,6 +42,152 @@ pub fn pass_outcome(result: &Result<PassReport, PassError>) -> (&'static str, Op
         Err(e @ PassError::AllNodesDown { .. }) => ("all_nodes_down", Some(e.to_string())),
         Err(e) => ("failed", Some(e.to_string())),
     }
+}
+
+/// Every metric's name (after the `promshard_` prefix) and help text, in
+/// the order `/metrics` lists them.
+const HELP: &[(&str, &str)] = &[
+    ("pass_duration_seconds", "Duration of a service pass"),
+    (
+        "passes",
+        "Passes by service and result (ok, failed, refused)",
+    ),
+    (
+        "targets",
+        "Valid targets of a service in its last good pass",
+    ),
+    ("node_targets", "Targets assigned to a node"),
+    (
+        "invalid_targets",
+        "Invalid targets skipped in the last pass",
+    ),
+    ("script_errors", "Script failures by service and kind"),
+    ("script_reloads", "Script recompilations by result"),
+    ("config_reloads", "Config reloads by result"),
+    (
+        "files_written",
+        "sd files rewritten because their content changed",
+    ),
+    ("deliveries", "Deliveries by service, node and result"),
+    (
+        "mass_drop_refusals",
+        "Passes refused by the mass-drop guard",
+    ),
+    (
+        "last_success_timestamp_seconds",
+        "Unix time of the last successful pass",
+    ),
+    (
+        "node_up",
+        "1 if the node is in the ring (healthy), 0 if not",
+    ),
+    (
+        "membership_changes",
+        "Node membership changes (health checks) by service and direction (up, down)",
+    ),
+    (
+        "live_nodes",
+        "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
+    ),
+    (
+        "delivery_run_duration_seconds",
+        "Duration of one batched delivery run (e.g. ansible-playbook)",
+    ),
+    (
+        "node_weight",
+        "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
+    ),
+    (
+        "oversized_targets",
+        "Targets heavier than a node's fair share of the weight, each placed whole",
+    ),
+    (
+        "affinity_groups",
+        "Affinity groups placed (affinity:), targets lacking a label of the template included",
+    ),
+    (
+        "affinity_ungrouped_targets",
+        "Targets lacking a label of the affinity template, each placed by its own address",
+    ),
+    (
+        "oversized_groups",
+        "Affinity groups heavier than a node's fair share, each placed whole",
+    ),
+    (
+        "audit_targets",
+        "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
+    ),
+    (
+        "node_series",
+        "Series the service's targets feed into each node (summed scrape samples after relabelling)",
+    ),
+    (
+        "node_head_series",
+        "Series in each observed Prometheus's head block, all jobs",
+    ),
+    (
+        "observe_errors",
+        "Observations of a node that failed (timeout, refused, bad answer)",
+    ),
+    (
+        "observe_duration_seconds",
+        "Duration of one observation of every node of a service",
+    ),
+    (
+        "rule_files",
+        "Rule files in effect for every node of a service",
+    ),
+    (
+        "rule_files_refused",
+        "Rule files the last pass refused (validation failed or unreadable; the last good version stays)",
+    ),
+    (
+        "rule_deliveries",
+        "Deliveries of a service's rule set to a node, by result",
+    ),
+    (
+        "handover_seconds",
+        "How long a moving target was on both its old and its new node",
+    ),
+    (
+        "handover_timeouts",
+        "Handovers ended by handover_timeout, not by the new node's confirmation",
+    ),
+    (
+        "handovers_pending",
+        "Handovers waiting for the new node to confirm",
+    ),
+    (
+        "node_draining",
+        "1 while a drained node still holds targets, 0 once it holds none",
+    ),
+    (
+        "leader",
+        "1 on the instance that is the elected leader (ha:), else 0",
+    ),
+    (
+        "ha_role",
+        "1 for this instance's role in the ha: cluster (leader or standby)",
+    ),
+    (
+        "ha_epoch",
+        "The epoch this instance leads with (ha:); absent on a standby",
+    ),
+];
+
+/// Register `metric` under `name` with its text from [`HELP`].
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &'static str, metric: M) -> M {
+    let help = HELP
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
+        .unwrap_or_else(|| panic!("metric {name} has no HELP entry"));
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+fn histograms() -> Family<LabelSet, Histogram, fn() -> Histogram> {
+    Family::new_with_constructor(pass_histogram)
 }
 
 /// Every `result` [`pass_outcome`] can give.
@@ -76,6 +224,7 @@ pub struct Metrics {
     pub observe_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
     /// Handovers and drains.
     pub handover: HandoverMetrics,
+    pub rules: RuleMetrics,
     /// `ha:` only (absent without it).
     pub leader: Family<LabelSet, Gauge>,
     pub ha_role: Family<LabelSet, Gauge>,
@@ -92,185 +241,52 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("promshard");
-        let m = Self {
-            pass_duration: Family::new_with_constructor(pass_histogram),
-            passes: Family::default(),
-            targets: Family::default(),
-            node_targets: Family::default(),
-            invalid_targets: Family::default(),
-            script_errors: Family::default(),
-            script_reloads: Family::default(),
-            config_reloads: Family::default(),
-            files_written: Family::default(),
-            deliveries: Family::default(),
-            mass_drop_refusals: Family::default(),
-            last_success: Family::default(),
-            node_up: Family::default(),
-            membership_changes: Family::default(),
-            live_nodes: Family::default(),
-            delivery_run_duration: Family::new_with_constructor(pass_histogram),
-            audit_targets: Family::default(),
-            node_weight: Family::default(),
-            oversized_targets: Family::default(),
-            affinity_groups: Family::default(),
-            affinity_ungrouped_targets: Family::default(),
-            oversized_groups: Family::default(),
-            node_series: Family::default(),
-            node_head_series: Family::default(),
-            observe_errors: Family::default(),
-            observe_duration: Family::new_with_constructor(pass_histogram),
-            handover: HandoverMetrics::register(&mut registry),
-            leader: Family::default(),
-            ha_role: Family::default(),
-            ha_epoch: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "pass_duration_seconds",
-            "Duration of a service pass",
-            m.pass_duration.clone(),
-        );
-        registry.register(
-            "passes",
-            "Passes by service and result (ok, failed, refused)",
-            m.passes.clone(),
-        );
-        registry.register(
-            "targets",
-            "Valid targets of a service in its last good pass",
-            m.targets.clone(),
-        );
-        registry.register(
-            "node_targets",
-            "Targets assigned to a node",
-            m.node_targets.clone(),
-        );
-        registry.register(
-            "invalid_targets",
-            "Invalid targets skipped in the last pass",
-            m.invalid_targets.clone(),
-        );
-        registry.register(
-            "script_errors",
-            "Script failures by service and kind",
-            m.script_errors.clone(),
-        );
-        registry.register(
-            "script_reloads",
-            "Script recompilations by result",
-            m.script_reloads.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reloads by result",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "files_written",
-            "sd files rewritten because their content changed",
-            m.files_written.clone(),
-        );
-        registry.register(
-            "deliveries",
-            "Deliveries by service, node and result",
-            m.deliveries.clone(),
-        );
-        registry.register(
-            "mass_drop_refusals",
-            "Passes refused by the mass-drop guard",
-            m.mass_drop_refusals.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last successful pass",
-            m.last_success.clone(),
-        );
-        registry.register(
-            "node_up",
-            "1 if the node is in the ring (healthy), 0 if not",
-            m.node_up.clone(),
-        );
-        registry.register(
-            "membership_changes",
-            "Node membership changes (health checks) by service and direction (up, down)",
-            m.membership_changes.clone(),
-        );
-        registry.register(
-            "live_nodes",
-            "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
-            m.live_nodes.clone(),
-        );
-        registry.register(
-            "delivery_run_duration_seconds",
-            "Duration of one batched delivery run (e.g. ansible-playbook)",
-            m.delivery_run_duration.clone(),
-        );
-        registry.register(
-            "node_weight",
-            "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
-            m.node_weight.clone(),
-        );
-        registry.register(
-            "oversized_targets",
-            "Targets heavier than a node's fair share of the weight, each placed whole",
-            m.oversized_targets.clone(),
-        );
-        registry.register(
-            "affinity_groups",
-            "Affinity groups placed (affinity:), targets lacking a label of the template included",
-            m.affinity_groups.clone(),
-        );
-        registry.register(
-            "affinity_ungrouped_targets",
-            "Targets lacking a label of the affinity template, each placed by its own address",
-            m.affinity_ungrouped_targets.clone(),
-        );
-        registry.register(
-            "oversized_groups",
-            "Affinity groups heavier than a node's fair share, each placed whole",
-            m.oversized_groups.clone(),
-        );
-        registry.register(
-            "audit_targets",
-            "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
-            m.audit_targets.clone(),
-        );
-        registry.register(
-            "node_series",
-            "Series the service's targets feed into each node (summed scrape samples after relabelling)",
-            m.node_series.clone(),
-        );
-        registry.register(
-            "node_head_series",
-            "Series in each observed Prometheus's head block, all jobs",
-            m.node_head_series.clone(),
-        );
-        registry.register(
-            "observe_errors",
-            "Observations of a node that failed (timeout, refused, bad answer)",
-            m.observe_errors.clone(),
-        );
-        registry.register(
-            "observe_duration_seconds",
-            "Duration of one observation of every node of a service",
-            m.observe_duration.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 on the instance that is the elected leader (ha:), else 0",
-            m.leader.clone(),
-        );
-        registry.register(
-            "ha_role",
-            "1 for this instance's role in the ha: cluster (leader or standby)",
-            m.ha_role.clone(),
-        );
-        registry.register(
-            "ha_epoch",
-            "The epoch this instance leads with (ha:); absent on a standby",
-            m.ha_epoch.clone(),
-        );
-        Self { registry, ..m }
+        Self {
+            pass_duration: register(&mut registry, "pass_duration_seconds", histograms()),
+            passes: register(&mut registry, "passes", Family::default()),
+            targets: register(&mut registry, "targets", Family::default()),
+            node_targets: register(&mut registry, "node_targets", Family::default()),
+            invalid_targets: register(&mut registry, "invalid_targets", Family::default()),
+            script_errors: register(&mut registry, "script_errors", Family::default()),
+            script_reloads: register(&mut registry, "script_reloads", Family::default()),
+            config_reloads: register(&mut registry, "config_reloads", Family::default()),
+            files_written: register(&mut registry, "files_written", Family::default()),
+            deliveries: register(&mut registry, "deliveries", Family::default()),
+            mass_drop_refusals: register(&mut registry, "mass_drop_refusals", Family::default()),
+            last_success: register(
+                &mut registry,
+                "last_success_timestamp_seconds",
+                Family::default(),
+            ),
+            node_up: register(&mut registry, "node_up", Family::default()),
+            membership_changes: register(&mut registry, "membership_changes", Family::default()),
+            live_nodes: register(&mut registry, "live_nodes", Family::default()),
+            delivery_run_duration: register(
+                &mut registry,
+                "delivery_run_duration_seconds",
+                histograms(),
+            ),
+            node_weight: register(&mut registry, "node_weight", Family::default()),
+            oversized_targets: register(&mut registry, "oversized_targets", Family::default()),
+            affinity_groups: register(&mut registry, "affinity_groups", Family::default()),
+            affinity_ungrouped_targets: register(
+                &mut registry,
+                "affinity_ungrouped_targets",
+                Family::default(),
+            ),
+            oversized_groups: register(&mut registry, "oversized_groups", Family::default()),
+            audit_targets: register(&mut registry, "audit_targets", Family::default()),
+            node_series: register(&mut registry, "node_series", Family::default()),
+            node_head_series: register(&mut registry, "node_head_series", Family::default()),
+            observe_errors: register(&mut registry, "observe_errors", Family::default()),
+            observe_duration: register(&mut registry, "observe_duration_seconds", histograms()),
+            rules: RuleMetrics::new(&mut registry),
+            handover: HandoverMetrics::new(&mut registry),
+            leader: register(&mut registry, "leader", Family::default()),
+            ha_role: register(&mut registry, "ha_role", Family::default()),
+            ha_epoch: register(&mut registry, "ha_epoch", Family::default()),
+            registry,
+        }
     }
 
     /// Record an observation: audit counts, series per node, errors.
@@ -337,6 +353,9 @@ impl Metrics {
                 self.oversized_targets
                     .get_or_create(&service(name))
                     .set(r.oversized_count as i64);
+                if let Some(rules) = &r.rules {
+                    self.rules.record(name, rules);
+                }
                 if let Some(a) = &r.affinity {
                     let svc = service(name);
                     self.affinity_groups
@@ -414,6 +433,7 @@ impl Metrics {
         self.affinity_groups.remove(&svc);
         self.affinity_ungrouped_targets.remove(&svc);
         self.oversized_groups.remove(&svc);
+        self.rules.forget(name);
         let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
         for result in PASS_OUTCOMES {
             self.passes.remove(&with("result", result));
@@ -530,35 +550,18 @@ fn overlap_histogram() -> Histogram {
 }
 
 impl HandoverMetrics {
-    /// Create and register them.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = HandoverMetrics {
-            seconds: Family::new_with_constructor(overlap_histogram),
-            timeouts: Family::default(),
-            pending: Family::default(),
-            draining: Family::default(),
-        };
-        registry.register(
-            "handover_seconds",
-            "How long a moving target was on both its old and its new node",
-            m.seconds.clone(),
-        );
-        registry.register(
-            "handover_timeouts",
-            "Handovers ended by handover_timeout, not by the new node's confirmation",
-            m.timeouts.clone(),
-        );
-        registry.register(
-            "handovers_pending",
-            "Handovers waiting for the new node to confirm",
-            m.pending.clone(),
-        );
-        registry.register(
-            "node_draining",
-            "1 while a drained node still holds targets, 0 once it holds none",
-            m.draining.clone(),
-        );
-        m
+    fn new(registry: &mut Registry) -> Self {
+        let overlaps: fn() -> Histogram = overlap_histogram;
+        Self {
+            seconds: register(
+                registry,
+                "handover_seconds",
+                Family::new_with_constructor(overlaps),
+            ),
+            timeouts: register(registry, "handover_timeouts", Family::default()),
+            pending: register(registry, "handovers_pending", Family::default()),
+            draining: register(registry, "node_draining", Family::default()),
+        }
     }
 
     /// Record a pass's handovers; `before` is the previous pass's report
@@ -593,9 +596,72 @@ impl HandoverMetrics {
     }
 }
 
+/// Metrics of rule files (`rules:`): `promshard_rule_files` (files in
+/// effect), `promshard_rule_files_refused` (files the last pass refused)
+/// and `promshard_rule_deliveries_total{result}` (deliveries to nodes).
+pub struct RuleMetrics {
+    files: Family<LabelSet, Gauge>,
+    refused: Family<LabelSet, Gauge>,
+    deliveries: Family<LabelSet, Counter>,
+}
+
+fn with_result(name: &str, result: DeliveryResult) -> LabelSet {
+    vec![
+        ("service", name.to_string()),
+        ("result", result.as_str().into()),
+    ]
+}
+
+impl RuleMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        Self {
+            files: register(registry, "rule_files", Family::default()),
+            refused: register(registry, "rule_files_refused", Family::default()),
+            deliveries: register(registry, "rule_deliveries", Family::default()),
+        }
+    }
+
+    /// Record the rules step of a pass.
+    fn record(&self, name: &str, r: &RulesReport) {
+        self.files
+            .get_or_create(&service(name))
+            .set(r.files.len() as i64);
+        self.refused
+            .get_or_create(&service(name))
+            .set(r.problems.len() as i64);
+        for d in &r.deliveries {
+            self.deliveries
+                .get_or_create(&with_result(name, d.result))
+                .inc();
+        }
+    }
+
+    /// Drop the series of a removed service.
+    fn forget(&self, name: &str) {
+        self.files.remove(&service(name));
+        self.refused.remove(&service(name));
+        for result in DeliveryResult::ALL {
+            self.deliveries.remove(&with_result(name, result));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_help_entry_is_a_registered_metric() {
+        // Empty families are not encoded, so look for a second mention of
+        // each name: its registration in `new`.
+        let source = include_str!("metrics.rs");
+        for (name, _) in HELP {
+            assert!(
+                source.matches(&format!("\"{name}\"")).count() >= 2,
+                "{name} has help text but is never registered"
+            );
+        }
+    }
 
     #[test]
     fn encodes_with_prefix_and_total_suffix() {
@@ -678,6 +744,21 @@ mod tests {
                     &crate::shard::affinity::Affinity::parse("{labels.app}").unwrap(),
                 )),
             }),
+            rules: Some(crate::rules::RulesReport {
+                files: Vec::new(),
+                problems: vec![crate::rules::RuleProblem {
+                    file: "r.yml".into(),
+                    line: Some(3),
+                    message: "bad".into(),
+                }],
+                validated_with: "yaml",
+                hash: String::new(),
+                deliveries: vec![crate::rules::RulesDelivery {
+                    node: "n:1".into(),
+                    result: crate::push::DeliveryResult::Failed,
+                    error: None,
+                }],
+            }),
             assignment: Default::default(),
             sd: None,
             handover: None,
@@ -689,6 +770,9 @@ mod tests {
             "promshard_affinity_groups{service=\"s\"} 7",
             "promshard_affinity_ungrouped_targets{service=\"s\"} 2",
             "promshard_oversized_groups{service=\"s\"} 1",
+            "promshard_rule_files{service=\"s\"} 0",
+            "promshard_rule_files_refused{service=\"s\"} 1",
+            "promshard_rule_deliveries_total{service=\"s\",result=\"failed\"} 1",
         ] {
             assert!(text.contains(line), "{line}: {text}");
         }

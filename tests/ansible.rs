@@ -366,6 +366,171 @@ fn three_nodes_receive_their_own_files_then_an_unchanged_rerun_runs_no_playbook(
     );
 }
 
+const RULE: &str = "groups:\n  - name: web\n    rules:\n      - record: app:up:sum\n        expr: sum by (app) (up)\n";
+
+/// The rule files one node got, by name (the manifest included).
+fn rule_dir(f: &Fixture, node: &str) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(f.path("rules-dest").join(node))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, fs::read(e.path()).expect("read rule file"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs ansible-playbook"]
+fn rule_files_reach_every_node_through_the_shipped_rules_playbook_and_a_bad_edit_is_kept_out() {
+    let f = Fixture::new();
+    f.targets(12, None);
+    f.dest_dirs(&NODES);
+    f.write("rules/a.yml", RULE);
+    f.write("rules/b.yml", RULE.replace("name: web", "name: web2"));
+    let playbook = shipped_playbook().with_file_name("push_rules.yml");
+    let rules = format!(
+        "    rules: {{files: [rules/*.yml], dir: \"{}/rules-dest/{{node}}\", playbook: \"{}\"}}\n",
+        f.root.display(),
+        playbook.display()
+    );
+    f.config(&NODES, json!({"vars": {"create_rules_dir": true}}), &rules);
+    let first = f.once();
+    assert_eq!(first.code, Some(0), "{}", first.describe());
+    let report = &first.report["services"][0]["rules"];
+    assert_eq!(
+        report["deliveries"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    for node in NODES {
+        let got = rule_dir(&f, node);
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(names, [".promshard-rules", "a.yml", "b.yml"], "{node}");
+        assert_eq!(got["a.yml"], RULE.as_bytes(), "{node}");
+    }
+
+    // Nothing changed: no playbook run at all.
+    let second = f.once();
+    assert_eq!(second.code, Some(0), "{}", second.describe());
+    assert!(
+        second.report["services"][0]["rules"]["deliveries"].is_null(),
+        "{}",
+        second.describe()
+    );
+    assert!(
+        !second.stderr.contains("ansible-playbook run"),
+        "{}",
+        second.describe()
+    );
+
+    // a.yml broken, b.yml dropped: the nodes keep a.yml as it was, lose b.yml.
+    f.write("rules/a.yml", RULE.replace("    rules:", "   rules:"));
+    fs::remove_file(f.path("rules/b.yml")).expect("remove b.yml");
+    let third = f.once();
+    assert_eq!(
+        third.code,
+        Some(1),
+        "a refused rule file fails the run: {}",
+        third.describe()
+    );
+    let problem = &third.report["services"][0]["rules"]["problems"][0];
+    assert_eq!(
+        problem["file"],
+        f.path("rules/a.yml").to_string_lossy().as_ref(),
+        "{problem}"
+    );
+    assert_eq!(problem["line"], 3, "{problem}");
+    for node in NODES {
+        let got = rule_dir(&f, node);
+        let names: Vec<&str> = got.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [".promshard-rules", "a.yml"],
+            "{node}: {}",
+            third.describe()
+        );
+        assert_eq!(got["a.yml"], RULE.as_bytes(), "{node} kept the good a.yml");
+    }
+    rules_playbook_is_fenced_by_the_epoch(&f);
+}
+
+/// `ha:`: the rules playbook refuses a delivery older than the epoch
+/// marker in a node's rules directory, and an unconfirmed lease delivers
+/// nothing (the rules step is driven directly: `once` refuses `ha:`).
+fn rules_playbook_is_fenced_by_the_epoch(f: &Fixture) {
+    use promshard::push::DeliveryResult;
+    let config = promshard::config::Config::load(&f.path("promshard.yaml")).expect("config");
+    let service = &config.services[0];
+    let nodes: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+    let marker = |node: &str| {
+        f.path("rules-dest")
+            .join(node)
+            .join("..promshard-rules.epoch")
+    };
+    fs::write(marker(NODES[0]), "9\n").expect("newer leader's marker");
+    let step = |lease: Result<u64, String>| {
+        let mut state = BTreeMap::new();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(promshard::rules::step(
+            service,
+            &config.out_dir,
+            &nodes,
+            &mut state,
+            false,
+            Some(lease),
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("a rules report")
+    };
+    f.write("rules/a.yml", RULE.replace("name: web", "name: web3"));
+    let report = step(Ok(5));
+    for d in &report.deliveries {
+        let fenced = d.node == NODES[0];
+        let want = if fenced {
+            DeliveryResult::Fenced
+        } else {
+            DeliveryResult::Changed
+        };
+        assert_eq!(d.result, want, "{d:?}");
+        let got = rule_dir(f, &d.node);
+        if fenced {
+            let why = d.error.as_deref().unwrap_or_default();
+            assert!(
+                why.starts_with("fenced:") && why.contains("epoch 9"),
+                "{why}"
+            );
+            assert_eq!(
+                got["a.yml"],
+                RULE.as_bytes(),
+                "the fenced node kept its file"
+            );
+            assert_eq!(fs::read_to_string(marker(NODES[0])).unwrap(), "9\n");
+        } else {
+            assert!(String::from_utf8_lossy(&got["a.yml"]).contains("web3"));
+            assert_eq!(fs::read_to_string(marker(&d.node)).unwrap().trim(), "5");
+        }
+    }
+    assert_eq!(report.deliveries.len(), NODES.len());
+
+    // The lease is not confirmed: nothing runs, every node is fenced.
+    f.write("rules/a.yml", RULE.replace("name: web", "name: web4"));
+    let before: Vec<_> = NODES.iter().map(|n| rule_dir(f, n)).collect();
+    let report = step(Err("lease lost".into()));
+    assert!(
+        report
+            .deliveries
+            .iter()
+            .all(|d| d.result == DeliveryResult::Fenced && d.error.as_deref() == Some("lease lost")),
+        "{:?}",
+        report.deliveries
+    );
+    let after: Vec<_> = NODES.iter().map(|n| rule_dir(f, n)).collect();
+    assert_eq!(before, after, "no rule file changed without the lease");
+}
+
 #[test]
 #[ignore = "needs ansible-playbook"]
 fn changing_one_target_redelivers_only_its_node() {

@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "config",
     "script",
     "push",
+    "rules",
     "membership",
     "observe",
     "pass",
@@ -25,10 +26,7 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Functions allowed over 80 lines, each with the reason.
-const LONG_FUNCTIONS: &[(&str, &str)] = &[
-    ("push::run_batch", "to split"),
-    ("metrics::new", "to split"),
-];
+const LONG_FUNCTIONS: &[(&str, &str)] = &[];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

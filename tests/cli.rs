@@ -1199,3 +1199,30 @@ fn affinity_keeps_each_app_in_one_file_and_shard_label_names_the_node() {
         .json();
     assert_eq!(answer["services"][0]["group"], "app-7", "{answer:#}");
 }
+
+/// `rules:` at the top level: `check` validates every rule file and names a
+/// broken one by file and line; `plan` lists what every node would get and
+/// what is refused, and writes nothing.
+#[test]
+fn check_and_plan_show_rule_files_and_name_a_broken_one_by_file_and_line() {
+    let dir = one_service(2, "", &fleet(10));
+    let config = String::from_utf8(dir.read("promshard.yaml")).unwrap();
+    dir.config(&format!("rules: [\"rules/*.yml\"]\n{config}"));
+    dir.write(
+        "rules/a.yml",
+        "groups:\n  - name: a\n    rules:\n      - record: x:up:sum\n        expr: sum(up)\n",
+    );
+    dir.write("rules/b.yml", "groups:\n  - name: b\n   rules: []\n");
+    let check = dir.run(&["check"]).failure();
+    check.stderr_has(&[&format!("{}:3: ", dir.join("rules/b.yml").display())]);
+    let plan = dir.run(&["plan"]).failure();
+    plan.stdout_has(&["rules: 1 file(s) for every node", "a.yml", "REFUSED"]);
+    assert!(
+        !dir.join("out/.promshard/rules").exists(),
+        "plan kept no copies"
+    );
+    dir.write("rules/b.yml", "groups: []\n");
+    dir.run(&["check"])
+        .success()
+        .stdout_has(&["ok: rules of service svc: 2 file(s) valid"]);
+}

@@ -304,6 +304,11 @@ async fn pass_command(
                 tracing::error!(service = %service.name, error = %e, "pass failed after changing files");
             }
         }
+        if let Ok(r) = &result
+            && r.rules.as_ref().is_some_and(|x| !x.is_ok())
+        {
+            all_ok = false;
+        }
         outcomes.push((service.name.clone(), result));
     }
     if args.json {
@@ -489,6 +494,9 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
                     s.schedule
                 );
                 if args.run && !check_run(s, &script, &sandbox) {
+                    ok = false;
+                }
+                if !crate::rules::check_command(s) {
                     ok = false;
                 }
             }

@@ -32,6 +32,9 @@ pub(super) fn print_table(r: &PassReport) {
         println!("  left the ring: {} ({})", d.node, d.result.as_str());
     }
     print_oversized(r);
+    if let Some(rules) = &r.rules {
+        rules.print();
+    }
     println!();
 }
 

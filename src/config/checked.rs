@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::RawService;
+use super::rules::Rules;
 use crate::shard::affinity::Affinity;
 use crate::shard::names::{FileNaming, FileType};
 use crate::shard::placement::{NodeSpec, PlacementSettings};
@@ -139,6 +140,8 @@ pub struct Service {
     pub shard_label: Option<String>,
     /// How targets move between nodes (`handover:`, `handover_timeout:`).
     pub handover: super::handover::Settings,
+    /// Rule files delivered to every node (`rules:`; see the `rules` module).
+    pub rules: Option<Rules>,
 }
 
 /// `weights: {from: series}`: each target weighs the series it feeds, as

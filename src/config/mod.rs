@@ -31,6 +31,7 @@ pub mod duration;
 pub mod ha;
 pub mod handover;
 pub mod raw;
+pub mod rules;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use checked::{
     Service,
 };
 pub use duration::{DEFAULT_SCHEDULE, parse_duration, parse_schedule};
+pub use rules::Rules;
 pub use service::{check_node_addr, nodes_from_json};
 pub use text::{MAX_CONFIG_BYTES, MAX_CONFIG_NESTING};
 pub use validate::{MAX_SERVICE_NAME, check_service_name};

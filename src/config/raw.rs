@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::rules::{RawRules, inherit};
 use crate::shard::placement::PlacementSettings;
 
 /// The whole file.
@@ -42,6 +43,9 @@ pub(super) struct RawConfig {
     pub env_allowlist: Option<Vec<String>>,
     #[serde(default)]
     pub services: Vec<RawService>,
+    /// Rule files for every service, like `defaults: {rules: …}`.
+    #[serde(default)]
+    pub rules: Option<RawRules>,
     /// Leader election on etcd (`config::ha`); absent: one instance.
     #[serde(default)]
     pub ha: Option<super::ha::RawHa>,
@@ -108,6 +112,7 @@ pub(super) struct RawService {
     pub handover: Option<String>,
     #[serde(default)]
     pub handover_timeout: Option<String>,
+    pub rules: Option<RawRules>,
 }
 
 impl RawService {
@@ -142,6 +147,7 @@ impl RawService {
         or(&mut self.shard_label, &d.shard_label);
         or(&mut self.handover, &d.handover);
         or(&mut self.handover_timeout, &d.handover_timeout);
+        self.rules = inherit(self.rules.take(), &d.rules);
         self
     }
 }

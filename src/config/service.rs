@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::duration::{DEFAULT_SCHEDULE, parse_duration, parse_schedule};
 use super::raw::{RawAnsible, RawHealth, RawNode, RawObserve, RawPush, RawService, RawWeights};
+use super::rules::check_rules;
 use super::validate::{
     Problems, check_service_name, check_shard_label, duration_at_least, duration_not_zero,
     fraction, in_range,
@@ -75,6 +76,10 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
     if let Some(label) = &rs.shard_label {
         p.check("shard_label", check_shard_label(label));
     }
+    let rules = rs
+        .rules
+        .as_ref()
+        .map(|r| check_rules(r, base_dir, &push, p));
     if weights.is_some() {
         // Only bounded placement uses target weights.
         ring.balance = Balance::Bounded;
@@ -101,6 +106,7 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
         affinity,
         shard_label: rs.shard_label,
         handover,
+        rules,
     }
 }
 

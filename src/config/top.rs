@@ -8,13 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::raw::{RawConfig, RawLimits, RawService};
+use super::rules::inherit;
 use super::service::check_service;
 use super::validate::{Problems, check_out_dir, duration_not_zero, positive};
 use super::{Config, ConfigProblem, Limits, Service};
 
 /// Check a parsed file read from `path`: every problem, or the config.
-pub(super) fn check_config(path: &Path, raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
+pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     let base_dir = config_dir(path);
+    // Top-level rules go to every service, drop-ins too, like `defaults:`.
+    raw.defaults.rules = inherit(raw.defaults.rules.take(), &raw.rules);
     let mut p = Problems::default();
     let listen = p.take(
         "listen",

@@ -1,7 +1,8 @@
 //! The HTTP API (axum): `/metrics`, `/healthz`, `/readyz`,
 //! `/api/v1/services[/{name}/plan|audit]`, `/api/v1/where`,
 //! `POST /api/v1/services/{name}/dispatch`, `/sd/{service}/{node}` for
-//! Prometheus `http_sd_configs`, and the status page at `/`.
+//! Prometheus `http_sd_configs`, `/rules/{service}[/{file}]` (rule files
+//! for nodes that pull them), and the status page at `/`.
 //!
 //! Reads only: every handler looks at [`Shared`] (`/sd` at the plan of the
 //! last successful pass, kept in memory); the one mutating call only wakes a
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{ServiceStatus, Shared};
 use crate::observe;
+use crate::rules::source::{read_stored, store_dir, stored_set};
 
 type App = State<Arc<Shared>>;
 
@@ -44,6 +46,8 @@ pub async fn serve(
         .route("/api/v1/nodes/{node}/undrain", post(undrain))
         .route("/", get(status_page))
         .route("/sd/{service}/{node}", get(http_sd))
+        .route("/rules/{service}", get(rules_list))
+        .route("/rules/{service}/{file}", get(rules_file))
         .with_state(shared);
     let served = axum::serve(
         listener,
@@ -419,6 +423,61 @@ async fn http_sd(State(shared): App, Path((service, node)): Path<(String, String
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("service {service:?} has no node {node:?}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The good copies of `service`'s rule files, if it runs with `rules:`.
+async fn rules_store(shared: &Shared, service: &str) -> Result<std::path::PathBuf, Response> {
+    match shared.service(service).await {
+        Some(s) if s.rules.is_some() => Ok(store_dir(&shared.config().out_dir, service)),
+        Some(_) => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("service {service:?} has no rules"),
+        )),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no service {service:?}"),
+        )),
+    }
+}
+
+/// `GET /rules/{service}`: `{"files": [{"name", "hash"}], "hash"}`, the
+/// set in effect (a puller fetches the files when the hash changed).
+/// Answered from the good copies, which passes replace atomically.
+async fn rules_list(State(shared): App, Path(service): Path<String>) -> Response {
+    let dir = match rules_store(&shared, &service).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match tokio::task::spawn_blocking(move || stored_set(&dir)).await {
+        Ok((files, hash)) => {
+            let files: Vec<_> = files
+                .iter()
+                .map(|(name, hash)| serde_json::json!({"name": name, "hash": hash}))
+                .collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"files": files, "hash": hash}),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /rules/{service}/{file}`: one rule file, its last good version.
+async fn rules_file(State(shared): App, Path((service, file)): Path<(String, String)>) -> Response {
+    let dir = match rules_store(&shared, &service).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let name = file.clone();
+    match tokio::task::spawn_blocking(move || read_stored(&dir, &name)).await {
+        Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/yaml")], bytes).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("service {service:?} has no rule file {file:?}"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

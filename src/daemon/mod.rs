@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::config::{Config, Service};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::rules::watch::RulesWatch;
 use crate::script::ScriptCache;
 use crate::shard::weights::Weights;
 use crate::shutdown::Shutdown;
@@ -123,6 +124,12 @@ impl Shared {
     pub async fn service(&self, name: &str) -> Option<Arc<Service>> {
         let runners = self.runners.lock().await;
         runners.get(name).map(|r| Arc::clone(&r.service))
+    }
+
+    /// The running settings of every service (drop-ins included).
+    async fn running(&self) -> Vec<Arc<Service>> {
+        let runners = self.runners.lock().await;
+        runners.values().map(|r| Arc::clone(&r.service)).collect()
     }
 
     /// Whether every service has had a successful pass and has a live node.
@@ -281,10 +288,15 @@ impl Shared {
         });
     }
 
-    /// Apply SIGHUP, config file edits and script edits until shutdown.
+    /// Apply SIGHUP, config file edits, script and rule file edits until
+    /// shutdown.
     async fn watch_until_shutdown(self: &Arc<Self>, hangup: &mut tokio::signal::unix::Signal) {
         let (script_tx, mut script_rx) = mpsc::unbounded_channel();
         let mut script_watch = start_script_watch(self, &self.config(), &script_tx);
+        // Rule files: a change wakes the services that deliver them.
+        let (rules_tx, mut rules_rx) = mpsc::unbounded_channel();
+        let mut rules_watch =
+            RulesWatch::start(&self.running().await, rules_tx.clone(), &self.shutdown);
         let (config_tx, mut config_rx) = mpsc::unbounded_channel();
         let _config_watcher = watch_config(&self.config_path, config_tx)
             .map_err(
@@ -303,7 +315,12 @@ impl Shared {
                     self.reload_config("file change").await;
                 }
                 Some(event) = script_rx.recv() => self.script_changed(event).await,
+                Some(name) = rules_rx.recv() => {
+                    self.trigger(&name, "rule file change").await;
+                }
             }
+            // A reload may have changed the services' rule files.
+            rules_watch.refresh(&self.running().await, rules_tx.clone(), &self.shutdown);
             // A reload may have moved scripts_dir or added script directories.
             let config = self.config();
             if crate::script::watch::watch_dirs(&config) != watched {

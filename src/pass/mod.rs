@@ -6,9 +6,11 @@
 //!    directory holding only files promshard wrote, and the mass-drop rule.
 //! 3. **write** (`write::write_files`): each node's file rendered, written
 //!    when its content changed, stale files removed.
-//! 4. **deliver** (`deliver`): changed files pushed; nodes that left get
+//! 4. **rules** (`crate::rules`): with `rules:`, the rule files checked
+//!    and brought to every planned node (a dry run checks only).
+//! 5. **deliver** (`deliver`): changed files pushed; nodes that left get
 //!    an empty one.
-//! 5. **record**: the state saved, the report logged as one summary line.
+//! 6. **record**: the state saved, the report logged as one summary line.
 //!
 //! The nodes arrive resolved (script or config, then health): a pass never
 //! probes. CPU work and file I/O run on the blocking pool, so the runtime
@@ -173,6 +175,15 @@ pub async fn run_pass(
         options.dry_run,
     );
     report.handover = handover;
+    report.rules = rules_step(
+        &input,
+        &out_dir,
+        &report,
+        &mut guarded.state,
+        options,
+        cancel,
+    )
+    .await;
     if options.dry_run {
         report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -314,7 +325,28 @@ async fn write_step(
     Ok((computed, emitted?))
 }
 
-/// Step 5: remember what was done, and release the lock.
+/// Step 4: the rule files of every planned node (`None` without `rules:`).
+/// Under `ha:` the lease is confirmed first, as for the sd files.
+async fn rules_step(
+    input: &PassInput<'_>,
+    out_dir: &Path,
+    report: &PassReport,
+    state: &mut ServiceState,
+    options: PassOptions,
+    cancel: &CancellationToken,
+) -> Option<crate::rules::RulesReport> {
+    let service = input.service;
+    service.rules.as_ref()?;
+    let lease = match &input.fence {
+        Some(f) if !options.dry_run => Some((f.confirm)().await.map(|()| f.epoch)),
+        _ => None,
+    };
+    let planned: Vec<String> = report.nodes.iter().map(|n| n.node.clone()).collect();
+    let (rules, dry_run) = (&mut state.rules, options.dry_run);
+    crate::rules::step(service, out_dir, &planned, rules, dry_run, lease, cancel).await
+}
+
+/// Step 6: remember what was done, and release the lock.
 async fn record(
     out_dir: &Path,
     service: &Service,

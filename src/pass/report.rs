@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::config::Service;
 use crate::push::{DeliveryResult, NodeDelivery};
+use crate::rules::RulesReport;
 use crate::shard::assignment::Assignment;
 use crate::shard::names::FileType;
 use crate::shard::plan::{AffinityPlan, Plan};
@@ -84,6 +85,9 @@ pub struct PassReport {
     /// targets, oversized groups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity: Option<AffinityPlan>,
+    /// Rule files checked and delivered to every node (`rules:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesReport>,
     /// Target → nodes, for `where`, the audit and the status page.
     #[serde(skip)]
     pub assignment: Arc<Assignment>,
@@ -197,6 +201,7 @@ impl PassReport {
             oversized_count: oversized.len(),
             deferred_moves: computed.plan.deferred_moves,
             affinity: computed.plan.affinity.clone(),
+            rules: None,
             assignment: Arc::clone(&computed.assignment),
             sd: None,
             handover: None,

@@ -1,10 +1,8 @@
 //! `push: ansible`: deliver a pass's files with one batched
 //! `ansible-playbook` run per service pass.
 //!
-//! The seed started one `ansible-playbook` per node per minute, unbounded
-//! and overlapping, and only logged errors. Here every node that needs its
-//! file (the pass decides which) becomes one host of a generated inventory,
-//! and a single `ansible-playbook -i <inventory> <playbook> --forks N`
+//! Every node that needs its file (the pass decides which) becomes one host
+//! of a generated inventory, and a single `ansible-playbook -i <inventory> <playbook> --forks N`
 //! delivers them all. Per-host outcomes come from the `PLAY RECAP` of the
 //! built-in `default` stdout callback (ansible-core ships no JSON stdout
 //! callback), and hosts that failed or were unreachable are retried, alone,
@@ -25,8 +23,8 @@
 //!   whole process tree is found through `/proc`, stopped, and killed group
 //!   by group; the child is always reaped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -267,6 +265,21 @@ enum Ended {
     WaitFailed(std::io::Error),
 }
 
+impl Ended {
+    /// `exit 0`, `exit 2`, `timeout`, `cancelled`, … for logs and reports.
+    fn describe(&self) -> String {
+        match self {
+            Ended::Exited(s) => match s.code() {
+                Some(c) => format!("exit {c}"),
+                None => format!("{s}"),
+            },
+            Ended::TimedOut => "timeout".into(),
+            Ended::Cancelled => "cancelled".into(),
+            Ended::WaitFailed(e) => format!("wait failed: {e}"),
+        }
+    }
+}
+
 /// What one run produced.
 struct RunOutput {
     ended: Ended,
@@ -466,52 +479,19 @@ pub async fn run_batch(
     batch: &[Delivery],
     cancel: &CancellationToken,
 ) -> BatchReport {
-    let mut report = BatchReport::default();
     if batch.is_empty() {
-        return report;
+        return BatchReport::default();
     }
-    let fail_all = |msg: String| BatchReport {
-        nodes: batch
-            .iter()
-            .map(|d| NodeDelivery {
-                node: d.node.clone(),
-                result: DeliveryResult::Failed,
-                attempts: 0,
-                error: Some(msg.clone()),
-            })
-            .collect(),
-        runs: Vec::new(),
-    };
-    let tmp = match tempfile::Builder::new()
-        .prefix("promshard-ansible-")
-        .tempdir()
-    {
-        Ok(t) => t,
-        Err(e) => return fail_all(format!("cannot create a temp dir for the inventory: {e}")),
-    };
-    let local_tmp = tmp.path().join("ansible-local");
-    if let Err(e) = std::fs::create_dir(&local_tmp) {
-        return fail_all(format!("{}: {e}", local_tmp.display()));
-    }
-    let aliases: Vec<String> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, d)| host_alias(i, &d.node))
-        .collect();
-    let vars: Vec<Map<String, Value>> = batch
-        .iter()
-        .map(|d| host_vars(settings, service, d))
-        .collect();
-    let mut results: Vec<NodeDelivery> = batch
-        .iter()
-        .map(|d| NodeDelivery {
-            node: d.node.clone(),
-            result: DeliveryResult::Failed,
-            attempts: 0,
-            error: Some("not attempted".into()),
-        })
-        .collect();
+    let mut hosts = Hosts::new(settings, service, batch);
     let mut pending: Vec<usize> = (0..batch.len()).collect();
+    let work = match Workspace::new() {
+        Ok(w) => w,
+        Err(e) => {
+            hosts.fail(&pending, &e);
+            return hosts.report(Vec::new());
+        }
+    };
+    let mut runs = Vec::new();
     for attempt in 1..=settings.retries + 1 {
         if attempt > 1 {
             let wait = backoff(attempt - 1);
@@ -522,135 +502,262 @@ pub async fn run_batch(
             }
         }
         if cancel.is_cancelled() {
-            for &i in &pending {
-                results[i].error = Some("cancelled by shutdown".into());
-            }
+            hosts.fail(&pending, "cancelled by shutdown");
             break;
         }
-        let hosts: Vec<(&str, Map<String, Value>)> = pending
-            .iter()
-            .map(|&i| (aliases[i].as_str(), vars[i].clone()))
-            .collect();
-        let inv_path = tmp.path().join(format!("inventory-{attempt}.json"));
-        let written = serde_json::to_vec_pretty(&inventory(&hosts))
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&inv_path, b));
-        if let Err(e) = written {
-            for &i in &pending {
-                results[i].error = Some(format!("writing {}: {e}", inv_path.display()));
-            }
-            break;
-        }
-        let forks = settings.forks.min(pending.len()).max(1);
-        let started = Instant::now();
-        let run = run_playbook(settings, &inv_path, &local_tmp, forks, cancel).await;
-        let duration = started.elapsed();
-        for &i in &pending {
-            results[i].attempts = attempt;
-        }
-        let output = match run {
-            Ok(o) => o,
-            Err(e) => {
-                // Not transient: the program is missing or not executable.
-                tracing::error!(service = %service.name, error = %e, "ansible-playbook did not start");
-                for &i in &pending {
-                    results[i].error = Some(e.clone());
-                }
-                report.runs.push(AnsibleRun {
-                    attempt,
-                    hosts: pending.len(),
-                    duration,
-                    outcome: "spawn error".into(),
-                });
-                break;
-            }
-        };
-        let outcome = match &output.ended {
-            Ended::Exited(s) => match s.code() {
-                Some(c) => format!("exit {c}"),
-                None => format!("{s}"),
-            },
-            Ended::TimedOut => "timeout".into(),
-            Ended::Cancelled => "cancelled".into(),
-            Ended::WaitFailed(e) => format!("wait failed: {e}"),
-        };
-        let recap = parse_recap(&output.stdout);
-        let errors = parse_errors(&output.stdout);
-        let mut still = Vec::new();
-        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for &i in &pending {
-            let alias = &aliases[i];
-            let r = &mut results[i];
-            match (&output.ended, recap.get(alias)) {
-                (Ended::Exited(_), Some(stats)) => {
-                    r.result = stats.result();
-                    r.error = if r.result.is_success() {
-                        None
-                    } else {
-                        Some(errors.get(alias).cloned().unwrap_or_else(|| {
-                            format!("{} (see ansible-playbook output)", r.result.as_str())
-                        }))
-                    };
-                    // The playbook's epoch marker refused a stale leader.
-                    if r.error.as_deref().is_some_and(|e| e.starts_with("fenced:")) {
-                        r.result = DeliveryResult::Fenced;
-                    }
-                }
-                (Ended::Exited(_), None) => {
-                    r.result = DeliveryResult::Failed;
-                    r.error = Some(format!(
-                        "no PLAY RECAP entry for host {alias} ({outcome}); does the playbook target hosts: all? {}",
-                        tail(&format!("{}\n{}", output.stderr, output.stdout), 4)
-                    ));
-                }
-                (Ended::TimedOut, _) => {
-                    r.result = DeliveryResult::Failed;
-                    r.error = Some(format!(
-                        "ansible-playbook killed after the {}s timeout",
-                        settings.timeout.as_secs_f64()
-                    ));
-                }
-                (Ended::Cancelled, _) => {
-                    r.result = DeliveryResult::Failed;
-                    r.error = Some("ansible-playbook killed by shutdown".into());
-                }
-                (Ended::WaitFailed(e), _) => {
-                    r.result = DeliveryResult::Failed;
-                    r.error = Some(format!("waiting for ansible-playbook: {e}"));
-                }
-            }
-            *counts.entry(r.result.as_str()).or_default() += 1;
-            if !r.result.is_success() && r.result != DeliveryResult::Fenced {
-                still.push(i);
-            }
-        }
-        tracing::info!(
-            service = %service.name,
-            attempt,
-            hosts = pending.len(),
-            forks,
-            outcome = %outcome,
-            duration_ms = duration.as_millis() as u64,
-            ok = counts.get("ok").copied().unwrap_or(0),
-            changed = counts.get("changed").copied().unwrap_or(0),
-            failed = counts.get("failed").copied().unwrap_or(0),
-            unreachable = counts.get("unreachable").copied().unwrap_or(0),
-            "ansible-playbook run"
-        );
-        tracing::debug!(service = %service.name, attempt, stdout = %output.stdout, stderr = %output.stderr, "ansible-playbook output");
-        report.runs.push(AnsibleRun {
-            attempt,
-            hosts: pending.len(),
-            duration,
-            outcome,
-        });
-        pending = still;
-        if pending.is_empty() || matches!(output.ended, Ended::Cancelled) {
+        let step = run_once(
+            settings, service, &work, &mut hosts, &pending, attempt, cancel,
+        )
+        .await;
+        runs.extend(step.run);
+        pending = step.retry;
+        if pending.is_empty() {
             break;
         }
     }
-    report.nodes = results;
-    report
+    hosts.report(runs)
+}
+
+/// A batch's private temp dir: the inventories of its runs and Ansible's
+/// local temp dir. Removed when dropped.
+struct Workspace {
+    dir: tempfile::TempDir,
+    local_tmp: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("promshard-ansible-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temp dir for the inventory: {e}"))?;
+        let local_tmp = dir.path().join("ansible-local");
+        std::fs::create_dir(&local_tmp).map_err(|e| format!("{}: {e}", local_tmp.display()))?;
+        Ok(Self { dir, local_tmp })
+    }
+
+    /// Write the inventory of the `pending` hosts for run `attempt`.
+    fn write_inventory(
+        &self,
+        attempt: u32,
+        hosts: &Hosts,
+        pending: &[usize],
+    ) -> Result<PathBuf, String> {
+        let listed: Vec<(&str, Map<String, Value>)> = pending
+            .iter()
+            .map(|&i| (hosts.aliases[i].as_str(), hosts.vars[i].clone()))
+            .collect();
+        let path = self.dir.path().join(format!("inventory-{attempt}.json"));
+        serde_json::to_vec_pretty(&inventory(&listed))
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The hosts of a batch, by index: alias, vars, and what each came to.
+struct Hosts {
+    aliases: Vec<String>,
+    vars: Vec<Map<String, Value>>,
+    results: Vec<NodeDelivery>,
+}
+
+impl Hosts {
+    fn new(settings: &AnsiblePush, service: &Service, batch: &[Delivery]) -> Self {
+        Self {
+            aliases: batch
+                .iter()
+                .enumerate()
+                .map(|(i, d)| host_alias(i, &d.node))
+                .collect(),
+            vars: batch
+                .iter()
+                .map(|d| host_vars(settings, service, d))
+                .collect(),
+            results: batch
+                .iter()
+                .map(|d| NodeDelivery {
+                    node: d.node.clone(),
+                    result: DeliveryResult::Failed,
+                    attempts: 0,
+                    error: Some("not attempted".into()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Mark the hosts `which` failed for a reason that is not theirs.
+    fn fail(&mut self, which: &[usize], error: &str) {
+        for &i in which {
+            self.results[i].result = DeliveryResult::Failed;
+            self.results[i].error = Some(error.to_string());
+        }
+    }
+
+    /// How many of the hosts `which` came to `result`.
+    fn count(&self, which: &[usize], result: DeliveryResult) -> usize {
+        which
+            .iter()
+            .filter(|&&i| self.results[i].result == result)
+            .count()
+    }
+
+    fn report(self, runs: Vec<AnsibleRun>) -> BatchReport {
+        BatchReport {
+            nodes: self.results,
+            runs,
+        }
+    }
+}
+
+/// What one run did: the run itself (none if it never started) and the
+/// hosts worth retrying.
+struct Attempt {
+    run: Option<AnsibleRun>,
+    retry: Vec<usize>,
+}
+
+/// One `ansible-playbook` run over the `pending` hosts; records each host's
+/// result in `hosts`.
+async fn run_once(
+    settings: &AnsiblePush,
+    service: &Service,
+    work: &Workspace,
+    hosts: &mut Hosts,
+    pending: &[usize],
+    attempt: u32,
+    cancel: &CancellationToken,
+) -> Attempt {
+    let inventory = match work.write_inventory(attempt, hosts, pending) {
+        Ok(p) => p,
+        Err(e) => {
+            hosts.fail(pending, &e);
+            return Attempt {
+                run: None,
+                retry: Vec::new(),
+            };
+        }
+    };
+    let forks = settings.forks.min(pending.len()).max(1);
+    let started = Instant::now();
+    let output = run_playbook(settings, &inventory, &work.local_tmp, forks, cancel).await;
+    let duration = started.elapsed();
+    let run = |outcome: String| AnsibleRun {
+        attempt,
+        hosts: pending.len(),
+        duration,
+        outcome,
+    };
+    for &i in pending {
+        hosts.results[i].attempts = attempt;
+    }
+    let output = match output {
+        Ok(o) => o,
+        Err(e) => {
+            // Not transient: the program is missing or not executable.
+            tracing::error!(service = %service.name, error = %e, "ansible-playbook did not start");
+            hosts.fail(pending, &e);
+            return Attempt {
+                run: Some(run("spawn error".into())),
+                retry: Vec::new(),
+            };
+        }
+    };
+    let run = run(output.ended.describe());
+    let retry = record_results(settings, hosts, pending, &output, &run.outcome);
+    tracing::info!(
+        service = %service.name,
+        attempt,
+        hosts = pending.len(),
+        forks,
+        outcome = %run.outcome,
+        duration_ms = run.duration.as_millis() as u64,
+        ok = hosts.count(pending, DeliveryResult::Ok),
+        changed = hosts.count(pending, DeliveryResult::Changed),
+        failed = hosts.count(pending, DeliveryResult::Failed),
+        unreachable = hosts.count(pending, DeliveryResult::Unreachable),
+        "ansible-playbook run"
+    );
+    tracing::debug!(service = %service.name, attempt, stdout = %output.stdout, stderr = %output.stderr, "ansible-playbook output");
+    Attempt {
+        run: Some(run),
+        // A shutdown ends the pass: nothing is retried.
+        retry: if matches!(output.ended, Ended::Cancelled) {
+            Vec::new()
+        } else {
+            retry
+        },
+    }
+}
+
+/// Record each pending host's result of a run; returns the hosts worth
+/// retrying (failed or unreachable, not fenced).
+fn record_results(
+    settings: &AnsiblePush,
+    hosts: &mut Hosts,
+    pending: &[usize],
+    output: &RunOutput,
+    outcome: &str,
+) -> Vec<usize> {
+    let recap = parse_recap(&output.stdout);
+    let errors = parse_errors(&output.stdout);
+    let mut retry = Vec::new();
+    for &i in pending {
+        let alias = &hosts.aliases[i];
+        let (result, error) = host_result(
+            settings,
+            output,
+            outcome,
+            alias,
+            recap.get(alias),
+            errors.get(alias),
+        );
+        if !result.is_success() && result != DeliveryResult::Fenced {
+            retry.push(i);
+        }
+        hosts.results[i].result = result;
+        hosts.results[i].error = error;
+    }
+    retry
+}
+
+/// One host's result of a run, from its `PLAY RECAP` line and its error.
+fn host_result(
+    settings: &AnsiblePush,
+    output: &RunOutput,
+    outcome: &str,
+    alias: &str,
+    stats: Option<&HostStats>,
+    error: Option<&String>,
+) -> (DeliveryResult, Option<String>) {
+    let failed = |e: String| (DeliveryResult::Failed, Some(e));
+    match (&output.ended, stats) {
+        (Ended::Exited(_), Some(stats)) => {
+            let result = stats.result();
+            if result.is_success() {
+                return (result, None);
+            }
+            let error = error
+                .cloned()
+                .unwrap_or_else(|| format!("{} (see ansible-playbook output)", result.as_str()));
+            // The playbook's epoch marker refused a stale leader.
+            if error.starts_with("fenced:") {
+                return (DeliveryResult::Fenced, Some(error));
+            }
+            (result, Some(error))
+        }
+        (Ended::Exited(_), None) => failed(format!(
+            "no PLAY RECAP entry for host {alias} ({outcome}); does the playbook target hosts: all? {}",
+            tail(&format!("{}\n{}", output.stderr, output.stdout), 4)
+        )),
+        (Ended::TimedOut, _) => failed(format!(
+            "ansible-playbook killed after the {}s timeout",
+            settings.timeout.as_secs_f64()
+        )),
+        (Ended::Cancelled, _) => failed("ansible-playbook killed by shutdown".into()),
+        (Ended::WaitFailed(e), _) => failed(format!("waiting for ansible-playbook: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,38 @@ pub struct ServiceState {
     /// targets' new nodes confirm, then sent an empty file.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub drained: BTreeSet<String>,
+    /// The rule set each node has (`rules:`), by node.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, NodeRules>,
+}
+
+/// What a node has of a service's rule set (`rules:`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRules {
+    /// Hash of the set last delivered successfully.
+    pub hash: Option<String>,
+    /// Result of the last attempt.
+    pub last_result: Option<LastResult>,
+    /// Unix seconds of the last successful delivery.
+    pub delivered_at: Option<u64>,
+}
+
+impl NodeRules {
+    /// Whether the node must be sent the set `hash`: it changed, the last
+    /// attempt failed, or the periodic resync (`resync_s`) is due.
+    pub fn needs(&self, hash: &str, resync_s: u64, now: u64) -> bool {
+        self.hash.as_deref() != Some(hash)
+            || !self.succeeded()
+            || self
+                .delivered_at
+                .is_none_or(|t| now.saturating_sub(t) >= resync_s)
+    }
+
+    /// Whether the last attempt delivered the set.
+    pub fn succeeded(&self) -> bool {
+        self.last_result.is_some_and(LastResult::succeeded)
+    }
 }
 
 /// Path of a service's state file.
@@ -212,6 +244,25 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_due_rules_when_the_set_changed_it_failed_or_resync_is_due() {
+        let hour = 3600;
+        let ok = NodeRules {
+            hash: Some("h".into()),
+            last_result: Some(LastResult::Changed),
+            delivered_at: Some(1000),
+        };
+        assert!(!ok.needs("h", hour, 1010));
+        assert!(ok.needs("h2", hour, 1010));
+        assert!(ok.needs("h", hour, 1000 + 3600));
+        let failed = NodeRules {
+            last_result: Some(LastResult::Failed),
+            ..ok
+        };
+        assert!(failed.needs("h", hour, 1010));
+        assert!(NodeRules::default().needs("h", hour, 1010));
+    }
 
     #[test]
     fn departed_nodes_are_kept_until_told_or_for_a_week_without_delivery() {

@@ -25,13 +25,16 @@ pub struct Prom {
 
 impl Prom {
     /// Start a server scraping job `job` every `interval` from
-    /// `<dir>/sd/*.json`; returns once it answers `/-/ready`.
+    /// `<dir>/sd/*.json`, loading rules from `<dir>/rules/*.yml` (on a
+    /// reload: it runs with `--web.enable-lifecycle`); returns once it
+    /// answers `/-/ready`.
     pub fn start(root: &Path, job: &str, interval: &str) -> Prom {
         Prom::start_with(root, |dir| {
             format!(
                 "global: {{scrape_interval: {interval}, scrape_timeout: {interval}, evaluation_interval: {interval}}}\n\
-                 scrape_configs:\n  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{}/sd/*.json\"]\n",
-                dir.display()
+                 rule_files: [\"{dir}/rules/*.yml\"]\n\
+                 scrape_configs:\n  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{dir}/sd/*.json\"]\n",
+                dir = dir.display()
             )
         })
     }
@@ -78,6 +81,25 @@ impl Prom {
     /// The directory its `file_sd` glob reads.
     pub fn sd_dir(&self) -> PathBuf {
         self.dir.join("sd")
+    }
+
+    /// The directory its `rule_files` glob reads.
+    pub fn rules_dir(&self) -> PathBuf {
+        self.dir.join("rules")
+    }
+
+    /// `(group, rule name)` of every rule it has loaded.
+    pub fn rules(&self) -> Result<Vec<(String, String)>, String> {
+        let v = self.api("/api/v1/rules")?;
+        let mut out = Vec::new();
+        for g in v["groups"].as_array().into_iter().flatten() {
+            for r in g["rules"].as_array().into_iter().flatten() {
+                let name = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                out.push((name(&g["name"]), name(&r["name"])));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// The end of its log, for failure messages.

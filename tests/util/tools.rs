@@ -20,6 +20,16 @@ pub fn prometheus() -> PathBuf {
     )
 }
 
+/// `promtool`: `PROMSHARD_PROMTOOL`, else `PATH` (promshard finds it the
+/// same way to check rule files).
+pub fn promtool() -> PathBuf {
+    find(
+        "promtool",
+        "PROMSHARD_PROMTOOL",
+        "apt-get install prometheus",
+    )
+}
+
 /// `ansible-playbook`: `PROMSHARD_ANSIBLE_PLAYBOOK`, else `PATH`.
 pub fn ansible_playbook() -> PathBuf {
     find(
