@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Service};
-use crate::pass::{PassInput, PassOptions, PassReport, run_pass};
+use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::dropin::{check_service_scripts, effective_services};
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::shard::placement::NodeSpec;
@@ -289,26 +289,7 @@ async fn pass_command(
                 .await
             }
         };
-        match &result {
-            Ok(r) if r.failed_deliveries() > 0 => {
-                all_ok = false;
-                tracing::error!(service = %service.name, failed = r.failed_deliveries(), "pass wrote its files but some deliveries failed");
-            }
-            Ok(_) => {}
-            Err(e) if e.files_kept() => {
-                all_ok = false;
-                tracing::error!(service = %service.name, error = %e, "pass failed; files left as they were");
-            }
-            Err(e) => {
-                all_ok = false;
-                tracing::error!(service = %service.name, error = %e, "pass failed after changing files");
-            }
-        }
-        if let Ok(r) = &result
-            && r.rules.as_ref().is_some_and(|x| !x.is_ok())
-        {
-            all_ok = false;
-        }
+        all_ok &= pass_ok(&service.name, &result);
         outcomes.push((service.name.clone(), result));
     }
     if args.json {
@@ -331,6 +312,30 @@ async fn pass_command(
     Ok(all_ok)
 }
 
+/// Log what went wrong in one service's pass; whether nothing did (rule
+/// files refused count as wrong).
+fn pass_ok(service: &str, result: &Result<PassReport, PassError>) -> bool {
+    match result {
+        Ok(r) if r.failed_deliveries() > 0 => {
+            tracing::error!(
+                service,
+                failed = r.failed_deliveries(),
+                "pass wrote its files but some deliveries failed"
+            );
+            false
+        }
+        Ok(r) => r.rules.as_ref().is_none_or(|x| x.is_ok()),
+        Err(e) if e.files_kept() => {
+            tracing::error!(service, error = %e, "pass failed; files left as they were");
+            false
+        }
+        Err(e) => {
+            tracing::error!(service, error = %e, "pass failed after changing files");
+            false
+        }
+    }
+}
+
 /// A pass as the commands run it: the nodes as configured or as the
 /// script returns them (no health probes), node scripts compiled afresh,
 /// weights from the state file.
@@ -342,7 +347,7 @@ async fn static_pass(
     options: PassOptions,
     cancel: &CancellationToken,
     preview_drained: &[String],
-) -> Result<PassReport, crate::pass::PassError> {
+) -> Result<PassReport, PassError> {
     let nodes = crate::pass::resolve_nodes(service, script, None, sandbox)
         .await?
         .unwrap_or_else(|| service.nodes.clone());
@@ -364,7 +369,7 @@ async fn static_pass(
 /// `--json`: every service's report. A dry run delivers nothing, so its
 /// report leaves out the delivery fields rather than show `false` and `0`.
 fn print_json(
-    outcomes: &[(String, Result<PassReport, crate::pass::PassError>)],
+    outcomes: &[(String, Result<PassReport, PassError>)],
     dry_run: bool,
 ) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
