@@ -758,6 +758,7 @@ mod tests {
                     result: crate::push::DeliveryResult::Failed,
                     error: None,
                 }],
+                departed: Vec::new(),
             }),
             assignment: Default::default(),
             sd: None,

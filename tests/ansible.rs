@@ -454,6 +454,31 @@ fn rule_files_reach_every_node_through_the_shipped_rules_playbook_and_a_bad_edit
         );
         assert_eq!(got["a.yml"], RULE.as_bytes(), "{node} kept the good a.yml");
     }
+
+    // A node leaves the service: promshard's rule files go, its own stay.
+    f.write("rules/a.yml", RULE);
+    let theirs = f.path("rules-dest").join(NODES[2]).join("theirs.yml");
+    fs::write(&theirs, "x").expect("a file of the node's own");
+    f.config(
+        &NODES[..2],
+        json!({"vars": {"create_rules_dir": true}}),
+        &rules,
+    );
+    let fourth = f.once();
+    assert_eq!(fourth.code, Some(0), "{}", fourth.describe());
+    let departed = &fourth.report["services"][0]["rules"]["departed"];
+    assert_eq!(departed[0]["node"], NODES[2], "{}", fourth.describe());
+    assert_eq!(departed[0]["result"], "changed", "{departed}");
+    let left: Vec<String> = rule_dir(&f, NODES[2]).into_keys().collect();
+    assert_eq!(
+        left,
+        [".promshard-rules", "theirs.yml"],
+        "{}",
+        fourth.describe()
+    );
+    for node in &NODES[..2] {
+        assert_eq!(rule_dir(&f, node)["a.yml"], RULE.as_bytes(), "{node}");
+    }
     rules_playbook_is_fenced_by_the_epoch(&f);
 }
 

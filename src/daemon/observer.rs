@@ -76,8 +76,12 @@ impl Shared {
         let mut log = ObservationLog::default();
         loop {
             let plan = self.status(&service.name).and_then(|s| {
-                let a = Arc::clone(&s.current.as_ref()?.assignment);
-                Some((a, s.changed_at))
+                let current = s.current.as_ref()?;
+                Some((
+                    Arc::clone(&current.assignment),
+                    s.changed_at,
+                    handing(current),
+                ))
             });
             // Until the first pass has a plan, look again soon.
             let wait = if plan.is_some() {
@@ -85,7 +89,7 @@ impl Shared {
             } else {
                 settings.interval.min(Duration::from_secs(1))
             };
-            if let Some((assignment, changed_at)) = plan {
+            if let Some((assignment, changed_at, handing)) = plan {
                 let name = &service.name;
                 let observed = observe::observe_service(
                     name,
@@ -93,6 +97,7 @@ impl Shared {
                     assignment,
                     &changed_at,
                     service.replicas,
+                    &handing,
                 )
                 .await;
                 self.metrics.record_observation(name, &observed);
@@ -179,4 +184,16 @@ impl ObservationLog {
         );
         self.last_counts = Some(counts.clone());
     }
+}
+
+/// The targets a pass left on their old node until the new one confirms,
+/// for the audit.
+fn handing(report: &crate::pass::PassReport) -> crate::shard::audit::Handing {
+    let mut out = crate::shard::audit::Handing::new();
+    for h in report.handover.iter().flat_map(|r| r.records.iter()) {
+        if let Some(from) = &h.from {
+            out.entry(h.target.clone()).or_default().push(from.clone());
+        }
+    }
+    out
 }

@@ -356,15 +356,22 @@ impl Shared {
 
 /// Every node of `service` is down: forget what was delivered (not the
 /// files). A returning server may have lost its disk, so each node is sent
-/// its file again when it is back, even if the content is unchanged.
+/// its file and its rule files again when it is back, even if unchanged.
 pub(super) fn forget_deliveries(config: &Config, service: &Service) {
+    use crate::store::state::LastResult;
     let mut state = crate::store::state::ServiceState::load(&config.out_dir, &service.name);
-    if state.nodes.values().all(|n| n.delivered_hash.is_none()) {
+    if state.nodes.values().all(|n| n.delivered_hash.is_none())
+        && state.rules.values().all(|r| r.hash.is_none())
+    {
         return;
     }
     for n in state.nodes.values_mut() {
         n.delivered_hash = None;
-        n.last_result = Some(crate::store::state::LastResult::NodeDown);
+        n.last_result = Some(LastResult::NodeDown);
+    }
+    for r in state.rules.values_mut() {
+        r.hash = None;
+        r.last_result = Some(LastResult::NodeDown);
     }
     if let Err(e) = state.save(&config.out_dir, &service.name) {
         tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");

@@ -350,6 +350,9 @@ fn service_nodes(h: &mut String, s: &ServiceStatus, now: u64) {
             o.duration_ms
         );
     }
+    if let Some(line) = current.handover.as_ref().and_then(handover_line) {
+        let _ = write!(h, "<p>{}</p>", esc(&line));
+    }
     h.push_str(
         "<table class=nodes><tr><th>node</th><th>health</th><th class=num>targets</th>\
          <th class=num>active</th><th class=num>series</th><th class=num>missing</th>\
@@ -402,9 +405,71 @@ fn service_nodes(h: &mut String, s: &ServiceStatus, now: u64) {
     h.push_str("</table>");
 }
 
+/// Pending handovers and drained nodes of a service, when there are any:
+/// `2 handovers pending (timeout 18 s) · drained: a:1 (draining, 3 left)`.
+fn handover_line(r: &crate::pass::handover::HandoverReport) -> Option<String> {
+    let mut parts = Vec::new();
+    if r.pending > 0 {
+        parts.push(format!(
+            "{} handover{} pending (timeout {} s)",
+            r.pending,
+            if r.pending == 1 { "" } else { "s" },
+            r.timeout_s
+        ));
+    }
+    if !r.drained.is_empty() {
+        let nodes: Vec<String> = r
+            .drained
+            .iter()
+            .map(|d| match d.targets_left {
+                0 => format!("{} ({})", d.node, d.state),
+                n => format!("{} ({}, {n} left)", d.node, d.state),
+            })
+            .collect();
+        parts.push(format!("drained: {}", nodes.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handovers_and_drains_show_in_one_line() {
+        use crate::pass::handover::{DrainState, HandoverReport};
+        let mut r = HandoverReport {
+            mode: crate::shard::handover::Mode::MakeBeforeBreak,
+            timeout_s: 18.0,
+            pending: 0,
+            pending_samples: Vec::new(),
+            ended: Vec::new(),
+            drained: Vec::new(),
+            records: Vec::new(),
+        };
+        assert_eq!(handover_line(&r), None);
+        r.pending = 2;
+        r.drained = vec![
+            DrainState {
+                node: "a:1".into(),
+                state: "draining",
+                targets_left: 3,
+                live: true,
+            },
+            DrainState {
+                node: "b:1".into(),
+                state: "drained",
+                targets_left: 0,
+                live: true,
+            },
+        ];
+        assert_eq!(
+            handover_line(&r).as_deref(),
+            Some(
+                "2 handovers pending (timeout 18 s) · drained: a:1 (draining, 3 left), b:1 (drained)"
+            )
+        );
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {

@@ -85,6 +85,7 @@ pub async fn observe_service(
     assignment: Arc<Assignment>,
     changed_at: &BTreeMap<String, Instant>,
     replicas: usize,
+    handing: &audit::Handing,
 ) -> ServiceObservation {
     let started = Instant::now();
     let job = settings.job.clone().unwrap_or_else(|| service.to_string());
@@ -132,7 +133,7 @@ pub async fn observe_service(
         .collect();
     let inputs = audit_inputs(&nodes);
     let replicas = replicas.min(assignment.nodes.len()).max(1);
-    let audit = audit::audit(&assignment, &inputs, replicas);
+    let audit = audit::audit_during(&assignment, &inputs, replicas, handing);
     ServiceObservation {
         at: crate::store::state::unix_now(),
         duration_ms: started.elapsed().as_millis() as u64,

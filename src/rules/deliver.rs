@@ -63,10 +63,16 @@ pub async fn step(
         validated_with: prepared.validated_with,
         hash: prepared.hash.clone(),
         deliveries: Vec::new(),
+        departed: Vec::new(),
     };
     if dry_run {
         return Some(report);
     }
+    let departed: Vec<(String, bool)> = state
+        .keys()
+        .filter(|n| !nodes.contains(n))
+        .map(|n| (n.clone(), false))
+        .collect();
     state.retain(|node, _| nodes.contains(node));
     let now = unix_now();
     let due: Vec<(String, bool)> = nodes
@@ -77,16 +83,44 @@ pub async fn step(
                 .then(|| (n.clone(), !had.succeeded()))
         })
         .collect();
-    if due.is_empty() {
-        return Some(report);
+    let lease = lease.transpose();
+    if !due.is_empty() {
+        report.deliveries = send(service, &store, &prepared, due, &lease, true, cancel).await;
+        record(service, state, &report.deliveries, &prepared, now);
     }
-    let epoch = match lease {
-        Some(Err(why)) => Err(why),
-        Some(Ok(epoch)) => Ok(Some(epoch)),
-        None => Ok(None),
+    if !departed.is_empty() {
+        // Nodes that left get the empty set, once: our files go, theirs stay.
+        let none = Prepared {
+            files: Vec::new(),
+            problems: Vec::new(),
+            validated_with: prepared.validated_with,
+            hash: String::new(),
+        };
+        report.departed = send(service, &store, &none, departed, &lease, false, cancel).await;
+        for d in report.departed.iter().filter(|d| !d.result.is_success()) {
+            tracing::warn!(service = %service.name, node = %d.node, error = d.error.as_deref().unwrap_or(""), "could not remove the rule files of a node that left; not retried");
+        }
+    }
+    Some(report)
+}
+
+/// Deliver `prepared` to the `due` nodes (with whether a reload is owed)
+/// with the service's push; one attempt only unless `retry`. `lease` is
+/// `ha:`'s answer (see [`step`]).
+async fn send(
+    service: &Service,
+    store: &Path,
+    prepared: &Prepared,
+    due: Vec<(String, bool)>,
+    lease: &Result<Option<u64>, String>,
+    retry: bool,
+    cancel: &CancellationToken,
+) -> Vec<RulesDelivery> {
+    let Some(rules) = &service.rules else {
+        return Vec::new();
     };
-    let deliveries = match (&service.push, epoch) {
-        (Push::None, _) => return Some(report),
+    match (&service.push, lease) {
+        (Push::None, _) => Vec::new(),
         (_, Err(why)) => due
             .into_iter()
             .map(|(node, _)| RulesDelivery {
@@ -96,16 +130,26 @@ pub async fn step(
             })
             .collect(),
         (Push::Local { .. }, Ok(epoch)) => {
-            local(service, rules, &prepared, due, epoch, cancel).await
+            local(service, rules, prepared, due, *epoch, cancel).await
         }
         (Push::Ansible(a), Ok(epoch)) => {
-            let due = Due { nodes: &due, epoch };
-            ansible(a, service, rules, &store, &prepared, due, cancel).await
+            let once;
+            let settings = if retry {
+                a
+            } else {
+                once = AnsiblePush {
+                    retries: 0,
+                    ..a.clone()
+                };
+                &once
+            };
+            let due = Due {
+                nodes: &due,
+                epoch: *epoch,
+            };
+            ansible(settings, service, rules, store, prepared, due, cancel).await
         }
-    };
-    record(service, state, &deliveries, &prepared, now);
-    report.deliveries = deliveries;
-    Some(report)
+    }
 }
 
 /// Remember per node which set it holds; log each failure and one summary.

@@ -138,6 +138,10 @@ pub struct RulesReport {
     /// Nodes the set was delivered to this pass (not the unchanged ones).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<RulesDelivery>,
+    /// Nodes that left the service this pass: promshard's rule files
+    /// removed from them (one attempt, like the empty sd file they get).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<RulesDelivery>,
 }
 
 impl RulesReport {
@@ -176,6 +180,14 @@ impl RulesReport {
         }
         for p in &self.problems {
             println!("    REFUSED {p}");
+        }
+        if !self.departed.is_empty() {
+            let removed = self.departed.iter().filter(|d| d.result.is_success());
+            println!(
+                "    removed from {} of {} node(s) that left",
+                removed.count(),
+                self.departed.len()
+            );
         }
         for d in self.deliveries.iter().filter(|d| !d.result.is_success()) {
             println!(

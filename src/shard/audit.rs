@@ -15,7 +15,9 @@
 //! | `ok` | active on every node it is assigned to, and healthy |
 //!
 //! Targets are matched by `__address__` as discovered, so a relabelled
-//! `instance` does not break the match.
+//! `instance` does not break the match. During a make-before-break
+//! handover the old node keeps a moving target on purpose until the new one
+//! confirms: [`audit_during`] is told which, and does not count it there.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -122,11 +124,38 @@ pub fn audit(
     nodes: &BTreeMap<String, NodeInput<'_>>,
     replicas: usize,
 ) -> Audit {
+    audit_during(assignment, nodes, replicas, &Handing::new())
+}
+
+/// Targets in a handover: address → the old nodes that keep it until its
+/// new node confirms.
+pub type Handing = HashMap<String, Vec<String>>;
+
+/// [`audit`], with the targets `handing` over: on their old nodes they are
+/// expected, neither `extra` nor `duplicate`.
+pub fn audit_during(
+    assignment: &Assignment,
+    nodes: &BTreeMap<String, NodeInput<'_>>,
+    replicas: usize,
+    handing: &Handing,
+) -> Audit {
     let active = active_by_address(nodes);
     let mut out = Audit::empty(assignment, nodes);
     for (addr, owners) in assignment.iter() {
         let owners: Vec<&str> = owners.collect();
         let on = active.get(addr).map(Vec::as_slice).unwrap_or(&[]);
+        let without_old;
+        let on = match handing.get(addr) {
+            Some(old) => {
+                without_old = on
+                    .iter()
+                    .filter(|(n, _)| !old.iter().any(|o| o == n))
+                    .copied()
+                    .collect::<Vec<_>>();
+                &without_old[..]
+            }
+            None => on,
+        };
         let (state, per_owner) = state_of(&owners, on, nodes, replicas);
         for (node, node_state) in owners.iter().zip(per_owner) {
             if let Some(i) = assignment.node_index(node) {
@@ -406,5 +435,24 @@ mod tests {
             states(&audit(&a, &two, 2)),
             vec![(TargetState::Pending, vec!["a:1".into()])]
         );
+    }
+
+    #[test]
+    fn the_old_node_of_a_handover_is_not_extra() {
+        // a:1 moves from n1 to n2; both scrape it while n2 confirms.
+        let a = assignment(&[("n1", &["b:1"]), ("n2", &["a:1"])]);
+        let n1 = seen(&[("a:1", "up"), ("b:1", "up")]);
+        let n2 = seen(&[("a:1", "up")]);
+        let inputs = inputs(&[("n1", Some(&n1), false), ("n2", Some(&n2), false)]);
+        let plain = audit(&a, &inputs, 1);
+        assert_eq!(
+            states(&plain),
+            vec![(TargetState::Extra, vec!["a:1".into()])]
+        );
+        let handing = Handing::from([("a:1".to_string(), vec!["n1".to_string()])]);
+        let during = audit_during(&a, &inputs, 1, &handing);
+        assert_eq!(states(&during), vec![]);
+        assert_eq!(during.counts[&TargetState::Ok], 2);
+        assert_eq!(during.nodes[0].extra, 0);
     }
 }
