@@ -422,7 +422,57 @@ fn planned_moves_leave_no_gap_with_make_before_break() {
     // A new owner that cannot scrape the target: the handover ends by the
     // timeout, is counted, and the target stays on the new owner.
     timeout_case(&lab);
+    node_death_case(&mut lab);
     eprintln!("e2e_handover took {:?}", started.elapsed());
+}
+
+/// A server dies under `make_before_break`: there is nothing to keep, so
+/// its targets go to their new owners at once (no waiting for a handover)
+/// once health checks see it down.
+fn node_death_case(lab: &mut Lab) {
+    let path = lab.root.path().join("promshard.yaml");
+    let text = fs::read_to_string(&path).expect("config");
+    fs::write(
+        &path,
+        format!("{text}    health: {{path: /-/healthy, interval: 500ms, timeout: 400ms, fall: 2, rise: 2}}\n"),
+    )
+    .expect("config");
+    lab.d.wait("health checks on", Duration::from_secs(20), || {
+        let s = lab.service()?;
+        match s["health"].as_array().map(Vec::len) {
+            Some(4) => Ok(()),
+            other => Err(format!("health of {other:?} nodes")),
+        }
+    });
+    let before = lab.settled("before a server dies");
+    let dead = 1;
+    let orphans = before.values().filter(|o| o.contains(&dead)).count();
+    assert!(orphans > 0, "server {dead} holds no target");
+    let started = Instant::now();
+    lab.proms[dead].kill();
+    let took = lab.d.wait(
+        "the dead server's targets re-homed",
+        Duration::from_secs(15),
+        || {
+            let owners = lab.owners();
+            let rehomed = owners.len() == TARGETS
+                && owners.values().all(|o| o.len() == 1 && !o.contains(&dead));
+            if rehomed {
+                Ok(started.elapsed())
+            } else {
+                Err(format!("owners {owners:?}"))
+            }
+        },
+    );
+    let s = lab.service().expect("services");
+    let pending = s["current"]["handover"]["pending"].as_u64().unwrap_or(0);
+    eprintln!(
+        "a server died under make_before_break: {orphans} targets re-homed after {took:?}, {pending} handovers pending"
+    );
+    // Health checks: 2 failed probes 500 ms apart, then one pass.
+    assert!(took < Duration::from_secs(10), "re-homing took {took:?}");
+    // And the survivors scrape them: every target ok in the audit.
+    lab.settled("the survivors scrape the dead server's targets");
 }
 
 /// Server 3 scrapes every target at a closed port (relabelled): it never
