@@ -126,6 +126,31 @@ fn sighup_reloads_the_config() {
 }
 
 #[test]
+fn a_changed_ha_block_is_reported_as_needing_a_restart() {
+    let s = Setup::new();
+    s.write_script("web", &static_script(&hosts(3), "v1"));
+    let web = service_yaml("web", &NODES, "");
+    // No etcd answers: the instance stays a standby, which is enough here.
+    let ha = |ttl: u32| {
+        format!(
+            "ha: {{etcd: {{endpoints: [\"127.0.0.1:1\"]}}, name: lab, lease_ttl: {ttl}s, instance: i0}}\n"
+        )
+    };
+    s.write_config(&ha(2), std::slice::from_ref(&web));
+    let d = s.start();
+    d.wait_passes("web", 1, Duration::from_secs(10));
+    let warning = "ha: changes take effect after a restart; the election runs on as started";
+    assert!(d.logged(warning).is_empty(), "warned before any change");
+    s.write_config(&ha(3), &[web]);
+    d.wait("the restart warning", Duration::from_secs(10), || {
+        match d.logged(warning).len() {
+            0 => Err("not yet".to_string()),
+            _ => Ok(()),
+        }
+    });
+}
+
+#[test]
 fn the_api_answers_while_a_reload_waits_for_a_long_pass() {
     let s = Setup::new();
     s.write_script("quick", &static_script(&hosts(3), "q"));

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use util::daemon::{Promshard, write_lab_config};
-use util::exporters::{Exporter, fleet};
+use util::exporters::{Exporter, fleet, write_script};
 use util::prom::Prom;
 
 const SERVICE: &str = "web";
@@ -55,15 +55,7 @@ impl Lab {
         let proms: Vec<Prom> = (0..4)
             .map(|_| Prom::start(root.path(), SERVICE, "1s"))
             .collect();
-        let addrs: Vec<String> = exporters
-            .iter()
-            .map(|e| format!("\"{}\"", e.addr))
-            .collect();
-        fs::write(
-            root.path().join("web.rhai"),
-            format!("fn targets(ctx) {{ [{}] }}", addrs.join(", ")),
-        )
-        .expect("script");
+        write_script(root.path(), "web", &exporters);
         let port = configure(root.path(), &proms, 0, 3, "immediate");
         let d = Promshard::start(root.path(), port);
         Lab {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use util::child::holds;
 use util::daemon::{Promshard, write_lab_config};
-use util::exporters::{Exporter, fleet};
+use util::exporters::{Exporter, fleet, write_script};
 use util::prom::Prom;
 
 const SERVICE: &str = "heavy";
@@ -55,15 +55,7 @@ impl Lab {
         let proms: Vec<Prom> = (0..3)
             .map(|_| Prom::start(root.path(), SERVICE, "2s"))
             .collect();
-        let addrs: Vec<String> = exporters
-            .iter()
-            .map(|e| format!("\"{}\"", e.addr))
-            .collect();
-        fs::write(
-            root.path().join("heavy.rhai"),
-            format!("fn targets(ctx) {{ [{}] }}", addrs.join(", ")),
-        )
-        .expect("script");
+        write_script(root.path(), "heavy", &exporters);
         let port = write_lab_config(
             root.path(),
             SERVICE,

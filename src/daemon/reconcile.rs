@@ -25,6 +25,11 @@ impl Shared {
         if self.config().listen != config.listen {
             tracing::warn!(old = %self.config().listen, new = %config.listen, "listen address changes take effect after a restart");
         }
+        if self.config().ha != config.ha {
+            tracing::warn!(
+                "ha: changes take effect after a restart; the election runs on as started"
+            );
+        }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
         let Some((mut wanted, problems)) = self.list_services(&config).await else {
             return;

@@ -90,3 +90,17 @@ pub fn fleet(net: u8, n: usize, series: impl Fn(usize) -> usize) -> Vec<Exporter
         })
         .collect()
 }
+
+/// Write `<dir>/<name>.rhai`: a target script returning the exporters'
+/// addresses.
+pub fn write_script(dir: &std::path::Path, name: &str, exporters: &[Exporter]) {
+    let addrs: Vec<String> = exporters
+        .iter()
+        .map(|e| format!("\"{}\"", e.addr))
+        .collect();
+    std::fs::write(
+        dir.join(format!("{name}.rhai")),
+        format!("fn targets(ctx) {{ [{}] }}", addrs.join(", ")),
+    )
+    .expect("script");
+}
