@@ -17,7 +17,7 @@ use crate::config::{Config, Schedule, Service};
 use crate::pass::{Fence, PassError, PassInput, PassOptions, PassReport, run_pass};
 use crate::script::Sandbox;
 use crate::shard::placement::NodeSpec;
-use crate::store::state::unix_now;
+use crate::store::state::{LastResult, unix_now};
 
 /// One running service.
 pub(super) struct Runner {
@@ -62,7 +62,7 @@ impl Shared {
             .as_ref()
             .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
         if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
-            forget_deliveries(&config, service);
+            forget_deliveries(&config, service, LastResult::NodeDown);
         }
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.record_pass(&service.name, seconds, &result);
@@ -218,7 +218,7 @@ impl Shared {
             ),
             crate::ha::PassMode::Leader(fence) => {
                 if ha.first_pass_of_term(&service.name, fence.epoch) {
-                    forget_deliveries(config, service);
+                    forget_deliveries(config, service, LastResult::NewLeader);
                 }
                 (PassOptions::default(), Some(fence))
             }
@@ -354,11 +354,11 @@ impl Shared {
     }
 }
 
-/// Every node of `service` is down: forget what was delivered (not the
-/// files). A returning server may have lost its disk, so each node is sent
-/// its file and its rule files again when it is back, even if unchanged.
-pub(super) fn forget_deliveries(config: &Config, service: &Service) {
-    use crate::store::state::LastResult;
+/// Forget what was delivered to `service`'s nodes (not the files), so that
+/// each node is sent its file and its rule files again, even if unchanged:
+/// every node was down (`why` = `NodeDown`; a returning server may have
+/// lost its disk), or a new `ha:` leader cannot know what was delivered.
+pub(super) fn forget_deliveries(config: &Config, service: &Service, why: LastResult) {
     let mut state = crate::store::state::ServiceState::load(&config.out_dir, &service.name);
     if state.nodes.values().all(|n| n.delivered_hash.is_none())
         && state.rules.values().all(|r| r.hash.is_none())
@@ -367,11 +367,11 @@ pub(super) fn forget_deliveries(config: &Config, service: &Service) {
     }
     for n in state.nodes.values_mut() {
         n.delivered_hash = None;
-        n.last_result = Some(LastResult::NodeDown);
+        n.last_result = Some(why);
     }
     for r in state.rules.values_mut() {
         r.hash = None;
-        r.last_result = Some(LastResult::NodeDown);
+        r.last_result = Some(why);
     }
     if let Err(e) = state.save(&config.out_dir, &service.name) {
         tracing::warn!(service = %service.name, error = %e, "cannot save the state; returning nodes may not be sent unchanged files");

@@ -52,6 +52,10 @@ pub enum LastResult {
     /// Every node of the service was down: deliver again when it is back.
     #[serde(rename = "node_down")]
     NodeDown,
+    /// A new `ha:` leader does not know what an earlier one delivered:
+    /// deliver again.
+    #[serde(rename = "new_leader")]
+    NewLeader,
     /// A result this version does not know (a newer promshard wrote it):
     /// treated as not delivered.
     #[serde(other)]
@@ -244,6 +248,21 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_keep_their_state_file_names() {
+        let names = [
+            (LastResult::Changed, "\"changed\""),
+            (LastResult::NodeDown, "\"node_down\""),
+            (LastResult::NewLeader, "\"new_leader\""),
+        ];
+        for (result, name) in names {
+            assert_eq!(serde_json::to_string(&result).unwrap(), name);
+            assert_eq!(serde_json::from_str::<LastResult>(name).unwrap(), result);
+        }
+        let newer: LastResult = serde_json::from_str("\"from_the_future\"").unwrap();
+        assert_eq!(newer, LastResult::Unknown);
+    }
 
     #[test]
     fn a_node_is_due_rules_when_the_set_changed_it_failed_or_resync_is_due() {
