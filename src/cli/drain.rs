@@ -19,12 +19,7 @@ pub(super) fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::R
         "http://{addr}/api/v1/nodes/{}/{verb}",
         crate::observe::prom::encode(node)
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+    let agent = crate::http_client::agent(Duration::from_secs(10));
     let mut request = agent.post(&url);
     if let Some(token) = &config.api_token {
         request = request.header("Authorization", &format!("Bearer {token}"));

@@ -662,12 +662,7 @@ async fn ask_daemon(config: &Config, args: &WhereArgs) -> Result<serde_json::Val
         url.push_str(&format!("&service={}", crate::observe::prom::encode(s)));
     }
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .timeout_global(Some(std::time::Duration::from_secs(3)))
-            .build()
-            .into();
+        let agent = crate::http_client::agent(std::time::Duration::from_secs(3));
         let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = resp

@@ -134,12 +134,7 @@ fn get<T: for<'de> Deserialize<'de>>(
     if left.is_zero() {
         return Err(format!("timed out before GET {path}"));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(left))
-        .build()
-        .into();
+    let agent = crate::http_client::agent(left);
     let url = format!("{}{path}", api.trim_end_matches('/'));
     let mut resp = agent
         .get(&url)

@@ -308,12 +308,7 @@ pub fn copy_set(dir: &Path, files: &[(super::RuleFile, Vec<u8>)]) -> Result<bool
 
 /// POST `url` (Prometheus's `/-/reload`); 2xx is success.
 fn reload(url: &str) -> Result<(), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(RELOAD_TIMEOUT))
-        .build()
-        .into();
+    let agent = crate::http_client::agent(RELOAD_TIMEOUT);
     let mut resp = agent
         .post(url)
         .send_empty()
