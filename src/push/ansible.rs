@@ -442,8 +442,9 @@ pub fn kill_tree(root: i32) {
     }
 }
 
-/// Deliver a batch; one report per delivery, in batch order.
-pub(super) async fn deliver(
+/// Deliver a batch; one report per delivery, in batch order. `retry:
+/// false` makes one attempt only.
+pub async fn deliver(
     settings: &AnsiblePush,
     service: &Service,
     batch: Vec<Delivery>,

@@ -133,21 +133,12 @@ async fn send(
             local(service, rules, prepared, due, *epoch, cancel).await
         }
         (Push::Ansible(a), Ok(epoch)) => {
-            let once;
-            let settings = if retry {
-                a
-            } else {
-                once = AnsiblePush {
-                    retries: 0,
-                    ..a.clone()
-                };
-                &once
-            };
             let due = Due {
                 nodes: &due,
                 epoch: *epoch,
+                retry,
             };
-            ansible(settings, service, rules, store, prepared, due, cancel).await
+            ansible(a, service, rules, store, prepared, due, cancel).await
         }
     }
 }
@@ -328,6 +319,8 @@ fn reload(url: &str) -> Result<(), String> {
 struct Due<'a> {
     nodes: &'a [(String, bool)],
     epoch: Option<u64>,
+    /// Retry failed nodes (`retries`), or make one attempt only.
+    retry: bool,
 }
 
 /// `push: ansible`: one run of the rules playbook for every due node.
@@ -372,7 +365,7 @@ async fn ansible(
             epoch: due.epoch,
         })
         .collect();
-    let report = crate::push::ansible::run_batch(&run, service, &batch, cancel).await;
+    let report = crate::push::ansible::deliver(&run, service, batch, cancel, due.retry).await;
     report
         .nodes
         .into_iter()

@@ -4,15 +4,8 @@
 use std::time::Duration;
 
 /// A client that gives up after `timeout` and returns every status as a
-/// [`Reply`].
-pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
+/// [`Reply`]: the one promshard itself uses.
+pub use promshard::http_client::agent;
 
 /// Status, content type and body of a response.
 pub struct Reply {
