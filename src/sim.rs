@@ -1,4 +1,4 @@
-//! `promshard ring`: a placement simulator for operators sizing a pool.
+//! `promshard rendezvous`: a placement simulator for operators sizing a pool.
 //!
 //! It answers the three questions people choose a sharder by, on a fleet
 //! that looks like theirs: how evenly are targets spread, how many move when
@@ -22,7 +22,7 @@ use crate::shard::placement::{
     Balance, NodeSpec, Placement, PlacementError, PlacementSettings, Rendezvous, hash_key,
 };
 
-/// Arguments of `promshard ring`.
+/// Arguments of `promshard rendezvous`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
     /// Number of Prometheus nodes.
@@ -837,7 +837,7 @@ pub fn render_text(r: &SimReport) -> String {
     };
     [
         format!(
-            "ring: {} nodes, {targets} targets{}{grouping}, replicas {}, balance {balance}, seed {}{}",
+            "rendezvous: {} nodes, {targets} targets{}{grouping}, replicas {}, balance {balance}, seed {}{}",
             c.nodes,
             if weighted { " (weighted)" } else { "" },
             c.replicas,

@@ -110,7 +110,7 @@ fn max_over_mean(p: &Plan) -> f64 {
 /// consistent mode exactly the groups that now rank it first (≤ 1.15× the
 /// ideal) and nothing between the others; bounded at 10 nodes ≤ 1.15×.
 /// Bounded at 100 nodes moves more (1.65× here, 1.4–1.7× with
-/// `promshard ring --groups`): a node holds only ~100 groups, so the
+/// `promshard rendezvous --groups`): a node holds only ~100 groups, so the
 /// 2% headroom is about one group and the overflow reshuffles; this
 /// bounds it so that it cannot silently grow.
 #[test]
@@ -296,7 +296,7 @@ proptest! {
     }
 }
 
-/// `promshard ring --groups N`: groups are the keys placed, load still
+/// `promshard rendezvous --groups N`: groups are the keys placed, load still
 /// counts targets, and consistent mode moves whole groups only.
 #[test]
 fn the_simulator_places_groups() {

@@ -1,5 +1,5 @@
 //! Command-line interface: argument parsing and the `once`, `plan`, `check`
-//! and `ring` commands. Exit codes: 0 ok, 1 failure, 2 usage error.
+//! and `where` commands (`rendezvous` is [`crate::sim`], `drain` [`drain`]). Exit codes: 0 ok, 1 failure, 2 usage error.
 
 mod drain;
 
@@ -23,15 +23,27 @@ mod table;
 #[derive(Debug, Parser)]
 #[command(name = "promshard", version, about, long_about = None)]
 pub struct Cli {
-    /// Config file.
-    #[arg(long, short, global = true, default_value = "promshard.yaml")]
-    pub config: PathBuf,
+    /// Config file [default: promshard.yaml]; may also follow the command.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Log format (filter with RUST_LOG, e.g. RUST_LOG=promshard=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The config file of a command that reads one. Not a global option:
+/// `rendezvous` reads none and must not offer it.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file [default: promshard.yaml].
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file used when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "promshard.yaml";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -44,14 +56,16 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run as a daemon: passes on each service's schedule and on every change.
-    Run,
+    Run(RunArgs),
     /// One pass for all (or one) services: run scripts, plan, write, deliver.
     Once(OnceArgs),
     /// Show the assignment a pass would make; writes and delivers nothing.
     Plan(PlanArgs),
-    /// Validate the config, find drop-in services and compile every script.
+    /// Validate the config, list drop-in services and compile every script.
     Check(CheckArgs),
-    /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
+    /// Simulate placement on a synthetic fleet (balance, movement, vs
+    /// hashmod); reads no config.
+    #[command(alias = "ring")]
     Rendezvous(SimArgs),
     /// Which Prometheus scrapes a target: asks the running daemon, or
     /// computes the assignment from the config when none answers.
@@ -65,11 +79,61 @@ pub enum Command {
     Undrain(DrainArgs),
 }
 
+impl Command {
+    /// The `-c` given after the command; `None` for `rendezvous`.
+    fn config_arg(&self) -> Option<&ConfigArg> {
+        match self {
+            Command::Run(a) => Some(&a.config),
+            Command::Once(a) => Some(&a.plan.config),
+            Command::Plan(a) => Some(&a.config),
+            Command::Check(a) => Some(&a.config),
+            Command::Where(a) => Some(&a.config),
+            Command::Drain(a) | Command::Undrain(a) => Some(&a.config),
+            Command::Rendezvous(_) => None,
+        }
+    }
+}
+
+impl Cli {
+    /// The config file: `-c` before or after the command, else
+    /// [`DEFAULT_CONFIG`]. A usage error (exit 2) when given twice, or to
+    /// `rendezvous`, which would silently ignore it.
+    pub fn config_path(&self) -> Result<PathBuf, clap::Error> {
+        use clap::CommandFactory;
+        let usage = |message: String| {
+            Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message)
+        };
+        let after = self.command.config_arg();
+        match (&self.config, after.and_then(|a| a.config.as_ref())) {
+            (Some(c), _) if after.is_none() => Err(usage(format!(
+                "rendezvous simulates a synthetic fleet and reads no config file; leave out -c {}",
+                c.display()
+            ))),
+            (Some(a), Some(b)) => Err(usage(format!(
+                "-c given twice ({} and {}); give it once",
+                a.display(),
+                b.display()
+            ))),
+            (Some(c), None) | (None, Some(c)) => Ok(c.clone()),
+            (None, None) => Ok(PathBuf::from(DEFAULT_CONFIG)),
+        }
+    }
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
 /// Arguments of `drain` and `undrain`.
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     /// The node, as in the service's nodes (`host:port`).
     pub node: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// Arguments of `plan`.
@@ -88,6 +152,8 @@ pub struct PlanArgs {
     /// `plan` only: show what draining this node would move (repeatable).
     #[arg(long, value_name = "NODE")]
     pub drain: Vec<String>,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// Arguments of `once`.
@@ -111,6 +177,8 @@ pub struct WhereArgs {
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// Arguments of `check`.
@@ -120,6 +188,8 @@ pub struct CheckArgs {
     /// returns; writes nothing.
     #[arg(long)]
     pub run: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// Set up logging to stderr.
@@ -146,27 +216,28 @@ fn colour_logs() -> bool {
 /// Parse arguments and run; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.config_path().unwrap_or_else(|e| e.exit());
     init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Rendezvous(args) => crate::sim::main(args).map(|_| true),
-        Command::Where(args) => with_runtime(|| where_command(&cli.config, args)),
-        Command::Check(args) => check(&cli.config, args),
-        Command::Drain(args) => drain::drain_command(&cli.config, &args.node, true),
-        Command::Undrain(args) => drain::drain_command(&cli.config, &args.node, false),
-        Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
+        Command::Where(args) => with_runtime(|| where_command(&config, args)),
+        Command::Check(args) => check(&config, args),
+        Command::Drain(args) => drain::drain_command(&config, &args.node, true),
+        Command::Undrain(args) => drain::drain_command(&config, &args.node, false),
+        Command::Run(_) => with_runtime(|| run_daemon(config.clone())),
         Command::Once(args) => with_runtime(|| {
             let options = PassOptions {
                 dry_run: false,
                 force: args.force,
             };
-            pass_command(&cli.config, &args.plan, options)
+            pass_command(&config, &args.plan, options)
         }),
         Command::Plan(args) => with_runtime(|| {
             let options = PassOptions {
                 dry_run: true,
                 force: false,
             };
-            pass_command(&cli.config, args, options)
+            pass_command(&config, args, options)
         }),
     };
     match result {

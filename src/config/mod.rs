@@ -14,7 +14,9 @@
 //!
 //! 1. [`text`]: the text's size and nesting are checked before the YAML
 //!    parser sees it, then it is parsed into [`raw`] types. These steps stop
-//!    at the first problem.
+//!    at the first problem, which [`serde_error`] words like every other
+//!    (`services[1] "mysql": replicas: expected an integer, got "two"`,
+//!    or `unknown key "replica" (line 7), did you mean "replicas"?`).
 //! 2. [`top`] checks the top-level keys, the `defaults:` block and each
 //!    service (through [`service`], which a drop-in's `fn service()` map
 //!    also goes through). Here problems are *collected*: each check records
@@ -32,6 +34,7 @@ pub mod ha;
 pub mod handover;
 pub mod raw;
 pub mod rules;
+mod serde_error;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -56,7 +59,8 @@ pub use validate::{MAX_SERVICE_NAME, check_service_name};
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigProblem {
-    /// Where: e.g. `services[1] "mysql": replicas`, or `line 3 column 5`.
+    /// Where: e.g. `services[1] "mysql": replicas`, or `line 3 column 5`;
+    /// empty for the top level of the file.
     pub location: String,
     pub message: String,
 }
@@ -74,7 +78,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}: {}", self.file.display(), p.location, p.message)?;
+            match p.location.as_str() {
+                // A key at the top level of the file.
+                "" => write!(f, "{}: {}", self.file.display(), p.message)?,
+                at => write!(f, "{}: {at}: {}", self.file.display(), p.message)?,
+            }
         }
         Ok(())
     }

@@ -152,33 +152,33 @@ impl RawService {
     }
 }
 
-/// One entry of `nodes:`: `"host:port"` or `{addr, weight}`.
+/// One entry of `nodes:`: `"host:port"` or `{addr, weight}` (and no other
+/// key: a misspelt `weight` must not quietly mean 1).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub(super) enum RawNode {
     Addr(String),
     Weighted { addr: String, weight: Option<i64> },
 }
 
-/// `push:`, told apart by `kind`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub(super) enum RawPush {
-    None,
-    Local { dest: String },
-    Ansible(RawAnsible),
-}
-
-/// The keys of `push: {kind: ansible, …}`.
+/// `push:`. One flat map whose `kind` says which other keys apply (checked
+/// with the service), not a serde enum tagged by `kind`: serde buffers a
+/// tagged enum before reading it, which would lose the line of a misspelt
+/// key inside it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAnsible {
+pub(super) struct RawPush {
+    pub kind: PushKind,
+    /// `kind: local`: the path template of each node's copy.
+    #[serde(default)]
+    pub dest: Option<String>,
+    /// `kind: ansible`: the keys of [`RawAnsible`].
     #[serde(default)]
     pub playbook: Option<PathBuf>,
     #[serde(default)]
     pub dest_sd_file_name: Option<String>,
     #[serde(default)]
-    pub vars: BTreeMap<String, serde_yaml_ng::Value>,
+    pub vars: Option<BTreeMap<String, serde_yaml_ng::Value>>,
     #[serde(default)]
     pub forks: Option<i64>,
     #[serde(default)]
@@ -186,6 +186,66 @@ pub(super) struct RawAnsible {
     #[serde(default)]
     pub retries: Option<i64>,
     #[serde(default)]
+    pub ansible_playbook: Option<PathBuf>,
+}
+
+/// `push.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum PushKind {
+    None,
+    Local,
+    Ansible,
+}
+
+impl RawPush {
+    /// The keys set that `kind` does not use.
+    pub fn foreign_keys(&self) -> Vec<&'static str> {
+        let ansible = [
+            ("playbook", self.playbook.is_some()),
+            ("dest_sd_file_name", self.dest_sd_file_name.is_some()),
+            ("vars", self.vars.is_some()),
+            ("forks", self.forks.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("retries", self.retries.is_some()),
+            ("ansible_playbook", self.ansible_playbook.is_some()),
+        ];
+        let local = [("dest", self.dest.is_some())];
+        let unused: Vec<(&'static str, bool)> = match self.kind {
+            PushKind::None => local.into_iter().chain(ansible).collect(),
+            PushKind::Local => ansible.to_vec(),
+            PushKind::Ansible => local.to_vec(),
+        };
+        unused
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The ansible keys.
+    pub fn ansible(self) -> RawAnsible {
+        RawAnsible {
+            playbook: self.playbook,
+            dest_sd_file_name: self.dest_sd_file_name,
+            vars: self.vars.unwrap_or_default(),
+            forks: self.forks,
+            timeout: self.timeout,
+            retries: self.retries,
+            ansible_playbook: self.ansible_playbook,
+        }
+    }
+}
+
+/// The keys of `push: {kind: ansible, …}`.
+#[derive(Debug, Clone)]
+pub(super) struct RawAnsible {
+    pub playbook: Option<PathBuf>,
+    pub dest_sd_file_name: Option<String>,
+    pub vars: BTreeMap<String, serde_yaml_ng::Value>,
+    pub forks: Option<i64>,
+    pub timeout: Option<String>,
+    pub retries: Option<i64>,
     pub ansible_playbook: Option<PathBuf>,
 }
 

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::duration::{DEFAULT_SCHEDULE, parse_duration, parse_schedule};
-use super::raw::{RawAnsible, RawHealth, RawNode, RawObserve, RawPush, RawService, RawWeights};
+use super::raw::{
+    PushKind, RawAnsible, RawHealth, RawNode, RawObserve, RawPush, RawService, RawWeights,
+};
 use super::rules::check_rules;
 use super::validate::{
     Problems, check_service_name, check_shard_label, duration_at_least, duration_not_zero,
@@ -199,9 +201,20 @@ fn check_push(
     base_dir: &Path,
     p: &mut Problems,
 ) -> Push {
-    match raw.unwrap_or(RawPush::None) {
-        RawPush::None => Push::None,
-        RawPush::Local { dest } => {
+    let Some(raw) = raw else {
+        return Push::None;
+    };
+    for key in raw.foreign_keys() {
+        let kind = format!("{:?}", raw.kind).to_lowercase();
+        p.push(&format!("push.{key}"), format!("not a key of kind {kind}"));
+    }
+    match raw.kind {
+        PushKind::None => Push::None,
+        PushKind::Local => {
+            let Some(dest) = raw.dest else {
+                p.push("push.dest", "required for kind local");
+                return Push::None;
+            };
             if !dest.contains("{node}") {
                 p.push(
                     "push.dest",
@@ -217,9 +230,9 @@ fn check_push(
             };
             Push::Local { dest }
         }
-        RawPush::Ansible(raw) => {
-            Push::Ansible(p.under("push.", |p| check_ansible(raw, file_type, base_dir, p)))
-        }
+        PushKind::Ansible => Push::Ansible(p.under("push.", |p| {
+            check_ansible(raw.ansible(), file_type, base_dir, p)
+        })),
     }
 }
 
@@ -451,11 +464,12 @@ impl Config {
     ) -> Result<Service, Vec<ConfigProblem>> {
         let own: RawService = match settings {
             None => RawService::default(),
-            Some(v) => serde_json::from_value(v).map_err(|e| {
-                vec![ConfigProblem {
-                    location: "fn service()".into(),
-                    message: e.to_string(),
-                }]
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                vec![super::serde_error::value_problem(
+                    &path,
+                    &e.inner().to_string(),
+                )]
             })?,
         };
         let mut defaults = self.defaults.clone();

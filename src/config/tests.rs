@@ -231,3 +231,111 @@ fn health_errors_name_the_key() {
         .to_string();
     assert!(e.contains("intervall"), "{e}");
 }
+
+#[test]
+fn a_type_error_names_the_service_and_keeps_the_position() {
+    let text = GOOD.replace(
+        "    port: 9100\n",
+        "    port: 9100\n  - name: mysql\n    script: scripts/mysql.rhai\n    replicas: two\n",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "/etc/promshard/promshard.yaml: services[1] \"mysql\": replicas: expected an integer, got \"two\" (line 10 column 15)"
+    );
+    let e = parse(&GOOD.replace("port: 9100", "port: 9100\n    health: {fall: three}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services[0] \"node_exporter\": health.fall: expected an integer, got \"three\" (line 8 column"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unknown_key_suggests_the_closest_one_wherever_it_is() {
+    let cases = [
+        (
+            GOOD.replace("port: 9100", "port: 9100\n    replica: 2"),
+            "services[0] \"node_exporter\": unknown key \"replica\" (line 8), did you mean \"replicas\"?",
+        ),
+        (
+            format!("out_dri: x\n{GOOD}"),
+            "promshard.yaml: unknown key \"out_dri\" (line 1), did you mean \"out_dir\"?",
+        ),
+        (
+            GOOD.replace("dest: ", "dset: "),
+            "services[0] \"node_exporter\": push: unknown key \"dset\" (line 8), did you mean \"dest\"?",
+        ),
+        (
+            GOOD.replace("kind: local", "kind: locl"),
+            "did you mean \"local\"?",
+        ),
+        (
+            GOOD.replace("port: 9100", "port: 9100\n    health: {intervall: 5s}"),
+            "services[0] \"node_exporter\": health: unknown key \"intervall\" (line 8), did you mean \"interval\"?",
+        ),
+        (
+            format!("defaults: {{shedule: \"@every 1m\"}}\n{GOOD}"),
+            "defaults: unknown key \"shedule\" (line 1), did you mean \"schedule\"?",
+        ),
+        (
+            format!("ha: {{name: a, lease_tll: 5s}}\n{GOOD}"),
+            "ha: unknown key \"lease_tll\" (line 1), did you mean \"lease_ttl\"?",
+        ),
+        (
+            format!("{GOOD}    rules: {{files: [a.yml], dri: x}}\n"),
+            "unknown key \"dri\" (line 9), did you mean \"dir\"?",
+        ),
+        (
+            GOOD.replace(
+                "{addr: \"10.0.0.1:9090\", weight: 2}",
+                "{addr: \"10.0.0.1:9090\", wieght: 2}",
+            ),
+            "services[0] \"node_exporter\": nodes: expected \"host:port\" or {addr: \"host:port\", weight: N}",
+        ),
+        (
+            GOOD.replace("kind: local, dest", "kind: local, forks: 2, dest"),
+            "services[0] \"node_exporter\": push.forks: not a key of kind local",
+        ),
+        (
+            format!("scrape_configs: []\n{GOOD}"),
+            "unknown key \"scrape_configs\" (line 1); expected one of out_dir, listen",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "want {want}\ngot  {e}");
+    }
+}
+
+#[test]
+fn a_drop_in_settings_error_names_its_key() {
+    let c = parse(GOOD).unwrap();
+    let script = Path::new("scripts/extra.rhai");
+    for (settings, want) in [
+        (
+            serde_json::json!({"replica": 2}),
+            "unknown key \"replica\", did you mean \"replicas\"?",
+        ),
+        (
+            serde_json::json!({"replicas": "two"}),
+            "expected an integer, got \"two\"",
+        ),
+    ] {
+        let e = c
+            .drop_in_service("extra", script, Some(settings), false)
+            .unwrap_err();
+        assert!(e[0].location.starts_with("fn service()"), "{e:?}");
+        assert!(e[0].message.contains(want), "want {want}: {e:?}");
+    }
+    let e = c
+        .drop_in_service(
+            "extra",
+            script,
+            Some(serde_json::json!({"replicas": "two"})),
+            false,
+        )
+        .unwrap_err();
+    assert_eq!(e[0].location, "fn service(): replicas", "{e:?}");
+}

@@ -119,21 +119,7 @@ pub(super) fn parse_yaml(text: &str) -> Result<RawConfig, ConfigProblem> {
             "is empty; write at least `services: []` to run on defaults and drop-ins only".into(),
         ));
     }
-    serde_yaml_ng::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        match e.location() {
-            // The position goes in front, once, like every other problem.
-            Some(l) => {
-                let at = format!("line {} column {}", l.line(), l.column());
-                let message = message
-                    .strip_suffix(&format!(" at {at}"))
-                    .unwrap_or(&message)
-                    .to_string();
-                problem(&at, message)
-            }
-            None => problem("document", message),
-        }
-    })
+    serde_yaml_ng::from_str(text).map_err(|e| super::serde_error::yaml_problem(text, &e))
 }
 
 fn problem(location: &str, message: String) -> ConfigProblem {

@@ -12,7 +12,7 @@
 //! address; the target goes to the node with the highest `w / -ln(u)`
 //! (`w` = node weight), replicas to the next best ones. We started with a
 //! consistent hash ring of 8192 xxh3 points per weight unit and measured
-//! both (`promshard ring`, `cargo bench --bench ring`); rendezvous won on
+//! both (`promshard rendezvous`, `cargo bench --bench ring`); rendezvous won on
 //! every number users choose a sharder by:
 //!
 //! * **Balance.** A ring node's share of the circle is a sum of random gaps
