@@ -282,3 +282,17 @@ fn a_running_drop_in_edited_into_a_broken_service_fn_keeps_running() {
     );
     wait_sharded(&d, &s.service_dir("extra"), 2, &he, Duration::from_secs(1));
 }
+
+/// Any `.rhai` file in `scripts_dir` is a live service: the daemon says
+/// which ones it picked up, once, at start-up.
+#[test]
+fn run_logs_the_drop_in_services_it_picked_up_at_start_up() {
+    let (s, _h) = Setup::with_dropin_dir(4);
+    let settings = format!("schedule: \"@every 1h\", {}", rhai_nodes(&NODES[..2]));
+    s.drop_in("extra", &dropin_script(&settings, &hosts(3), "e1"));
+    let d = s.start();
+    d.wait_watching();
+    let line = format!("drop-in services from {DROPINS}/: extra ({DROPINS}/extra.rhai)");
+    let logged = d.logged(&line);
+    assert_eq!(logged.len(), 1, "want once: {line}\n{}", d.log_text());
+}

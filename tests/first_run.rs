@@ -105,7 +105,101 @@ fn a_yaml_error_names_its_position_once() {
         .find(|l| l.contains("bogus_key"))
         .unwrap_or_else(|| panic!("{}", run.stderr));
     assert_eq!(line.matches("line 4").count(), 1, "{line}");
-    assert!(line.starts_with("promshard.yaml: line 4 column"), "{line}");
+    assert_eq!(
+        line,
+        "promshard.yaml: services[0] \"a\": unknown key \"bogus_key\" (line 4); expected one of name, script, schedule, nodes, node_script, replicas, file_type, file_naming, port, push, ring, max_drop_ratio, max_move_ratio, resync_interval, health, observe, weights, affinity, shard_label, handover, handover_timeout, rules"
+    );
+}
+
+/// A misspelt key is answered with the key meant, and a value of the
+/// wrong type names the service, as every other config error does.
+#[test]
+fn config_mistakes_name_the_service_and_the_key_meant() {
+    let dir = Dir::new();
+    let n = nodes(2);
+    for (extra, want) in [
+        (
+            "replica: 2",
+            "promshard.yaml: services[0] \"svc\": unknown key \"replica\" (line 8), did you mean \"replicas\"?",
+        ),
+        (
+            "replicas: two",
+            "promshard.yaml: services[0] \"svc\": replicas: expected an integer, got \"two\" (line 8 column 15)",
+        ),
+    ] {
+        dir.config(&config_yaml(
+            &strs(&n),
+            &[("svc", "scripts/svc.rhai", extra)],
+        ));
+        let run = dir.run(&["check"]).failure();
+        assert_eq!(run.code, Some(1));
+        assert!(
+            run.stderr.lines().any(|l| l == want),
+            "want {want}\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// `check` says which `.rhai` files became services without being in the
+/// config, with their files.
+#[test]
+fn check_lists_the_drop_in_services_it_picked_up() {
+    let dir = Dir::new();
+    let n = nodes(2);
+    dir.config(&config_yaml(&strs(&n), &[("svc", "scripts/svc.rhai", "")]));
+    dir.write("scripts/svc.rhai", "fn targets(ctx) { [] }\n");
+    let dropin = format!(
+        "fn service() {{ #{{ nodes: [\"{}\"] }} }}\nfn targets(ctx) {{ [] }}\n",
+        n[0]
+    );
+    dir.write("scripts/mysql.rhai", &dropin);
+    dir.write("scripts/blackbox.rhai", &dropin);
+    let run = dir.run(&["check"]).success();
+    run.stdout_has(&[
+        "drop-in services from scripts/: blackbox (scripts/blackbox.rhai), mysql (scripts/mysql.rhai)",
+    ]);
+    fs::remove_file(dir.join("scripts/mysql.rhai")).expect("rm");
+    fs::remove_file(dir.join("scripts/blackbox.rhai")).expect("rm");
+    let run = dir.run(&["check"]).success();
+    assert!(
+        !run.stdout.contains("drop-in services from"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// The simulator reads no config, so it does not offer `-c`, and refuses
+/// one given before it rather than ignore it; `ring` still finds it.
+#[test]
+fn rendezvous_takes_no_config_and_ring_is_its_alias() {
+    let cwd = std::env::temp_dir();
+    let help = run_in(&cwd, &["rendezvous", "--help"]).success();
+    assert!(!help.stdout.contains("--config"), "{}", help.stdout);
+    let bad = run_in(&cwd, &["-c", "x.yaml", "rendezvous", "--nodes", "2"]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("reads no config file; leave out -c x.yaml"),
+        "{}",
+        bad.stderr
+    );
+    let args = ["--nodes", "2", "--targets", "100"];
+    for name in ["rendezvous", "ring"] {
+        let full: Vec<&str> = std::iter::once(name).chain(args).collect();
+        run_in(&cwd, &full)
+            .success()
+            .stdout_has(&["rendezvous: 2 nodes, 100 targets"]);
+    }
+    // Every other command takes -c before or after its name.
+    let dir = Dir::new();
+    site(&dir, "prom/{node}/sd.json");
+    for args in [
+        &["-c", "site/promshard.yaml", "check"][..],
+        &["check", "-c", "site/promshard.yaml"],
+    ] {
+        run_in(dir.path(), args).success();
+    }
 }
 
 #[test]
@@ -372,4 +466,142 @@ fn run_refuses_to_start_with_a_missing_or_unreadable_script() {
         );
     }
     assert!(!dir.join("site/out").exists(), "nothing is written");
+}
+
+/// The README's text between `### CLI` and the next heading.
+fn readme_cli_section() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = readme.find("\n### CLI\n").expect("README has ### CLI");
+    let rest = &readme[start + 9..];
+    let end = rest.find("\n#").unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+/// The long options (`--x`) a help text offers, but `--help`/`--version`.
+fn long_flags(help: &str) -> Vec<String> {
+    help.split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| {
+            w.trim_end_matches([',', '.'])
+                .split(['=', '<', '['])
+                .next()
+                .unwrap_or("")
+        })
+        .filter(|f| !f.is_empty() && !["help", "version"].contains(f))
+        .map(|f| format!("--{f}"))
+        .collect()
+}
+
+/// Every command `promshard --help` lists, and every long option of each,
+/// is in the README's CLI section, so the table cannot fall behind.
+#[test]
+fn the_readme_cli_section_names_every_command_and_flag() {
+    let cwd = std::env::temp_dir();
+    let cli = readme_cli_section();
+    let top = run_in(&cwd, &["--help"]).success().stdout.clone();
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .and_then(|c| c.split("Options:").next())
+        .expect("a Commands: list")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect();
+    assert!(commands.len() >= 8, "{commands:?}");
+    let mut missing = Vec::new();
+    for flag in long_flags(&top) {
+        if !cli.contains(&flag) {
+            missing.push(format!("promshard {flag}"));
+        }
+    }
+    for command in &commands {
+        if !cli.contains(&format!("promshard {command}")) {
+            missing.push(format!("promshard {command}"));
+        }
+        let help = run_in(&cwd, &[command, "--help"]).success().stdout.clone();
+        for flag in long_flags(&help) {
+            if !cli.contains(&flag) {
+                missing.push(format!("promshard {command} {flag}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in README's CLI section: {missing:?}"
+    );
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of every heading of a markdown text (outside code blocks).
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Every relative link of README.md, CONTRIBUTING.md and docs/*.md points
+/// at a file that exists, and every `#anchor` at a heading there.
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+    let docs = fs::read_dir(root.join("docs")).expect("docs/");
+    pages.extend(
+        docs.flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for page in &pages {
+        let text = fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        for link in text.split("](").skip(1).filter_map(|r| r.split(')').next()) {
+            if link.contains("://") || link.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (file, fragment) = link.split_once('#').unwrap_or((link, ""));
+            let target = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().expect("dir").join(file)
+            };
+            let name = page
+                .strip_prefix(root)
+                .unwrap_or(page)
+                .display()
+                .to_string();
+            if !target.exists() {
+                broken.push(format!("{name}: {link}: no such file"));
+            } else if !fragment.is_empty() {
+                let text = fs::read_to_string(&target).unwrap_or_default();
+                if !anchors(&text).iter().any(|a| a == fragment) {
+                    broken.push(format!("{name}: {link}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} links found");
+    assert!(broken.is_empty(), "{broken:#?}");
 }

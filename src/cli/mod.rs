@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Service};
 use crate::pass::{PassError, PassInput, PassOptions, PassReport, run_pass};
-use crate::script::dropin::{check_service_scripts, effective_services};
+use crate::script::dropin::{check_service_scripts, describe_drop_ins, effective_services};
 use crate::script::{Sandbox, ScriptCache, ScriptRun};
 use crate::shard::placement::NodeSpec;
 use crate::sim::SimArgs;
@@ -537,6 +537,9 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     let cache = ScriptCache::new();
     let sandbox = Sandbox::for_config(&config);
     let (services, problems) = effective_services(&config, &cache);
+    if let Some(line) = describe_drop_ins(&config, &services) {
+        println!("{line}");
+    }
     let mut ok = problems.is_empty();
     for p in &problems {
         eprintln!("{p}");

@@ -220,7 +220,14 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
         .start()
         .await
         .context("starting the cron scheduler")?;
-    tracing::info!(listen = %config.listen, services = shared.runners.lock().await.len(), "promshard running");
+    {
+        let runners = shared.runners.lock().await;
+        let services: Vec<_> = runners.values().map(|r| Arc::clone(&r.service)).collect();
+        if let Some(line) = crate::script::dropin::describe_drop_ins(&config, &services) {
+            tracing::info!(scripts_dir = %config.scripts_dir.display(), "{line}");
+        }
+        tracing::info!(listen = %config.listen, services = runners.len(), "promshard running");
+    }
     shared.watch_until_shutdown(&mut hangup).await;
     tracing::info!("shutting down: finishing passes in progress");
     shared.stop_all().await;

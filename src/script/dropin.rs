@@ -23,6 +23,33 @@ use super::cache::{ScriptCache, normalize};
 use super::{CompiledScript, Sandbox, ScriptError, ScriptRun};
 use crate::config::{Config, Service, check_service_name};
 
+/// One line naming the drop-in services among `services` and their files,
+/// relative to the config's directory (`drop-in services from scripts/:
+/// mysql (scripts/mysql.rhai), …`), or `None` when there are none. `check`
+/// prints it and `run` logs it at start-up: any `.rhai` file put in
+/// `scripts_dir` is a live service, and this is where that shows.
+pub fn describe_drop_ins(config: &Config, services: &[Arc<Service>]) -> Option<String> {
+    let rel = |p: &Path| {
+        p.strip_prefix(&config.base_dir)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
+    let found: Vec<String> = services
+        .iter()
+        .filter(|s| s.drop_in)
+        .map(|s| format!("{} ({})", s.name, rel(&s.script)))
+        .collect();
+    if found.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "drop-in services from {}/: {}",
+        rel(&config.scripts_dir),
+        found.join(", ")
+    ))
+}
+
 /// Why a drop-in script did not become a service (or why there are none).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropInProblem {
