@@ -545,45 +545,7 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
         eprintln!("{p}");
     }
     for s in &services {
-        if let Err(e) = check_service_dir(&config, s) {
-            ok = false;
-            eprintln!("{e} (service {})", s.name);
-        }
-        let usable = check_service_scripts(s, &cache)
-            .map_err(anyhow::Error::from)
-            .and_then(|script| {
-                if !script.has_fn("file_name", 1) {
-                    check_default_file_names(s, &s.nodes)?;
-                }
-                Ok(script)
-            });
-        match usable {
-            Ok(script) => {
-                let nodes = match (&s.node_script, s.nodes.len()) {
-                    (Some(n), _) => format!("nodes from {}", n.display()),
-                    (None, _) if script.has_fn("nodes", 1) => "nodes from fn nodes(ctx)".into(),
-                    (None, n) => format!("{n} nodes"),
-                };
-                println!(
-                    "ok: service {} ({}{}, {nodes}, replicas {}, schedule {})",
-                    s.name,
-                    if s.drop_in { "drop-in " } else { "" },
-                    s.script.display(),
-                    s.replicas,
-                    s.schedule
-                );
-                if args.run && !check_run(s, &script, &sandbox) {
-                    ok = false;
-                }
-                if !crate::rules::check_command(s) {
-                    ok = false;
-                }
-            }
-            Err(e) => {
-                ok = false;
-                eprintln!("{e} (service {})", s.name);
-            }
-        }
+        ok &= check_one(&config, s, &cache, &sandbox, args);
     }
     let drop_ins = services.iter().filter(|s| s.drop_in).count();
     if ok {
@@ -596,6 +558,54 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
+}
+
+/// `check` of one service: its directory, its scripts, its default file
+/// names, its rule files (and with `--run`, what its script returns).
+fn check_one(
+    config: &Config,
+    s: &Service,
+    cache: &ScriptCache,
+    sandbox: &Sandbox,
+    args: &CheckArgs,
+) -> bool {
+    let mut ok = true;
+    if let Err(e) = check_service_dir(config, s) {
+        ok = false;
+        eprintln!("{e} (service {})", s.name);
+    }
+    let usable = check_service_scripts(s, cache)
+        .map_err(anyhow::Error::from)
+        .and_then(|script| {
+            if !script.has_fn("file_name", 1) {
+                check_default_file_names(s, &s.nodes)?;
+            }
+            Ok(script)
+        });
+    let script = match usable {
+        Ok(script) => script,
+        Err(e) => {
+            eprintln!("{e} (service {})", s.name);
+            return false;
+        }
+    };
+    let nodes = match (&s.node_script, s.nodes.len()) {
+        (Some(n), _) => format!("nodes from {}", n.display()),
+        (None, _) if script.has_fn("nodes", 1) => "nodes from fn nodes(ctx)".into(),
+        (None, n) => format!("{n} nodes"),
+    };
+    println!(
+        "ok: service {} ({}{}, {nodes}, replicas {}, schedule {})",
+        s.name,
+        if s.drop_in { "drop-in " } else { "" },
+        s.script.display(),
+        s.replicas,
+        s.schedule
+    );
+    if args.run && !check_run(s, &script, sandbox) {
+        ok = false;
+    }
+    crate::rules::check_command(s) && ok
 }
 
 /// The service's directory must hold only files promshard wrote, as a
