@@ -187,6 +187,8 @@ pub(super) struct RawAnsible {
     pub retries: Option<i64>,
     #[serde(default)]
     pub ansible_playbook: Option<PathBuf>,
+    #[serde(default)]
+    pub tuning: Option<bool>,
 }
 
 /// `health:`; unset keys take the defaults of [`Health`](super::Health).

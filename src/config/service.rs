@@ -282,6 +282,7 @@ fn check_ansible(
         timeout,
         retries,
         ansible_playbook,
+        tuning: raw.tuning.unwrap_or(true),
     }
 }
 
