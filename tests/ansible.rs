@@ -913,10 +913,14 @@ fn http(method: &str, url: &str) -> Result<String, String> {
     }
 }
 
-fn start_prometheus(f: &Fixture, sd_glob: &str) -> Prometheus {
+/// A Prometheus listening on `host` (a loopback address), port probed.
+fn start_prometheus(f: &Fixture, host: &str, sd_glob: &str) -> Prometheus {
     let bin = prometheus();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let port = std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let addr = format!("{host}:{port}");
     let config = f.write(
         "prometheus.yml",
         format!(
@@ -989,20 +993,27 @@ fn wait_for_targets(p: &Prometheus, want: &BTreeSet<String>) {
     }
 }
 
+/// End to end over SSH: the node is a real Prometheus on the same
+/// loopback address as a real sshd; the playbook copies its file over SSH
+/// and POSTs the reload from the "remote" host.
 #[test]
-#[ignore = "needs prometheus and ansible-playbook"]
+#[ignore = "needs prometheus, sshd and ansible-playbook"]
 fn reload_true_makes_prometheus_pick_up_the_new_file() {
+    let ssh = SshHosts::start(1);
     let f = Fixture::new();
     let sd = f.path("prom-sd");
     fs::create_dir_all(&sd).expect("sd dir");
-    let prom = start_prometheus(&f, &format!("{}/*.json", sd.display()));
+    let prom = start_prometheus(&f, &ssh.hosts[0].addr, &format!("{}/*.json", sd.display()));
     let node = prom.addr.clone();
     f.targets(4, None);
     // resync_interval 0s: every pass runs the playbook, changed or not, so
     // an unchanged delivery is seen not to reload.
     f.config(
         &[&node],
-        json!({"playbook": shipped_playbook(), "vars": {"dest_dir": sd, "reload": true}}),
+        over_ssh(
+            &ssh,
+            json!({"playbook": shipped_playbook(), "vars": {"dest_dir": sd, "reload": true}}),
+        ),
         "    resync_interval: 0s\n",
     );
     assert_eq!(reloads(&prom), 0);

@@ -8,6 +8,14 @@
 //! callback), and hosts that failed or were unreachable are retried, alone,
 //! with backoff, up to `retries` times in the same pass.
 //!
+//! Speed over SSH: by Ansible's defaults every module is a temp dir, an
+//! upload, a chmod and a cleanup on the host. Each run is pipelined, keeps
+//! one SSH connection per host (ControlMaster sockets in the batch's
+//! private dir) and gathers no facts ([`tuned_settings`]); measured with
+//! `-vvv` against a real sshd, a changed file then takes 7 commands and
+//! one upload per host instead of 11 and three. The control masters leave
+//! the process tree by design, so they are killed when their run ends.
+//!
 //! Safety:
 //! - No shell: the command is an argument vector. Every string value in the
 //!   inventory is marked `__ansible_unsafe`, so Ansible never evaluates
@@ -24,6 +32,7 @@
 //!   by group; the child is always reaped.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -312,11 +321,7 @@ async fn run_playbook(
 ) -> Result<RunOutput, String> {
     let mut cmd = Command::new(&settings.ansible_playbook);
     if settings.tuning {
-        for (key, value) in tuned_settings(&work.control_dir) {
-            if std::env::var_os(key).is_none() {
-                cmd.env(key, value);
-            }
-        }
+        set_unless_given(&mut cmd, tuned_settings(&work.control_dir));
     }
     cmd.arg("-i")
         .arg(inventory)
@@ -388,7 +393,7 @@ async fn run_playbook(
 /// Host vars (`push.vars`, e.g. `ansible_pipelining: false`) win over
 /// these, as over any Ansible environment variable; an `ansible.cfg` loses
 /// to them.
-pub fn tuned_settings(control_dir: &Path) -> [(&'static str, std::ffi::OsString); 3] {
+pub fn tuned_settings(control_dir: &Path) -> [(&'static str, OsString); 3] {
     [
         // Modules are fed to python on stdin: no temp dir, upload and
         // chmod round trips per module.
@@ -400,6 +405,15 @@ pub fn tuned_settings(control_dir: &Path) -> [(&'static str, std::ffi::OsString)
         // Facts are never used by the shipped playbooks.
         ("ANSIBLE_GATHERING", "explicit".into()),
     ]
+}
+
+/// Set each variable on `cmd` unless promshard's own environment has it.
+fn set_unless_given(cmd: &mut Command, vars: impl IntoIterator<Item = (&'static str, OsString)>) {
+    for (key, value) in vars {
+        if std::env::var_os(key).is_none() {
+            cmd.env(key, value);
+        }
+    }
 }
 
 /// Kill the SSH control masters whose sockets live in `control_dir` (found

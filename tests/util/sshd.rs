@@ -183,15 +183,24 @@ impl SshHosts {
             )
             .expect("sshd_config");
             let log = fs::File::create(host.log()).expect("sshd log");
-            let child = Command::new(&bin)
-                .arg("-D")
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-D")
                 .arg("-e")
                 .arg("-f")
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
-                .process_group(0)
+                .process_group(0);
+            // A killed test or bench leaves no sshd behind.
+            // SAFETY: prctl is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
             let mut guard = ChildGuard::new(format!("sshd {}:{port}", host.addr), child);
@@ -264,7 +273,9 @@ fn sshd_config(addr: &str, port: u16, host_key: &Path, authorized: &Path) -> Str
 
 /// An ed25519 key pair at `path` and `path.pub`, no passphrase.
 fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
+    let bin = super::tools::locate("ssh-keygen", "PROMSHARD_SSH_KEYGEN")
+        .unwrap_or_else(|| PathBuf::from("ssh-keygen"));
+    let out = Command::new(bin)
         .args([
             "-q",
             "-t",
