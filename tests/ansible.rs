@@ -265,7 +265,7 @@ fn targets(ctx) {
 
     /// Wait until `count` hung modules run; panics if `child` exits first.
     fn wait_for_hang(&self, marker: &str, count: usize, child: &mut std::process::Child) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut seen = Vec::new();
         while seen.len() < count {
             if Instant::now() > deadline {
