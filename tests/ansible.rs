@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_promshard");
 
 mod util;
-use util::child::free_port;
+use util::child::{free_port, poll};
+use util::sshd::SshHosts;
 use util::tools::{ansible_playbook, ansible_python, prometheus};
 
 fn shipped_playbook() -> PathBuf {
@@ -240,6 +241,11 @@ fn targets(ctx) {
     /// Write `hang.yml`: each host runs a module that sleeps ten minutes
     /// with a marker argument; returns the marker.
     fn hang_playbook(&self) -> String {
+        self.hang_playbook_for(600)
+    }
+
+    /// [`Self::hang_playbook`] with a sleep of `secs`.
+    fn hang_playbook_for(&self, secs: u32) -> String {
         let marker = format!("{}/hang-marker", self.root.display());
         self.write(
             "hang.yml",
@@ -249,7 +255,7 @@ fn targets(ctx) {
   gather_facts: false
   tasks:
     - ansible.builtin.command:
-        argv: ["{}", "-c", "import time; time.sleep(600)", "{marker}"]
+        argv: ["{}", "-c", "import time; time.sleep({secs})", "{marker}"]
 "#,
                 ansible_python().display()
             ),
@@ -259,7 +265,7 @@ fn targets(ctx) {
 
     /// Wait until `count` hung modules run; panics if `child` exits first.
     fn wait_for_hang(&self, marker: &str, count: usize, child: &mut std::process::Child) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut seen = Vec::new();
         while seen.len() < count {
             if Instant::now() > deadline {
@@ -907,10 +913,14 @@ fn http(method: &str, url: &str) -> Result<String, String> {
     }
 }
 
-fn start_prometheus(f: &Fixture, sd_glob: &str) -> Prometheus {
+/// A Prometheus listening on `host` (a loopback address), port probed.
+fn start_prometheus(f: &Fixture, host: &str, sd_glob: &str) -> Prometheus {
     let bin = prometheus();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let port = std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let addr = format!("{host}:{port}");
     let config = f.write(
         "prometheus.yml",
         format!(
@@ -983,20 +993,27 @@ fn wait_for_targets(p: &Prometheus, want: &BTreeSet<String>) {
     }
 }
 
+/// End to end over SSH: the node is a real Prometheus on the same
+/// loopback address as a real sshd; the playbook copies its file over SSH
+/// and POSTs the reload from the "remote" host.
 #[test]
-#[ignore = "needs prometheus and ansible-playbook"]
+#[ignore = "needs prometheus, sshd and ansible-playbook"]
 fn reload_true_makes_prometheus_pick_up_the_new_file() {
+    let ssh = SshHosts::start(1);
     let f = Fixture::new();
     let sd = f.path("prom-sd");
     fs::create_dir_all(&sd).expect("sd dir");
-    let prom = start_prometheus(&f, &format!("{}/*.json", sd.display()));
+    let prom = start_prometheus(&f, &ssh.hosts[0].addr, &format!("{}/*.json", sd.display()));
     let node = prom.addr.clone();
     f.targets(4, None);
     // resync_interval 0s: every pass runs the playbook, changed or not, so
     // an unchanged delivery is seen not to reload.
     f.config(
         &[&node],
-        json!({"playbook": shipped_playbook(), "vars": {"dest_dir": sd, "reload": true}}),
+        over_ssh(
+            &ssh,
+            json!({"playbook": shipped_playbook(), "vars": {"dest_dir": sd, "reload": true}}),
+        ),
         "    resync_interval: 0s\n",
     );
     assert_eq!(reloads(&prom), 0);
@@ -1030,4 +1047,297 @@ fn reload_true_makes_prometheus_pick_up_the_new_file() {
     );
     assert_eq!(reloads(&prom), 2, "reloaded for nothing");
     wait_for_targets(&prom, &want(6));
+}
+
+// Over real SSH: every host is a real `sshd` on its own loopback address
+// (tests/util/sshd.rs), reached with `ansible_connection: ssh`, key auth
+// and `StrictHostKeyChecking yes` against a known_hosts of the fixture's
+// host keys. The "remote" files land on this machine, in the fixture.
+
+/// Push settings that deliver to `ssh`'s hosts over SSH.
+fn over_ssh(ssh: &SshHosts, extra: Value) -> Value {
+    let mut vars = ssh.ansible_vars();
+    merge(
+        &mut vars,
+        json!({"ansible_python_interpreter": ansible_python()}),
+    );
+    let mut push = json!({"vars": vars});
+    merge(&mut push, extra);
+    push
+}
+
+#[test]
+#[ignore = "needs sshd and ansible-playbook"]
+fn over_ssh_every_host_gets_its_file_and_an_unchanged_pass_starts_no_ansible() {
+    let ssh = SshHosts::start(4);
+    let nodes = ssh.nodes();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let f = Fixture::new();
+    f.targets(40, None);
+    f.dest_dirs(&nodes);
+    f.config(&nodes, over_ssh(&ssh, json!({})), "");
+    let first = f.once();
+    assert_eq!(first.code, Some(0), "{}", first.describe());
+    for (node, host) in nodes.iter().zip(&ssh.hosts) {
+        assert_eq!(
+            first.outcome(node),
+            ("changed".into(), true, 1),
+            "{node}\n{}",
+            first.describe()
+        );
+        assert_eq!(
+            f.delivered(node).expect("delivered file"),
+            f.out_file(&first, node)
+        );
+        assert_eq!(f.recorded("host", node), host.addr);
+        assert!(
+            host.log_text().contains("Accepted publickey"),
+            "{node} was not reached over SSH: {}",
+            host.log_text()
+        );
+    }
+    // One run, with the tuned settings: pipelined, control sockets in the
+    // run's private dir.
+    let runs = first.stderr.matches("ansible-playbook run").count();
+    assert_eq!(runs, 1, "{}", first.describe());
+
+    let second = f.once();
+    assert_eq!(second.code, Some(0), "{}", second.describe());
+    for node in &nodes {
+        assert_eq!(
+            second.outcome(node),
+            ("skipped-unchanged".into(), false, 0),
+            "{}",
+            second.describe()
+        );
+        assert_eq!(f.runs(node), 1, "{node} was delivered again");
+    }
+    assert!(
+        !second.stderr.contains("ansible-playbook run"),
+        "a pass with nothing changed started ansible-playbook:\n{}",
+        second.describe()
+    );
+}
+
+#[test]
+#[ignore = "needs sshd and ansible-playbook"]
+fn over_ssh_a_down_host_a_changed_host_key_and_a_refused_write_fail_alone() {
+    let mut ssh = SshHosts::start(4);
+    let nodes = ssh.nodes();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let (good, down, rekeyed, unwritable) = (nodes[0], nodes[1], nodes[2], nodes[3]);
+    let f = Fixture::new();
+    f.targets(40, None);
+    f.dest_dirs(&nodes[..3]);
+    // The destination's parent is a regular file: no write can succeed,
+    // not even as root.
+    f.write(&format!("dest/{unwritable}"), "not a directory");
+    ssh.stop_host(1);
+    ssh.change_host_key(2);
+    let known_hosts = fs::read(ssh.root().join("known_hosts")).expect("known_hosts");
+    f.config(&nodes, over_ssh(&ssh, json!({"retries": 1})), "");
+
+    let first = f.once();
+    assert_eq!(first.code, Some(1), "{}", first.describe());
+    assert_eq!(first.outcome(good), ("changed".into(), true, 1));
+    assert_eq!(f.delivered(good), Some(f.out_file(&first, good)));
+    let error = |n: &str| first.node(n)["error"].as_str().unwrap_or("").to_string();
+
+    assert_eq!(
+        first.outcome(down),
+        ("unreachable".into(), true, 2),
+        "retried once\n{}",
+        first.describe()
+    );
+    assert!(
+        error(down).contains("Connection refused"),
+        "{}",
+        error(down)
+    );
+
+    assert_eq!(first.outcome(rekeyed), ("unreachable".into(), true, 2));
+    assert!(
+        error(rekeyed).contains("Host key verification failed")
+            || error(rekeyed).contains("IDENTIFICATION HAS CHANGED"),
+        "{}",
+        error(rekeyed)
+    );
+    assert_eq!(
+        f.delivered(rekeyed),
+        None,
+        "delivered past a changed host key"
+    );
+    assert!(
+        !ssh.hosts[2].log_text().contains("Accepted publickey"),
+        "the client authenticated to a host with an unknown key"
+    );
+
+    assert_eq!(first.outcome(unwritable), ("failed".into(), true, 2));
+    assert!(
+        error(unwritable).to_lowercase().contains("not a directory")
+            || error(unwritable).contains("does not exist"),
+        "Ansible's message: {}",
+        error(unwritable)
+    );
+    assert!(
+        first.stderr.contains("retrying failed ansible deliveries"),
+        "{}",
+        first.describe()
+    );
+
+    // The host is back and the disk is fixed: the next pass delivers to
+    // exactly those two; the changed key is still refused, never learnt.
+    ssh.start_host(1);
+    fs::remove_file(f.dest(unwritable)).expect("remove blocker");
+    fs::create_dir_all(f.dest(unwritable)).expect("dest dir");
+    let second = f.once();
+    assert_eq!(second.code, Some(1), "{}", second.describe());
+    assert_eq!(second.outcome(good), ("skipped-unchanged".into(), false, 0));
+    for node in [down, unwritable] {
+        assert_eq!(
+            second.outcome(node),
+            ("changed".into(), true, 1),
+            "{node}\n{}",
+            second.describe()
+        );
+        assert_eq!(f.delivered(node), Some(f.out_file(&second, node)));
+    }
+    assert_eq!(second.outcome(rekeyed).0, "unreachable");
+    assert_eq!(f.delivered(rekeyed), None);
+    assert_eq!(
+        fs::read(ssh.root().join("known_hosts")).expect("known_hosts"),
+        known_hosts,
+        "known_hosts was changed"
+    );
+}
+
+/// `pid` and all its descendants (walking `/proc` parent links).
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let table: Vec<(u32, u32, String)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let (left, rest) = stat.rsplit_once(')')?;
+            let comm = left.split_once('(')?.1.to_string();
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, comm))
+        })
+        .collect();
+    let mut found = vec![(root, String::new())];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i].0;
+        for (pid, ppid, comm) in &table {
+            if *ppid == parent && !found.iter().any(|(p, _)| p == pid) {
+                found.push((*pid, comm.clone()));
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+#[ignore = "needs sshd and ansible-playbook"]
+fn over_ssh_sigterm_during_a_run_kills_and_reaps_every_ssh_process() {
+    let ssh = SshHosts::start(3);
+    let nodes = ssh.nodes();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let f = Fixture::new();
+    f.targets(30, None);
+    f.dest_dirs(&nodes);
+    // The modules sleep on the "remote" hosts; promshard's side of the run
+    // (ansible-playbook, its workers, ssh clients and control masters) all
+    // mention its private temp dir, put under the fixture to be found.
+    let marker = f.hang_playbook_for(90);
+    let private = f.path("t");
+    fs::create_dir_all(&private).expect("TMPDIR");
+    f.config(
+        &nodes,
+        over_ssh(&ssh, json!({"playbook": "hang.yml", "timeout": "300s"})),
+        "",
+    );
+    let cfg = f.path("promshard.yaml");
+    let text = fs::read_to_string(&cfg).expect("config");
+    fs::write(&cfg, format!("listen: 127.0.0.1:{}\n{text}", free_port())).expect("config");
+    let mut child = f
+        .command(&["run"])
+        .env("TMPDIR", &private)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promshard run");
+    f.wait_for_hang(&marker, nodes.len(), &mut child);
+    let tree: Vec<(u32, String)> = descendants(child.id())
+        .into_iter()
+        .filter(|(p, _)| *p != child.id())
+        .collect();
+    let clients = tree.iter().filter(|(_, c)| c == "ssh").count();
+    assert!(
+        clients >= nodes.len(),
+        "expected an ssh client per host in promshard's tree: {tree:?}"
+    );
+    let needle = format!("{}/", private.display());
+    assert!(
+        !processes_with(&needle).is_empty(),
+        "nothing mentions the private dir"
+    );
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let exited = poll(
+        "promshard run to exit after SIGTERM",
+        Duration::from_secs(30),
+        || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        },
+    );
+    let status = exited.unwrap_or_else(|e| {
+        let _ = child.kill();
+        panic!("{e}")
+    });
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("killed by shutdown"), "{stderr}");
+    let left = poll(
+        "promshard's processes to be gone",
+        Duration::from_secs(10),
+        || {
+            let mut left: Vec<String> = tree
+                .iter()
+                .filter(|(p, _)| alive(*p))
+                .map(|(p, c)| format!("{p} ({c})"))
+                .collect();
+            left.extend(processes_with(&needle));
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        },
+    );
+    // The sleeping modules are the remote hosts' own; end them here.
+    for p in processes_with(&marker) {
+        if let Some(pid) = p.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
+            // SAFETY: a sleeper this test started through sshd.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    left.unwrap_or_else(|e| panic!("{e}"));
 }

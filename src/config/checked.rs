@@ -100,6 +100,8 @@ pub struct AnsiblePush {
     pub retries: u32,
     /// The program: a name looked up in PATH, or a path (config-relative).
     pub ansible_playbook: PathBuf,
+    /// Whether runs get promshard's SSH settings (`push::ansible::tuned_settings`).
+    pub tuning: bool,
 }
 
 /// A validated service.

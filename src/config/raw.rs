@@ -187,6 +187,8 @@ pub(super) struct RawPush {
     pub retries: Option<i64>,
     #[serde(default)]
     pub ansible_playbook: Option<PathBuf>,
+    #[serde(default)]
+    pub tuning: Option<bool>,
 }
 
 /// `push.kind`.

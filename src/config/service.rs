@@ -236,6 +236,10 @@ fn check_push(
     }
 }
 
+/// Default `push.forks`: a run uses min(forks, hosts in it), so a fleet up
+/// to this size is delivered in one wave of SSH connections.
+const DEFAULT_FORKS: i64 = 50;
+
 /// Check `push: {kind: ansible}` (keys without the `push.` prefix).
 fn check_ansible(
     raw: RawAnsible,
@@ -261,7 +265,7 @@ fn check_ansible(
         .unwrap_or_else(|| format!("{{service}}.{}", file_type.ext()));
     p.check("dest_sd_file_name", plain_file_name(&dest_sd_file_name));
     let vars = check_vars(raw.vars, p);
-    let forks = in_range(raw.forks.unwrap_or(10), 1..=1000, |n| {
+    let forks = in_range(raw.forks.unwrap_or(DEFAULT_FORKS), 1..=1000, |n| {
         format!("{n} must be 1..=1000")
     });
     let forks = p.take("forks", forks, 1) as usize;
@@ -295,6 +299,7 @@ fn check_ansible(
         timeout,
         retries,
         ansible_playbook,
+        tuning: raw.tuning.unwrap_or(true),
     }
 }
 

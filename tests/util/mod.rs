@@ -25,6 +25,7 @@ pub mod exposition;
 pub mod fixture;
 pub mod http;
 pub mod prom;
+pub mod sshd;
 pub mod tools;
 
 /// Path of the binary under test.
