@@ -45,6 +45,7 @@ mod reconcile;
 mod runner;
 mod status;
 pub mod status_page;
+pub mod web;
 
 use reconcile::{start_script_watch, watch_config};
 use runner::Runner;
@@ -69,6 +70,8 @@ pub struct Shared {
     shutdown: Shutdown,
     /// With `ha:` (read at start): the election; only its leader delivers.
     pub ha: Option<Arc<crate::ha::Ha>>,
+    /// TLS and basic auth on the API, as `web_config_file` says now.
+    pub web: web::Web,
 }
 
 impl Shared {
@@ -220,7 +223,9 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
         .start()
         .await
         .context("starting the cron scheduler")?;
-    tracing::info!(listen = %config.listen, services = shared.runners.lock().await.len(), "promshard running");
+    let tls = config.web.as_ref().and_then(|w| w.tls.as_ref());
+    let basic_auth = config.web.as_ref().is_some_and(|w| !w.users.is_empty());
+    tracing::info!(listen = %config.listen, tls = tls.is_some(), client_auth = ?tls.map(|t| t.client_auth), basic_auth, services = shared.runners.lock().await.len(), "promshard running");
     shared.watch_until_shutdown(&mut hangup).await;
     tracing::info!("shutting down: finishing passes in progress");
     shared.stop_all().await;
@@ -256,6 +261,7 @@ impl Shared {
             scheduler,
             shutdown: shutdown.clone(),
             ha: config.ha.clone().map(crate::ha::Ha::new),
+            web: web::Web::default(),
         });
         if let Some(ha) = &shared.ha {
             shutdown.spawn(Arc::clone(ha).run(shutdown.token().clone()));
