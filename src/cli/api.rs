@@ -109,7 +109,9 @@ fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<ureq::tls::Certif
     let pem = std::fs::read(path).with_context(|| format!("{what}: {}", path.display()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
-        if let PemItem::Certificate(c) = item.with_context(|| format!("{what}: {}", path.display()))? {
+        if let PemItem::Certificate(c) =
+            item.with_context(|| format!("{what}: {}", path.display()))?
+        {
             certs.push(c);
         }
     }
@@ -130,7 +132,8 @@ fn client_cert() -> anyhow::Result<Option<ClientCert>> {
         _ => bail!("set both PROMSHARD_API_CERT_FILE and PROMSHARD_API_KEY_FILE, or neither"),
     };
     let chain = certificates(&cert, "PROMSHARD_API_CERT_FILE")?;
-    let pem = std::fs::read(&key).with_context(|| format!("PROMSHARD_API_KEY_FILE: {}", key.display()))?;
+    let pem = std::fs::read(&key)
+        .with_context(|| format!("PROMSHARD_API_KEY_FILE: {}", key.display()))?;
     let key = ureq::tls::PrivateKey::from_pem(&pem)
         .with_context(|| format!("PROMSHARD_API_KEY_FILE: {}: no private key", key.display()))?;
     Ok(Some(ClientCert::new_with_certs(&chain, key)))
@@ -138,7 +141,9 @@ fn client_cert() -> anyhow::Result<Option<ClientCert>> {
 
 /// `Basic …` from `PROMSHARD_API_USER` and `PROMSHARD_API_PASSWORD`.
 fn basic_auth() -> anyhow::Result<Option<String>> {
-    let user = std::env::var("PROMSHARD_API_USER").ok().filter(|u| !u.is_empty());
+    let user = std::env::var("PROMSHARD_API_USER")
+        .ok()
+        .filter(|u| !u.is_empty());
     let password = std::env::var("PROMSHARD_API_PASSWORD").ok();
     match (user, password) {
         (None, None) => Ok(None),

@@ -626,12 +626,12 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
 async fn where_command(path: &std::path::Path, args: &WhereArgs) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
     let api = api::DaemonApi::new(&config, std::time::Duration::from_secs(3))?;
+    let base = api.base.clone();
     let answer = match ask_daemon(api, args).await {
         Ok(answer) => answer,
         Err(why) => {
             eprintln!(
-                "promshard: no daemon answered at {} ({why}); computing the assignment from {}, nothing observed",
-                config.listen,
+                "promshard: no daemon answered at {base} ({why}); computing the assignment from {}, nothing observed",
                 config.path.display()
             );
             compute_where(&config, args).await?

@@ -125,7 +125,10 @@ impl ClientAuth {
         ("NoClientCert", ClientAuth::NoClientCert),
         ("RequestClientCert", ClientAuth::RequestClientCert),
         ("RequireAnyClientCert", ClientAuth::RequireAnyClientCert),
-        ("VerifyClientCertIfGiven", ClientAuth::VerifyClientCertIfGiven),
+        (
+            "VerifyClientCertIfGiven",
+            ClientAuth::VerifyClientCertIfGiven,
+        ),
         (
             "RequireAndVerifyClientCert",
             ClientAuth::RequireAndVerifyClientCert,
@@ -174,18 +177,6 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct Stamps(Vec<(PathBuf, Option<Stamp>)>);
 
 impl Stamps {
-    fn of(paths: impl IntoIterator<Item = PathBuf>) -> Stamps {
-        Stamps(
-            paths
-                .into_iter()
-                .map(|p| {
-                    let s = stamp(&p);
-                    (p, s)
-                })
-                .collect(),
-        )
-    }
-
     /// Whether one of the files has changed (or appeared, or gone) since.
     pub fn changed(&self) -> bool {
         self.0.iter().any(|(p, s)| stamp(p) != *s)
@@ -219,8 +210,9 @@ impl fmt::Display for WebConfigError {
 #[derive(Default)]
 pub(super) struct Found {
     pub list: Vec<(String, String)>,
-    /// The files read, for [`WebConfig::changed_on_disk`].
-    pub read: Vec<PathBuf>,
+    /// The files read, each stamped just before: a change while it is
+    /// read shows at the next check.
+    read: Stamps,
 }
 
 impl Found {
@@ -230,7 +222,7 @@ impl Found {
 
     /// The bytes of `path`, or the problem under `key`.
     pub fn read(&mut self, key: &str, path: &Path) -> Option<Vec<u8>> {
-        self.read.push(path.to_path_buf());
+        self.read.0.push((path.to_path_buf(), stamp(path)));
         std::fs::read(path)
             .map_err(|e| self.push(key, format!("cannot read {}: {e}", path.display())))
             .ok()
@@ -250,22 +242,13 @@ impl fmt::Debug for WebConfig {
 impl WebConfig {
     /// Read and check the web config at `path`, with every file it names.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
-        // Stamps are taken before reading: a change while a file is read
-        // shows at the next check.
         let mut found = Found::default();
-        found.read.push(path.to_path_buf());
-        let stamps = Stamps::of([path.to_path_buf()]);
+        found.read.0.push((path.to_path_buf(), stamp(path)));
         let web = std::fs::read_to_string(path)
             .map_err(|e| found.push("file", format!("cannot read: {e}")))
             .and_then(|text| parse(&text).map_err(|e| found.push("file", e)))
             .map(|raw| check(raw, path.parent().unwrap_or(Path::new(".")), &mut found));
-        let stamps = Stamps(
-            stamps
-                .0
-                .into_iter()
-                .chain(Stamps::of(found.read.split_off(1)).0)
-                .collect(),
-        );
+        let stamps = std::mem::take(&mut found.read);
         match web {
             Ok(web) if found.list.is_empty() => Ok(WebConfig {
                 path: path.to_path_buf(),
@@ -364,10 +347,7 @@ fn check_header(name: &str, value: &str, found: &mut Found) -> Option<(HeaderNam
 /// `raw` unset or a problem under `key` naming what to use instead.
 pub(super) fn refuse<T>(found: &mut Found, key: &str, raw: &Option<T>, instead: &str) {
     if raw.is_some() {
-        found.push(
-            key,
-            format!("not supported by promshard; use {instead}"),
-        );
+        found.push(key, format!("not supported by promshard; use {instead}"));
     }
 }
 

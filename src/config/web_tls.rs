@@ -77,22 +77,21 @@ fn versions(
     raw: &RawTls,
     found: &mut Found,
 ) -> Option<Vec<&'static rustls::SupportedProtocolVersion>> {
-    let parse = |key: &str, text: &Option<String>, default: u8, found: &mut Found| match text
-        .as_deref()
-    {
-        None | Some("") => Some(default),
-        Some("TLS10") => Some(10),
-        Some("TLS11") => Some(11),
-        Some("TLS12") => Some(12),
-        Some("TLS13") => Some(13),
-        Some(other) => {
-            found.push(
-                &format!("{KEY}{key}"),
-                format!("{other:?} is not one of TLS10, TLS11, TLS12, TLS13"),
-            );
-            None
-        }
-    };
+    let parse =
+        |key: &str, text: &Option<String>, default: u8, found: &mut Found| match text.as_deref() {
+            None | Some("") => Some(default),
+            Some("TLS10") => Some(10),
+            Some("TLS11") => Some(11),
+            Some("TLS12") => Some(12),
+            Some("TLS13") => Some(13),
+            Some(other) => {
+                found.push(
+                    &format!("{KEY}{key}"),
+                    format!("{other:?} is not one of TLS10, TLS11, TLS12, TLS13"),
+                );
+                None
+            }
+        };
     let min = parse("min_version", &raw.min_version, 12, found);
     let max = parse("max_version", &raw.max_version, 13, found);
     let (min, max) = (min?, max?);

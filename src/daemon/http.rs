@@ -61,7 +61,7 @@ pub async fn serve(
         .layer(guard)
         .with_state(shared);
     let served = axum::serve(incoming, app.into_make_service_with_connect_info::<Peer>())
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(e) = served.await {
         tracing::error!(listen = ?local, error = %e, "HTTP server failed");
     }
