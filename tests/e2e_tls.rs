@@ -422,3 +422,82 @@ fn a_replaced_password_or_certificate_is_seen_by_the_next_request_and_a_bad_file
         "old certificate still served"
     );
 }
+
+#[test]
+#[ignore = "needs openssl"]
+fn check_names_the_web_config_file_and_the_key_of_every_problem() {
+    let lab = Lab::new();
+    let check = |web: &str| {
+        lab.dir.write("web/web.yml", web);
+        lab.dir.run(&["check"]).failure().stderr
+    };
+    let stderr = check(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+         client_auth_type: Sometimes\n  min_version: TLS9\n  cipher_suites: [TLS_NOPE]\n  \
+         client_allowed_sans: [a.example]\n\
+         http_server_config:\n  headers:\n    X-Powered-By: me\n    X-Frame-Options: allow\n\
+         basic_auth_users:\n  prom: plaintext\n",
+    );
+    let file = lab.dir.join("web/web.yml").display().to_string();
+    for (key, says) in [
+        (
+            "tls_server_config.client_auth_type",
+            "\"Sometimes\" is not one of NoClientCert",
+        ),
+        (
+            "tls_server_config.min_version",
+            "\"TLS9\" is not one of TLS10",
+        ),
+        (
+            "tls_server_config.cipher_suites",
+            "unknown cipher suite \"TLS_NOPE\"",
+        ),
+        (
+            "tls_server_config.client_allowed_sans",
+            "not supported by promshard",
+        ),
+        (
+            "http_server_config.headers.X-Powered-By",
+            "cannot be configured",
+        ),
+        (
+            "http_server_config.headers.X-Frame-Options",
+            "\"allow\" is not one of",
+        ),
+        ("basic_auth_users.prom", "not a bcrypt hash"),
+    ] {
+        let line = format!("web_config_file: {file}: {key}: {says}");
+        assert!(stderr.contains(&line), "no {line:?} in:\n{stderr}");
+    }
+    // A key of another certificate, a CA file that is no certificate, a
+    // misspelt key.
+    let other = lab.other_ca.issue("stray", Usage::Server);
+    let stray_key = other.key.display().to_string();
+    let stderr = check(&format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: {stray_key}\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: server.key\n"
+    ));
+    assert!(
+        stderr.contains(&format!("{file}: tls_server_config.client_ca_file: ")),
+        "{stderr}"
+    );
+    let stderr = check(&format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: {stray_key}\n"
+    ));
+    assert!(
+        stderr.contains(&format!(
+            "{file}: tls_server_config.key_file: does not go with cert_file"
+        )),
+        "{stderr}"
+    );
+    let stderr = check("tls_server_config:\n  cert_fil: server.pem\n");
+    assert!(
+        stderr.contains(&format!(
+            "{file}: file: tls_server_config: unknown field `cert_fil`"
+        )),
+        "{stderr}"
+    );
+    // And a good one passes.
+    lab.dir.write("web/web.yml", web_yml(&hash("secret")));
+    lab.dir.run(&["check"]).success();
+}

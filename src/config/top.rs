@@ -29,7 +29,12 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
     let api_token = check_api_token(&raw, &base_dir, &mut p);
     let web = raw.web_config_file.as_ref().and_then(|f| {
         super::web::WebConfig::load(&base_dir.join(f))
-            .map_err(|e| p.push("web_config_file", e.to_string()))
+            .map_err(|e| {
+                for (key, message) in &e.problems {
+                    let file = e.file.display();
+                    p.push("web_config_file", format!("{file}: {key}: {message}"));
+                }
+            })
             .ok()
             .map(Arc::new)
     });
