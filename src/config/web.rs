@@ -370,3 +370,55 @@ impl RawTls {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WebConfig;
+
+    fn load(text: &str) -> Result<WebConfig, Vec<(String, String)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, text).unwrap();
+        WebConfig::load(&path).map_err(|e| e.problems)
+    }
+
+    #[test]
+    fn users_and_headers_without_tls() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let web = load(&format!(
+            "basic_auth_users:\n  prom: '{hash}'\nhttp_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\n"
+        ))
+        .unwrap();
+        assert!(web.tls.is_none());
+        assert_eq!(web.users["prom"], hash);
+        assert_eq!(web.headers[0].0.as_str(), "x-frame-options");
+        // An empty file is a web config with nothing set.
+        assert!(load("").unwrap().users.is_empty());
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let problems = load(
+            "rate_limit: {burst: 1}\nbasic_auth_users:\n  'a:b': plain\nhttp_server_config:\n  headers:\n    Server: x\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_limit",
+                "basic_auth_users.a:b",
+                "basic_auth_users.a:b",
+                "http_server_config.headers.Server"
+            ],
+            "{problems:?}"
+        );
+        let missing = load("tls_server_config:\n  cert_file: nope.pem\n").unwrap_err();
+        assert_eq!(missing[0].0, "tls_server_config.key_file", "{missing:?}");
+        let unknown = load("tls_server_config:\n  certfile: x\n").unwrap_err();
+        assert!(
+            unknown[0].1.contains("unknown field `certfile`"),
+            "{unknown:?}"
+        );
+    }
+}
