@@ -11,19 +11,13 @@ use crate::config::Config;
 pub(super) fn drain_command(config: &Path, node: &str, drain: bool) -> anyhow::Result<bool> {
     let config = Config::load(config)?;
     let verb = if drain { "drain" } else { "undrain" };
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!(
-        "http://{addr}/api/v1/nodes/{}/{verb}",
+    let api = super::api::DaemonApi::new(&config, Duration::from_secs(10))?;
+    let path = format!(
+        "/api/v1/nodes/{}/{verb}",
         crate::observe::prom::encode(node)
     );
-    let agent = crate::http_client::agent(Duration::from_secs(10));
-    let mut request = agent.post(&url);
-    if let Some(token) = &config.api_token {
-        request = request.header("Authorization", &format!("Bearer {token}"));
-    }
+    let (url, addr) = (format!("{}{path}", api.base), api.base.clone());
+    let request = api.post(&path);
     match request.send_empty() {
         Ok(mut resp) => {
             let body = resp.body_mut().read_to_string().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the `once`, `plan`, `check`
 //! and `where` commands (`rendezvous` is [`crate::sim`], `drain` [`drain`]). Exit codes: 0 ok, 1 failure, 2 usage error.
 
+mod api;
 mod drain;
 
 use std::path::PathBuf;
@@ -708,12 +709,13 @@ fn check_run(s: &Service, script: &crate::script::CompiledScript, sandbox: &Sand
 /// node reported), or the assignment computed from the config alone.
 async fn where_command(path: &std::path::Path, args: &WhereArgs) -> anyhow::Result<bool> {
     let config = Config::load(path)?;
-    let answer = match ask_daemon(&config, args).await {
+    let api = api::DaemonApi::new(&config, std::time::Duration::from_secs(3))?;
+    let base = api.base.clone();
+    let answer = match ask_daemon(api, args).await {
         Ok(answer) => answer,
         Err(why) => {
             eprintln!(
-                "promshard: no daemon answered at {} ({why}); computing the assignment from {}, nothing observed",
-                config.listen,
+                "promshard: no daemon answered at {base} ({why}); computing the assignment from {}, nothing observed",
                 config.path.display()
             );
             compute_where(&config, args).await?
@@ -733,21 +735,16 @@ async fn where_command(path: &std::path::Path, args: &WhereArgs) -> anyhow::Resu
 }
 
 /// `GET /api/v1/where` on the daemon this config runs.
-async fn ask_daemon(config: &Config, args: &WhereArgs) -> Result<serde_json::Value, String> {
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let mut url = format!(
-        "http://{addr}/api/v1/where?target={}",
+async fn ask_daemon(api: api::DaemonApi, args: &WhereArgs) -> Result<serde_json::Value, String> {
+    let mut path = format!(
+        "/api/v1/where?target={}",
         crate::observe::prom::encode(&args.target)
     );
     if let Some(s) = &args.service {
-        url.push_str(&format!("&service={}", crate::observe::prom::encode(s)));
+        path.push_str(&format!("&service={}", crate::observe::prom::encode(s)));
     }
     tokio::task::spawn_blocking(move || {
-        let agent = crate::http_client::agent(std::time::Duration::from_secs(3));
-        let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
+        let mut resp = api.get(&path).call().map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = resp
             .body_mut()

@@ -30,6 +30,8 @@ pub struct Config {
     pub allowed_dirs: Vec<PathBuf>,
     /// Bearer token for `POST` API calls (from `api_token` or `api_token_file`).
     pub api_token: Option<String>,
+    /// `web_config_file`: TLS and basic auth on the API, read and checked.
+    pub web: Option<Arc<super::web::WebConfig>>,
     /// Directory scanned (top level only) for drop-in `<name>.rhai` services.
     pub scripts_dir: PathBuf,
     /// Sandbox limits of every script call (`script_limits:`).

@@ -26,7 +26,8 @@
 //! 3. No problems: the [`Config`]. Otherwise a [`ConfigError`] whose
 //!    `Display` names the file, the location and the reason, one line each.
 //!
-//! Durations and schedules are parsed in [`duration`].
+//! Durations and schedules are parsed in [`duration`]; the API's TLS and
+//! basic auth file (`web_config_file`) in [`web`].
 
 pub mod checked;
 pub mod duration;
@@ -41,6 +42,8 @@ mod tests;
 pub mod text;
 pub mod top;
 pub mod validate;
+pub mod web;
+mod web_tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -102,13 +105,14 @@ impl Config {
     }
 
     /// Why the HTTP API is open to more than this host, if it is: a
-    /// non-loopback `listen` without `api_token`.
+    /// non-loopback `listen` without `api_token` or basic auth users.
     pub fn exposure_warning(&self) -> Option<String> {
-        if self.listen.ip().is_loopback() || self.api_token.is_some() {
+        let basic_auth = self.web.as_ref().is_some_and(|w| !w.users.is_empty());
+        if self.listen.ip().is_loopback() || self.api_token.is_some() || basic_auth {
             return None;
         }
         Some(format!(
-            "{}: listen {} is not a loopback address and no api_token is set: anyone who reaches it can read the services, their status and every sd file, and POST calls are refused; set api_token_file, or listen on 127.0.0.1",
+            "{}: listen {} is not a loopback address and no api_token is set: anyone who reaches it can read the services, their status and every sd file, and POST calls are refused; set api_token_file (and basic_auth_users in a web_config_file), or listen on 127.0.0.1",
             self.path.display(),
             self.listen
         ))

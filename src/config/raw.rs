@@ -30,6 +30,9 @@ pub(super) struct RawConfig {
     pub api_token: Option<String>,
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
+    /// TLS and basic auth for the API, in Prometheus's web config format.
+    #[serde(default)]
+    pub web_config_file: Option<PathBuf>,
     /// Where drop-in scripts live (top level only); default `scripts`.
     #[serde(default = "default_scripts_dir")]
     pub scripts_dir: PathBuf,

@@ -27,6 +27,17 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
         SocketAddr::from(([127, 0, 0, 1], 9310)),
     );
     let api_token = check_api_token(&raw, &base_dir, &mut p);
+    let web = raw.web_config_file.as_ref().and_then(|f| {
+        super::web::WebConfig::load(&base_dir.join(f))
+            .map_err(|e| {
+                for (key, message) in &e.problems {
+                    let file = e.file.display();
+                    p.push("web_config_file", format!("{file}: {key}: {message}"));
+                }
+            })
+            .ok()
+            .map(Arc::new)
+    });
     let script_limits = p.under("script_limits.", |p| check_limits(&raw.script_limits, p));
     let env_allowlist = check_env_allowlist(raw.env_allowlist.clone(), &mut p);
     check_defaults(&raw.defaults, &base_dir, &mut p);
@@ -43,6 +54,7 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
         out_dir,
         allowed_dirs: raw.allowed_dirs.iter().map(|d| base_dir.join(d)).collect(),
         api_token,
+        web,
         scripts_dir: base_dir.join(raw.scripts_dir),
         script_limits,
         env_allowlist,

@@ -8,9 +8,9 @@
 //! last successful pass, kept in memory); the one mutating call only wakes a
 //! runner. Mutating calls need
 //! `Authorization: Bearer <api_token>` when a token is configured, and are
-//! refused outright on a non-loopback listener without one.
+//! refused outright on a non-loopback listener without one. TLS, basic
+//! auth and extra headers come from `web_config_file` ([`super::web`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,19 +20,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use super::web::{Incoming, Peer};
 use crate::daemon::{ServiceStatus, Shared};
 use crate::observe;
 use crate::rules::source::{read_stored, store_dir, stored_set};
 
 type App = State<Arc<Shared>>;
 
-/// Serve the API until `shutdown` is cancelled.
+/// Serve the API until `shutdown` is cancelled, over TLS and behind basic
+/// auth when the web config says so ([`super::web`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
+    let incoming = match Incoming::start(listener, Arc::clone(&shared), shutdown.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(listen = ?local, error = %e, "HTTP server failed");
+            return;
+        }
+    };
+    let guard = axum::middleware::from_fn_with_state(Arc::clone(&shared), super::web::guard);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -48,12 +58,10 @@ pub async fn serve(
         .route("/sd/{service}/{node}", get(http_sd))
         .route("/rules/{service}", get(rules_list))
         .route("/rules/{service}/{file}", get(rules_file))
+        .layer(guard)
         .with_state(shared);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let served = axum::serve(incoming, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(e) = served.await {
         tracing::error!(listen = ?local, error = %e, "HTTP server failed");
     }

@@ -45,6 +45,7 @@ mod reconcile;
 mod runner;
 mod status;
 pub mod status_page;
+pub mod web;
 
 use reconcile::{start_script_watch, watch_config};
 use runner::Runner;
@@ -69,6 +70,8 @@ pub struct Shared {
     shutdown: Shutdown,
     /// With `ha:` (read at start): the election; only its leader delivers.
     pub ha: Option<Arc<crate::ha::Ha>>,
+    /// TLS and basic auth on the API, as `web_config_file` says now.
+    pub web: web::Web,
 }
 
 impl Shared {
@@ -220,14 +223,7 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
         .start()
         .await
         .context("starting the cron scheduler")?;
-    {
-        let runners = shared.runners.lock().await;
-        let services: Vec<_> = runners.values().map(|r| Arc::clone(&r.service)).collect();
-        if let Some(line) = crate::script::dropin::describe_drop_ins(&config, &services) {
-            tracing::info!(scripts_dir = %config.scripts_dir.display(), "{line}");
-        }
-        tracing::info!(listen = %config.listen, services = runners.len(), "promshard running");
-    }
+    log_start(&config, &shared).await;
     shared.watch_until_shutdown(&mut hangup).await;
     tracing::info!("shutting down: finishing passes in progress");
     shared.stop_all().await;
@@ -263,6 +259,7 @@ impl Shared {
             scheduler,
             shutdown: shutdown.clone(),
             ha: config.ha.clone().map(crate::ha::Ha::new),
+            web: web::Web::default(),
         });
         if let Some(ha) = &shared.ha {
             shutdown.spawn(Arc::clone(ha).run(shutdown.token().clone()));
@@ -370,4 +367,16 @@ async fn follow_ha(ha: Arc<crate::ha::Ha>, shared: Arc<Shared>) {
             changed = changes.changed() => if changed.is_err() { break },
         }
     }
+}
+
+/// The start-up lines: drop-ins picked up, then what is listening and how.
+async fn log_start(config: &Config, shared: &Shared) {
+    let runners = shared.runners.lock().await;
+    let services: Vec<_> = runners.values().map(|r| Arc::clone(&r.service)).collect();
+    if let Some(line) = crate::script::dropin::describe_drop_ins(config, &services) {
+        tracing::info!(scripts_dir = %config.scripts_dir.display(), "{line}");
+    }
+    let tls = config.web.as_ref().and_then(|w| w.tls.as_ref());
+    let basic_auth = config.web.as_ref().is_some_and(|w| !w.users.is_empty());
+    tracing::info!(listen = %config.listen, tls = tls.is_some(), client_auth = ?tls.map(|t| t.client_auth), basic_auth, services = runners.len(), "promshard running");
 }

@@ -41,6 +41,8 @@ pub struct Promshard {
     /// `http://127.0.0.1:port`.
     pub base: String,
     agent: ureq::Agent,
+    /// `Authorization` sent with every GET (basic auth).
+    authorization: Option<String>,
 }
 
 impl Promshard {
@@ -73,12 +75,32 @@ impl Promshard {
             log,
             base: format!("http://127.0.0.1:{port}"),
             agent: agent(Duration::from_secs(10)),
+            authorization: None,
         }
+    }
+
+    /// Ask it at `base` (e.g. `https://…`) with `agent`, sending
+    /// `authorization` with every GET.
+    pub fn asked_with(
+        mut self,
+        base: String,
+        agent: ureq::Agent,
+        authorization: Option<String>,
+    ) -> Promshard {
+        self.base = base;
+        self.agent = agent;
+        self.authorization = authorization;
+        self
     }
 
     /// GET `path` on the API, any status.
     pub fn get(&self, path: &str) -> Result<Reply, String> {
-        http_get(&self.agent, &format!("{}{path}", self.base))
+        let url = format!("{}{path}", self.base);
+        match &self.authorization {
+            None => http_get(&self.agent, &url),
+            Some(a) => read_reply(self.agent.get(&url).header("Authorization", a).call())
+                .map_err(|e| format!("GET {url}: {e}")),
+        }
     }
 
     /// GET `path`; the body of a 2xx answer.

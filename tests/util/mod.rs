@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod browser;
+pub mod certs;
 pub mod child;
 pub mod daemon;
 pub mod etcd;

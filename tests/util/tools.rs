@@ -123,3 +123,9 @@ fn shebang_interpreter(script: &Path) -> Option<PathBuf> {
     }
     Some(PathBuf::from(interp))
 }
+
+/// `openssl`: `PROMSHARD_OPENSSL`, else `PATH`; the TLS tests make their
+/// CAs and certificates with it.
+pub fn openssl() -> PathBuf {
+    find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
+}
