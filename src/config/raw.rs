@@ -214,6 +214,7 @@ impl RawPush {
             ("timeout", self.timeout.is_some()),
             ("retries", self.retries.is_some()),
             ("ansible_playbook", self.ansible_playbook.is_some()),
+            ("tuning", self.tuning.is_some()),
         ];
         let local = [("dest", self.dest.is_some())];
         let unused: Vec<(&'static str, bool)> = match self.kind {
@@ -238,6 +239,7 @@ impl RawPush {
             timeout: self.timeout,
             retries: self.retries,
             ansible_playbook: self.ansible_playbook,
+            tuning: self.tuning,
         }
     }
 }
@@ -252,6 +254,7 @@ pub(super) struct RawAnsible {
     pub timeout: Option<String>,
     pub retries: Option<i64>,
     pub ansible_playbook: Option<PathBuf>,
+    pub tuning: Option<bool>,
 }
 
 /// `health:`; unset keys take the defaults of [`Health`](super::Health).
