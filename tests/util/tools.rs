@@ -44,6 +44,11 @@ pub fn etcd() -> PathBuf {
     find("etcd", "PROMSHARD_ETCD", "apt-get install etcd-server")
 }
 
+/// `openssl`: `PROMSHARD_OPENSSL`, else `PATH`.
+pub fn openssl() -> PathBuf {
+    find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
+}
+
 /// `chromium`: `PROMSHARD_CHROMIUM`, else `PATH`.
 pub fn chromium() -> PathBuf {
     find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
