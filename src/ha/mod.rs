@@ -396,21 +396,23 @@ impl Ha {
                 }
                 won = async { campaign.as_mut().expect("guarded").await }, if campaign.is_some() => {
                     campaign = None;
+                    let won = match won {
+                        Ok(Some(key)) => self.holds(client, lease, &key).await.map(|held| held.then_some(key)),
+                        Ok(None) => {
+                            // The wait ended: campaign on once etcd has
+                            // withdrawn the candidacy it closed.
+                            campaign = Some(self.campaign(client, lease, RECAMPAIGN_PAUSE));
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    };
                     match won {
-                        Ok(Some(key)) if self.holds(client, lease, &key).await => {
-                            self.set_term(Some(Term { lease, key: key.key, epoch: key.rev as u64 }));
-                        }
-                        // The wait ended: campaign on once etcd has
-                        // withdrawn the candidacy it closed.
-                        Ok(None) => campaign = Some(self.campaign(client, lease, RECAMPAIGN_PAUSE)),
-                        Ok(Some(_)) => {
-                            tracing::warn!(cluster = %self.cfg.name, "etcd: campaign won with a key that is gone; campaigning again");
-                            campaign = Some(self.campaign(client, lease, self.rpc_timeout()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: campaign interrupted; campaigning again");
-                            campaign = Some(self.campaign(client, lease, self.rpc_timeout()));
-                        }
+                        Ok(Some(key)) => self.set_term(Some(Term { lease, key: key.key, epoch: key.rev as u64 })),
+                        Ok(None) => tracing::warn!(cluster = %self.cfg.name, "etcd: campaign won with a key that is gone; campaigning again"),
+                        Err(e) => tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: campaign interrupted; campaigning again"),
+                    }
+                    if lock(&self.term).is_none() {
+                        campaign = Some(self.campaign(client, lease, self.rpc_timeout()));
                     }
                 }
                 _ = tick.tick() => {
@@ -445,17 +447,16 @@ impl Ha {
     /// and held by `lease`. A campaign sent again right after the previous
     /// wait ended can find the previous candidacy's key, which etcd then
     /// withdraws: such a win holds nothing.
-    async fn holds(&self, client: &Client, lease: i64, key: &LeaderKey) -> bool {
-        match client.range(Range::key(key.key.clone())).await {
-            Ok(r) => r
-                .kvs
-                .first()
-                .is_some_and(|kv| kv.create_revision == key.rev && kv.lease == lease),
-            Err(e) => {
-                tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: could not check the won election key");
-                false
-            }
-        }
+    async fn holds(
+        &self,
+        client: &Client,
+        lease: i64,
+        key: &LeaderKey,
+    ) -> Result<bool, etcd::Error> {
+        let r = client.range(Range::key(key.key.clone())).await?;
+        Ok(r.kvs
+            .first()
+            .is_some_and(|kv| kv.create_revision == key.rev && kv.lease == lease))
     }
 
     /// Who leads, and the plans the leader published.

@@ -11,8 +11,9 @@
 //!
 //! - **Endpoints** are tried in turn, starting with the one that answered
 //!   last: with one member of three down, every call still succeeds (the
-//!   dead member costs one refused connection, once). A call's timeout is
-//!   shared among the endpoints it may still try.
+//!   dead member costs one refused connection, once). A call's timeout
+//!   bounds all its attempts; connecting to one endpoint may take a share
+//!   of it, so an unreachable member leaves time for the next.
 //! - **TLS**: the config's CA (else the built-in web roots) and client
 //!   certificate.
 //! - **Auth**: with a user, the client authenticates (`/v3/auth/authenticate`)
@@ -366,11 +367,7 @@ impl Client {
             }
             let limit = Limit {
                 connect: (self.timeout / n as u32).min(left),
-                total: if wait.is_some() {
-                    left
-                } else {
-                    left / (n - i) as u32
-                },
+                total: left,
             };
             match self.attempt(at, path, body, limit) {
                 Ok(text) => {
