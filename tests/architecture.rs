@@ -1,7 +1,8 @@
 //! The layering of src/, checked on the source text: no top-level module
 //! imports one above it (so there is no import cycle), the pure core
 //! (`shard`) uses no async runtime, script engine, file system or network,
-//! and no function is longer than 80 lines.
+//! no function is longer than 80 lines, and no dependency needs `protoc`
+//! to build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -206,5 +207,33 @@ fn no_function_is_over_80_lines() {
         long.is_empty(),
         "functions over 80 lines:\n{}",
         long.join("\n")
+    );
+}
+
+/// Building needs nothing but Rust: no crate that compiles `.proto` files
+/// at build time (they need `protoc`) may enter the dependency graph.
+#[test]
+fn the_build_needs_no_protobuf_compiler() {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .expect("Cargo.lock");
+    let needs_protoc = |name: &str| {
+        [
+            "prost-build",
+            "tonic-build",
+            "tonic-prost-build",
+            "protobuf-src",
+        ]
+        .contains(&name)
+            || name.starts_with("protoc")
+    };
+    let found: Vec<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|l| l.trim_end_matches('"'))
+        .filter(|name| needs_protoc(name))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "Cargo.lock holds crates that need protoc to build: {found:?}"
     );
 }

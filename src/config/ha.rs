@@ -225,11 +225,12 @@ fn default_instance(listen: SocketAddr) -> String {
 
 type Read<'a> = dyn Fn(&str, &Path) -> Result<Vec<u8>, Problem> + 'a;
 
-/// The `tls:` files, read.
+/// The `tls:` files, read, and checked to hold a certificate (`ca`,
+/// `cert`) or a private key (`key`) in PEM.
 fn check_tls(t: RawTls, read: &Read<'_>) -> Result<Tls, Problem> {
-    let ca = t.ca.map(|f| read("etcd.tls.ca", &f)).transpose()?;
-    let identity = match (t.cert, t.key) {
-        (Some(c), Some(k)) => Some((read("etcd.tls.cert", &c)?, read("etcd.tls.key", &k)?)),
+    let ca = t.ca.as_ref().map(|f| read("etcd.tls.ca", f)).transpose()?;
+    let identity = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((read("etcd.tls.cert", c)?, read("etcd.tls.key", k)?)),
         (None, None) => None,
         _ => {
             return Err((
@@ -238,6 +239,19 @@ fn check_tls(t: RawTls, read: &Read<'_>) -> Result<Tls, Problem> {
             ));
         }
     };
+    let pems = identity.as_ref().map(|(c, k)| (&c[..], &k[..]));
+    if let Err(e) = crate::http_client::tls(ca.as_deref(), pems) {
+        let file = match e.file {
+            "ca" => &t.ca,
+            "cert" => &t.cert,
+            _ => &t.key,
+        };
+        let file = file.as_deref().unwrap_or(Path::new("?"));
+        return Err((
+            format!("ha.etcd.tls.{}", e.file),
+            format!("{}: {}", file.display(), e.reason),
+        ));
+    }
     Ok(Tls { ca, identity })
 }
 
@@ -332,7 +346,8 @@ mod tests {
     #[test]
     fn tls_files_are_read_and_the_password_stays_out_of_debug() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), "CA").unwrap();
+        let pem = "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
         std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
         let c = check(
             raw("{etcd: {endpoints: [e:2379], tls: {ca: ca.pem}, username: root, password_file: pw}, name: n, lease_ttl: 3s}"),
@@ -341,7 +356,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.endpoints, ["https://e:2379"]);
-        assert_eq!(c.tls.as_ref().unwrap().ca.as_deref(), Some(&b"CA"[..]));
+        assert_eq!(c.tls.as_ref().unwrap().ca.as_deref(), Some(pem.as_bytes()));
         assert_eq!(c.user, Some(("root".into(), "secret".into())));
         assert!(!format!("{c:?}").contains("secret"));
         let e = check(
@@ -351,5 +366,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e[0].0, "ha.etcd.tls");
+    }
+
+    #[test]
+    fn a_tls_file_without_pem_is_refused_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+        let e = check(
+            raw("{etcd: {endpoints: [e:2379], tls: {ca: ca.pem}}, name: n}"),
+            dir.path(),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].0, "ha.etcd.tls.ca");
+        assert_eq!(e[0].1, "ca.pem: no PEM certificate in it");
     }
 }

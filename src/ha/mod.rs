@@ -27,6 +27,11 @@
 //!   `promshard/<name>/drained/<node>`, whichever instance is asked, and
 //!   every pass reads them: a drained node stays drained when another
 //!   instance takes over.
+//!
+//! etcd is reached through its v3 JSON gateway ([`etcd`]): plain HTTP(S)
+//! calls, so building promshard needs no protobuf compiler.
+
+pub mod etcd;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,19 +39,26 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
-    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, TlsOptions, Txn, TxnOp,
-};
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::ha::HaConfig;
 pub use crate::pass::Fence;
 
 use crate::pass::{PassReport, SdSnapshot};
+
+use etcd::{Client, Compare, CompareOp, LeaderKey, Op, Put, Range, Txn};
+
+/// How long one campaign request waits in etcd before it is sent again.
+/// etcd does not end a campaign when its lease is revoked, only when the
+/// request's connection closes; so this bounds how long a campaign of a
+/// term that has ended (lease lost, shutdown) holds its thread.
+const CAMPAIGN_WAIT: Duration = Duration::from_secs(30);
+/// Pause between a campaign whose wait ended and the next: etcd withdraws
+/// the old candidacy within milliseconds of its connection closing.
+const RECAMPAIGN_PAUSE: Duration = Duration::from_millis(200);
 
 /// This instance's part in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,9 +127,7 @@ pub struct Ha {
     kept: Mutex<HashMap<String, (String, Arc<SdSnapshot>)>>,
 }
 
-type Campaign =
-    Pin<Box<dyn Future<Output = Result<etcd_client::CampaignResponse, etcd_client::Error>> + Send>>;
-type KeepAlive = (LeaseKeeper, LeaseKeepAliveStream);
+type Campaign = Pin<Box<dyn Future<Output = Result<Option<LeaderKey>, etcd::Error>> + Send>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -223,67 +233,54 @@ impl Ha {
             return;
         };
         lock(&self.published).insert(service.to_string(), plan_hash.to_string());
-        let Some(mut client) = lock(&self.client).clone() else {
+        let Some(client) = lock(&self.client).clone() else {
             return;
         };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
+        let txn = Txn {
+            compare: vec![Compare::CreateRevision(
                 term.key,
                 CompareOp::Equal,
                 epoch as i64,
-            )])
-            .and_then([TxnOp::put(self.plan_key(service), plan_hash, None)]);
-        match timeout(self.rpc_timeout(), client.txn(txn)).await {
-            Ok(Ok(r)) if r.succeeded() => {}
-            Ok(Ok(_)) => tracing::warn!(service, epoch, "plan not published: no longer the leader"),
-            Ok(Err(e)) => tracing::warn!(service, error = %e, "plan not published to etcd"),
-            Err(_) => tracing::warn!(service, "plan not published: etcd did not answer in time"),
+            )],
+            success: vec![Op::Put(Put {
+                key: self.plan_key(service).into_bytes(),
+                value: plan_hash.as_bytes().to_vec(),
+                lease: 0,
+            })],
+            failure: vec![],
+        };
+        match client.txn(txn).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => tracing::warn!(service, epoch, "plan not published: no longer the leader"),
+            Err(e) => tracing::warn!(service, error = %e, "plan not published to etcd"),
         }
     }
 
     /// Record in etcd that `node` is drained (or no longer is). Any
     /// instance may: the leader reads the set before each pass.
     pub async fn set_drained(&self, node: &str, drain: bool) -> Result<(), String> {
-        let mut client = self.etcd()?;
+        let client = self.etcd()?;
         let key = format!("{}{node}", self.drain_prefix());
         let done = if drain {
-            timeout(self.rpc_timeout(), async {
-                client.put(key, "", None).await.map(drop)
-            })
-            .await
+            client.put(key, "", 0).await.map(drop)
         } else {
-            timeout(self.rpc_timeout(), async {
-                client.delete(key, None).await.map(drop)
-            })
-            .await
+            client.delete(Range::key(key)).await.map(drop)
         };
-        match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("etcd: {e}")),
-            Err(_) => Err(format!(
-                "etcd did not answer within {:?}",
-                self.rpc_timeout()
-            )),
-        }
+        done.map_err(|e| e.to_string())
     }
 
     /// The drained nodes recorded in etcd.
     pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, String> {
-        let mut client = self.etcd()?;
+        let client = self.etcd()?;
         let prefix = self.drain_prefix();
-        let get = client.get(prefix.clone(), Some(GetOptions::new().with_prefix()));
-        match timeout(self.rpc_timeout(), get).await {
-            Ok(Ok(r)) => Ok(r
-                .kvs()
-                .iter()
-                .map(|kv| String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned())
-                .collect()),
-            Ok(Err(e)) => Err(format!("etcd: {e}")),
-            Err(_) => Err(format!(
-                "etcd did not answer within {:?}",
-                self.rpc_timeout()
-            )),
-        }
+        let kvs = client
+            .get_prefix(prefix.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect())
     }
 
     fn etcd(&self) -> Result<Client, String> {
@@ -319,22 +316,16 @@ impl Ha {
         let Some(term) = term.filter(|t| t.epoch == epoch) else {
             return Err(format!("fenced: epoch {epoch} is no longer the leader's"));
         };
-        let Some(mut client) = lock(&self.client).clone() else {
+        let Some(client) = lock(&self.client).clone() else {
             return Err("fenced: no etcd client".into());
         };
-        let ask =
-            client.lease_time_to_live(term.lease, Some(LeaseTimeToLiveOptions::new().with_keys()));
-        match timeout(self.rpc_timeout(), ask).await {
-            Ok(Ok(r)) if r.ttl() > 0 && r.keys().contains(&term.key) => Ok(()),
-            Ok(Ok(_)) => Err(format!(
+        match client.lease_time_to_live(term.lease, true).await {
+            Ok(r) if r.ttl > 0 && r.keys.contains(&term.key) => Ok(()),
+            Ok(_) => Err(format!(
                 "fenced: lease {:x} of epoch {epoch} has expired; leadership lost",
                 term.lease
             )),
-            Ok(Err(e)) => Err(format!("fenced: etcd could not confirm the lease: {e}")),
-            Err(_) => Err(format!(
-                "fenced: etcd did not confirm the lease within {:?}",
-                self.rpc_timeout()
-            )),
+            Err(e) => Err(format!("fenced: etcd could not confirm the lease: {e}")),
         }
     }
 
@@ -360,31 +351,27 @@ impl Ha {
     /// One lease: grant it, campaign, hold it; give it back at the end so a
     /// standby need not wait out the TTL.
     async fn term(&self, shutdown: &CancellationToken) -> Result<(), String> {
-        let mut client = connect(&self.cfg, self.rpc_timeout())
-            .await
-            .map_err(|e| format!("connecting to etcd: {e}"))?;
+        let client = Client::new(&self.cfg, self.rpc_timeout()).map_err(|e| e.to_string())?;
         *lock(&self.client) = Some(client.clone());
         let ttl = self.cfg.lease_ttl;
         let sent = Instant::now();
-        let lease = match timeout(
-            self.rpc_timeout(),
-            client.lease_grant(ttl.as_secs() as i64, None),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r.id(),
-            Ok(Err(e)) => return Err(format!("granting a lease: {e}")),
-            Err(_) => return Err("granting a lease: etcd did not answer in time".into()),
-        };
+        let lease = client
+            .lease_grant(ttl)
+            .await
+            .map_err(|e| format!("granting a lease: {e}"))?
+            .id;
         self.update(|s| s.etcd_error = None);
-        let held = self.hold(&mut client, lease, sent + ttl, shutdown).await;
+        let held = self.hold(&client, lease, sent + ttl, shutdown).await;
         self.set_term(None);
-        let revoked = timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+        let revoked = client
+            .with_timeout(Duration::from_secs(1))
+            .lease_revoke(lease)
+            .await;
         if shutdown.is_cancelled() {
             match revoked {
-                Ok(Ok(_)) => tracing::info!(cluster = %self.cfg.name, "resigned: lease revoked"),
-                _ => {
-                    tracing::warn!(cluster = %self.cfg.name, "could not revoke the lease; a standby takes over when it expires")
+                Ok(()) => tracing::info!(cluster = %self.cfg.name, "resigned: lease revoked"),
+                Err(e) => {
+                    tracing::warn!(cluster = %self.cfg.name, error = %e, "could not revoke the lease; a standby takes over when it expires")
                 }
             }
         }
@@ -393,13 +380,12 @@ impl Ha {
 
     async fn hold(
         &self,
-        client: &mut Client,
+        client: &Client,
         lease: i64,
         mut valid_until: Instant,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let mut campaign = Some(self.campaign(client, lease, Duration::ZERO));
-        let mut keep: Option<KeepAlive> = None;
         let mut tick = tokio::time::interval(self.cfg.lease_ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -410,27 +396,36 @@ impl Ha {
                 }
                 won = async { campaign.as_mut().expect("guarded").await }, if campaign.is_some() => {
                     campaign = None;
-                    match won.map(|r| r.leader().map(|k| (k.key().to_vec(), k.rev()))) {
-                        Ok(Some((key, rev))) => self.set_term(Some(Term { lease, key, epoch: rev as u64 })),
-                        Ok(None) => campaign = Some(self.campaign(client, lease, self.rpc_timeout())),
-                        Err(e) => {
-                            tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: campaign interrupted; campaigning again");
-                            campaign = Some(self.campaign(client, lease, self.rpc_timeout()));
+                    let won = match won {
+                        Ok(Some(key)) => self.holds(client, lease, &key).await.map(|held| held.then_some(key)),
+                        Ok(None) => {
+                            // The wait ended: campaign on once etcd has
+                            // withdrawn the candidacy it closed.
+                            campaign = Some(self.campaign(client, lease, RECAMPAIGN_PAUSE));
+                            continue;
                         }
+                        Err(e) => Err(e),
+                    };
+                    match won {
+                        Ok(Some(key)) => self.set_term(Some(Term { lease, key: key.key, epoch: key.rev as u64 })),
+                        Ok(None) => tracing::warn!(cluster = %self.cfg.name, "etcd: campaign won with a key that is gone; campaigning again"),
+                        Err(e) => tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: campaign interrupted; campaigning again"),
+                    }
+                    if lock(&self.term).is_none() {
+                        campaign = Some(self.campaign(client, lease, self.rpc_timeout()));
                     }
                 }
                 _ = tick.tick() => {
                     let sent = Instant::now();
-                    match self.renew(client, lease, &mut keep).await {
+                    match client.lease_keep_alive(lease).await {
                         Ok(ttl) if ttl > 0 => {
                             valid_until = sent + Duration::from_secs(ttl as u64);
                             self.update(|s| s.etcd_error = None);
                         }
                         Ok(_) => return Err(format!("lease {lease:x} expired in etcd")),
                         Err(e) => {
-                            keep = None;
                             tracing::warn!(cluster = %self.cfg.name, error = %e, "etcd: lease renewal failed");
-                            self.update(|s| s.etcd_error = Some(e));
+                            self.update(|s| s.etcd_error = Some(e.to_string()));
                         }
                     }
                     self.refresh(client).await;
@@ -441,53 +436,41 @@ impl Ha {
 
     /// Campaign in the background (after `delay`) for leadership.
     fn campaign(&self, client: &Client, lease: i64, delay: Duration) -> Campaign {
-        let (mut client, name, value) =
-            (client.clone(), self.election(), self.cfg.instance.clone());
+        let (client, name, value) = (client.clone(), self.election(), self.cfg.instance.clone());
         Box::pin(async move {
             sleep(delay).await;
-            client.campaign(name, value, lease).await
+            client.campaign(name, value, lease, CAMPAIGN_WAIT).await
         })
     }
 
-    /// One keep-alive round trip; the lease's remaining TTL in seconds.
-    async fn renew(
+    /// Whether a won campaign's `key` still exists, created at its revision
+    /// and held by `lease`. A campaign sent again right after the previous
+    /// wait ended can find the previous candidacy's key, which etcd then
+    /// withdraws: such a win holds nothing.
+    async fn holds(
         &self,
-        client: &mut Client,
+        client: &Client,
         lease: i64,
-        keep: &mut Option<KeepAlive>,
-    ) -> Result<i64, String> {
-        let round = async {
-            if keep.is_none() {
-                *keep = Some(client.lease_keep_alive(lease).await?);
-            }
-            let (keeper, stream) = keep.as_mut().expect("set above");
-            keeper.keep_alive().await?;
-            Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
-        };
-        match timeout(self.rpc_timeout(), round).await {
-            Ok(Ok(ttl)) => Ok(ttl),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.rpc_timeout())),
-        }
+        key: &LeaderKey,
+    ) -> Result<bool, etcd::Error> {
+        let r = client.range(Range::key(key.key.clone())).await?;
+        Ok(r.kvs
+            .first()
+            .is_some_and(|kv| kv.create_revision == key.rev && kv.lease == lease))
     }
 
     /// Who leads, and the plans the leader published.
-    async fn refresh(&self, client: &mut Client) {
-        let rpc = self.rpc_timeout();
-        if let Ok(answer) = timeout(rpc, client.leader(self.election())).await {
-            let leader = answer.ok().and_then(|r| {
-                r.kv()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-            });
+    async fn refresh(&self, client: &Client) {
+        if let Ok(leader) = client.leader(self.election()).await {
+            let leader = leader.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             self.update(|s| s.leader = leader);
         }
         let prefix = self.plan_prefix();
-        let get = client.get(prefix.clone(), Some(GetOptions::new().with_prefix()));
-        if let Ok(Ok(r)) = timeout(rpc, get).await {
+        if let Ok(kvs) = client.get_prefix(prefix.clone()).await {
             let mut published = lock(&self.published);
-            for kv in r.kvs() {
-                let service = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-                published.insert(service, String::from_utf8_lossy(kv.value()).into_owned());
+            for kv in kvs {
+                let service = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                published.insert(service, String::from_utf8_lossy(&kv.value).into_owned());
             }
         }
     }
@@ -525,33 +508,5 @@ impl Ha {
             change(s);
             *s != before
         });
-    }
-}
-
-async fn connect(cfg: &HaConfig, rpc: Duration) -> Result<Client, etcd_client::Error> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(rpc)
-        .with_keep_alive(rpc, rpc)
-        .with_keep_alive_while_idle(true);
-    if let Some(tls) = &cfg.tls {
-        let mut t = TlsOptions::new();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(Identity::from_pem(cert, key));
-        }
-        options = options.with_tls(t);
-    }
-    if let Some((user, password)) = &cfg.user {
-        options = options.with_user(user, password);
-    }
-    match timeout(rpc * 2, Client::connect(&cfg.endpoints, Some(options))).await {
-        Ok(c) => c,
-        Err(_) => Err(etcd_client::Error::InvalidArgs(format!(
-            "no answer from {} within {:?}",
-            cfg.endpoints.join(", "),
-            rpc * 2
-        ))),
     }
 }

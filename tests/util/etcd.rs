@@ -1,6 +1,7 @@
 //! Real etcd members for the `ha:` tests: a cluster of one or three on free
 //! loopback ports (client and peer), each with its data in the test's
-//! directory, killed and reaped by a guard when the test ends.
+//! directory, killed and reaped by a guard when the test ends. A member can
+//! serve its client URL over TLS with certificates made by [`Certs`].
 
 use std::fs;
 use std::path::Path;
@@ -8,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::child::{ChildGuard, free_port, poll};
-use super::http::get;
-use super::tools::etcd;
+use super::http::{get, http_get};
+use super::tools::{etcd, openssl};
 
 /// One member.
 pub struct Member {
@@ -22,12 +23,30 @@ pub struct Member {
 /// A cluster of members started together.
 pub struct Etcd {
     pub members: Vec<Member>,
+    /// `https` when the members were started with [`Certs`], else `http`.
+    pub scheme: &'static str,
 }
 
 impl Etcd {
     /// Start `n` members under `root/etcd-<i>` and wait until the cluster
     /// answers its health check.
     pub fn start(root: &Path, n: usize) -> Etcd {
+        Etcd::start_with(root, n, None)
+    }
+
+    /// Start `n` members; with `tls`, their client URLs are https with the
+    /// server certificate of `tls`, and a client must present a
+    /// certificate signed by its CA.
+    pub fn start_with(root: &Path, n: usize, tls: Option<&Certs>) -> Etcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tls_args: Vec<String> = tls.map_or_else(Vec::new, |c| {
+            vec![
+                format!("--cert-file={}", c.dir.join("server.pem").display()),
+                format!("--key-file={}", c.dir.join("server.key").display()),
+                format!("--trusted-ca-file={}", c.dir.join("ca.pem").display()),
+                "--client-cert-auth".into(),
+            ]
+        });
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -42,7 +61,7 @@ impl Etcd {
                 let dir = root.join(format!("etcd-{i}"));
                 fs::create_dir_all(&dir).expect("etcd dir");
                 let log = fs::File::create(dir.join("etcd.log")).expect("etcd.log");
-                let client_url = format!("http://127.0.0.1:{client}");
+                let client_url = format!("{scheme}://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let child = Command::new(etcd())
                     .args(["--name", &format!("m{i}")])
@@ -58,6 +77,7 @@ impl Etcd {
                         "--logger=zap",
                         "--log-level=warn",
                     ])
+                    .args(&tls_args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(log)
@@ -70,14 +90,18 @@ impl Etcd {
                 }
             })
             .collect();
-        let e = Etcd { members };
+        let e = Etcd { members, scheme };
+        let agent = tls.map(Certs::agent);
         for m in &e.members {
-            let url = format!("http://{}/health", m.client);
+            let url = format!("{scheme}://{}/health", m.client);
             poll(
                 &format!("etcd {} healthy", m.name),
                 Duration::from_secs(30),
                 || {
-                    let body = get(&url)?;
+                    let body = match &agent {
+                        Some(a) => http_get(a, &url)?.body,
+                        None => get(&url)?,
+                    };
                     if body.contains("\"health\":\"true\"") {
                         Ok(())
                     } else {
@@ -98,5 +122,117 @@ impl Etcd {
             .map(|m| format!("\"{}\"", m.client))
             .collect();
         format!("[{}]", quoted.join(", "))
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with `openssl` in `dir` (`ca.pem`, `server.pem`/`.key`, `client.pem`/`.key`).
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Certs {
+    /// Make the CA and both certificates (EC P-256, valid one day).
+    pub fn make(dir: &Path) -> Certs {
+        fs::create_dir_all(dir).expect("certs dir");
+        let run = |args: &[&str]| {
+            let out = Command::new(openssl())
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=promshard test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat());
+        // etcd's gateway dials etcd with the server certificate as its
+        // client certificate: the server one serves both purposes.
+        for (name, usage) in [
+            ("server", "serverAuth,clientAuth"),
+            ("client", "clientAuth"),
+        ] {
+            let ext = format!("{name}.ext");
+            fs::write(
+                dir.join(&ext),
+                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\n"),
+            )
+            .expect("ext file");
+            let (k, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            run(&[
+                &["req"][..],
+                &key,
+                &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={name}")],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Certs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The contents of `file` in the directory.
+    pub fn pem(&self, file: &str) -> Vec<u8> {
+        fs::read(self.dir.join(file)).expect("reading a PEM file")
+    }
+
+    /// An HTTP client that trusts the CA and presents the client certificate.
+    pub fn agent(&self) -> ureq::Agent {
+        let (cert, key) = (self.pem("client.pem"), self.pem("client.key"));
+        let tls = promshard::http_client::tls(Some(&self.pem("ca.pem")), Some((&cert, &key)))
+            .expect("test certificates");
+        promshard::http_client::config(Duration::from_secs(3))
+            .tls_config(tls)
+            .build()
+            .into()
     }
 }

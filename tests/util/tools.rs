@@ -44,6 +44,12 @@ pub fn etcd() -> PathBuf {
     find("etcd", "PROMSHARD_ETCD", "apt-get install etcd-server")
 }
 
+/// `openssl`: `PROMSHARD_OPENSSL`, else `PATH`; the TLS tests make their
+/// CAs and certificates with it.
+pub fn openssl() -> PathBuf {
+    find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
+}
+
 /// `chromium`: `PROMSHARD_CHROMIUM`, else `PATH`.
 pub fn chromium() -> PathBuf {
     find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
@@ -122,10 +128,4 @@ fn shebang_interpreter(script: &Path) -> Option<PathBuf> {
         return words.next().and_then(on_path);
     }
     Some(PathBuf::from(interp))
-}
-
-/// `openssl`: `PROMSHARD_OPENSSL`, else `PATH`; the TLS tests make their
-/// CAs and certificates with it.
-pub fn openssl() -> PathBuf {
-    find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
 }
