@@ -2,6 +2,7 @@
 //! and `ring` commands. Exit codes: 0 ok, 1 failure, 2 usage error.
 
 mod drain;
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ mod table;
 
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
 #[derive(Debug, Parser)]
-#[command(name = "promshard", version, about, long_about = None)]
+#[command(name = "promshard", version = crate::build::LONG_VERSION, about, long_about = None)]
 pub struct Cli {
     /// Config file.
     #[arg(long, short, global = true, default_value = "promshard.yaml")]
@@ -52,6 +53,7 @@ pub enum Command {
     /// Validate the config, find drop-in services and compile every script.
     Check(CheckArgs),
     /// Simulate placement on a synthetic fleet (balance, movement, vs hashmod).
+    #[command(name = "ring")]
     Rendezvous(SimArgs),
     /// Which Prometheus scrapes a target: asks the running daemon, or
     /// computes the assignment from the config when none answers.
@@ -63,6 +65,9 @@ pub enum Command {
     Drain(DrainArgs),
     /// Put a drained node back.
     Undrain(DrainArgs),
+    /// Write the man pages or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Arguments of `drain` and `undrain`.
@@ -153,6 +158,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&cli.config, args),
         Command::Drain(args) => drain::drain_command(&cli.config, &args.node, true),
         Command::Undrain(args) => drain::drain_command(&cli.config, &args.node, false),
+        Command::Generate(args) => generate::generate(args).map(|()| true),
         Command::Run => with_runtime(|| run_daemon(cli.config.clone())),
         Command::Once(args) => with_runtime(|| {
             let options = PassOptions {
