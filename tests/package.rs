@@ -97,7 +97,12 @@ fn readme_commands() -> Vec<String> {
 #[test]
 fn man_pages_cover_every_command_the_readme_documents() {
     let dir = Dir::new();
-    let run = run_in(dir.path(), &["generate", "man", "--out", "man"]).success();
+    let out = dir.join("man");
+    let run = run_in(
+        dir.path(),
+        &["generate", "man", "--out", out.to_str().unwrap()],
+    )
+    .success();
     let main = dir.join("man/promshard.1");
     assert_eq!(
         run.stdout.lines().next(),
@@ -197,7 +202,7 @@ fn a_bad_shell_is_a_usage_error_naming_the_choices() {
 /// Files the .deb must hold, as `dpkg-deb -c` lists them.
 const PACKAGED: &[&str] = &[
     "./usr/bin/promshard",
-    "./lib/systemd/system/promshard.service",
+    "./usr/lib/systemd/system/promshard.service",
     "./etc/promshard/promshard.yaml",
     "./etc/promshard/scripts/node_exporter.rhai",
     "./usr/share/promshard/playbooks/push_sd.yml",
@@ -372,7 +377,7 @@ fn check_installed_files(pkg: &Installed) {
     ok("bash", &["-n", bash.to_str().unwrap()]);
     assert_eq!(bash_complete(&bash, &["promshard", "und"]), ["undrain"]);
 
-    let unit = pkg.path("/lib/systemd/system/promshard.service");
+    let unit = pkg.path("/usr/lib/systemd/system/promshard.service");
     let text = fs::read_to_string(&unit).unwrap();
     for line in [
         "User=promshard",
