@@ -164,11 +164,15 @@ fn completions_are_generated_for_bash_zsh_and_fish_and_bash_completes_commands()
         ("zsh", "_promshard"),
         ("fish", "promshard.fish"),
     ] {
-        let run = run_in(
-            dir.path(),
-            &["generate", "completions", shell, "--out", "c"],
-        )
-        .success();
+        let out = dir.join("c");
+        let args = [
+            "generate",
+            "completions",
+            shell,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let run = run_in(dir.path(), &args).success();
         let path = dir.join("c").join(file);
         assert_eq!(run.stdout.trim(), path.to_str().unwrap());
         let text = fs::read_to_string(&path).expect("completion file");
