@@ -333,11 +333,11 @@ impl Installed {
     }
 
     fn purge(&mut self) {
-        if let Installed::System { purged } = self {
-            if !*purged {
-                *purged = true;
-                ok("dpkg", &["--purge", "promshard"]);
-            }
+        if let Installed::System { purged } = self
+            && !*purged
+        {
+            *purged = true;
+            ok("dpkg", &["--purge", "promshard"]);
         }
     }
 }
