@@ -11,6 +11,9 @@
 //!
 //! Modules, lowest layer first (each uses only those before it):
 
+// What this binary is (version, commit).
+pub mod build;
+
 // Pure core.
 pub mod shard;
 

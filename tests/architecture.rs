@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules, lowest layer first, as `src/lib.rs` declares them.
 const LAYERS: &[&str] = &[
+    "build",
     "shard",
     "shutdown",
     "http_client",

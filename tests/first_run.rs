@@ -301,6 +301,7 @@ fn the_readme_shows_real_output_and_stays_inside_the_repository() {
                 "scripts/",
                 "playbooks/",
                 "examples/",
+                "packaging/",
                 "benches/",
                 ".ci/",
             ]

@@ -3,6 +3,7 @@
 
 mod api;
 mod drain;
+mod generate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ mod table;
 
 /// Shard Prometheus scrape targets over a pool of Prometheus servers.
 #[derive(Debug, Parser)]
-#[command(name = "promshard", version, about, long_about = None)]
+#[command(name = "promshard", version = crate::build::LONG_VERSION, about, long_about = None)]
 pub struct Cli {
     /// Config file [default: promshard.yaml]; may also follow the command.
     #[arg(long, short, value_name = "FILE")]
@@ -78,10 +79,23 @@ pub enum Command {
     Drain(DrainArgs),
     /// Put a drained node back.
     Undrain(DrainArgs),
+    /// Write the man pages or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Command {
-    /// The `-c` given after the command; `None` for `rendezvous`.
+    /// The command's name as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Rendezvous(_) => "rendezvous (a simulation of a synthetic fleet)",
+            Command::Generate(_) => "generate",
+            _ => "this command",
+        }
+    }
+
+    /// The `-c` given after the command; `None` for the commands that read
+    /// no config (`rendezvous`, `generate`).
     fn config_arg(&self) -> Option<&ConfigArg> {
         match self {
             Command::Run(a) => Some(&a.config),
@@ -90,7 +104,7 @@ impl Command {
             Command::Check(a) => Some(&a.config),
             Command::Where(a) => Some(&a.config),
             Command::Drain(a) | Command::Undrain(a) => Some(&a.config),
-            Command::Rendezvous(_) => None,
+            Command::Rendezvous(_) | Command::Generate(_) => None,
         }
     }
 }
@@ -107,7 +121,8 @@ impl Cli {
         let after = self.command.config_arg();
         match (&self.config, after.and_then(|a| a.config.as_ref())) {
             (Some(c), _) if after.is_none() => Err(usage(format!(
-                "rendezvous simulates a synthetic fleet and reads no config file; leave out -c {}",
+                "{} reads no config file; leave out -c {}",
+                self.command.name(),
                 c.display()
             ))),
             (Some(a), Some(b)) => Err(usage(format!(
@@ -226,6 +241,7 @@ pub fn main() -> ExitCode {
         Command::Drain(args) => drain::drain_command(&config, &args.node, true),
         Command::Undrain(args) => drain::drain_command(&config, &args.node, false),
         Command::Run(_) => with_runtime(|| run_daemon(config.clone())),
+        Command::Generate(args) => generate::generate(args).map(|()| true),
         Command::Once(args) => with_runtime(|| {
             let options = PassOptions {
                 dry_run: false,
