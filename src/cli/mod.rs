@@ -786,10 +786,8 @@ fn print_where_node(n: &serde_json::Value, unobserved: bool) {
                 .unwrap_or_default()
         )
     };
-    let role = match n["role"].as_str() {
-        Some("assigned") => "assigned",
-        Some("handing_over") => "handing over",
-        _ => "NOT ASSIGNED",
-    };
+    let role = serde_json::from_value(n["role"].clone())
+        .unwrap_or(crate::observe::Role::NotAssigned)
+        .as_str();
     println!("  {}  {role}  {seen}", n["node"].as_str().unwrap_or(""));
 }

@@ -70,6 +70,14 @@ pub struct ServiceStatus {
     /// When each node's file last changed: the audit's grace.
     #[serde(skip)]
     pub changed_at: BTreeMap<String, Instant>,
+    /// When each node last had its file delivered (Unix seconds), kept for
+    /// a node that left the plan (down) too.
+    #[serde(skip)]
+    pub delivered_at: BTreeMap<String, u64>,
+    /// Each configured node's weight (1 when not set or from a script):
+    /// the share of series the status page expects on it.
+    #[serde(skip)]
+    pub node_weights: BTreeMap<String, u32>,
 }
 
 impl ServiceStatus {
@@ -92,6 +100,8 @@ impl ServiceStatus {
             observed_series: None,
             observation: None,
             changed_at: BTreeMap::new(),
+            delivered_at: BTreeMap::new(),
+            node_weights: BTreeMap::new(),
         }
     }
 }

@@ -179,7 +179,7 @@ fn audit_inputs(nodes: &[NodeResult]) -> BTreeMap<String, audit::NodeInput<'_>> 
 const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A node's part in where a target is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The plan assigns it the target.
@@ -356,7 +356,11 @@ fn where_nodes(
     let mut candidates: std::collections::BTreeSet<&str> =
         assignment.nodes.iter().map(String::as_str).collect();
     candidates.extend(old.iter().map(String::as_str));
-    candidates.extend(observation.iter().flat_map(|o| o.nodes.iter().map(|n| n.node.as_str())));
+    candidates.extend(
+        observation
+            .iter()
+            .flat_map(|o| o.nodes.iter().map(|n| n.node.as_str())),
+    );
     let mut nodes = Vec::new();
     for node in candidates {
         let seen = observation.and_then(|o| o.nodes.iter().find(|n| n.node == node));
@@ -386,7 +390,12 @@ fn where_nodes(
 
 /// What `node` does with `target` in `observation`, in the words of a
 /// handover's old side (`new: false`) or new side.
-fn side(observation: Option<&ServiceObservation>, node: &str, target: &str, new: bool) -> &'static str {
+fn side(
+    observation: Option<&ServiceObservation>,
+    node: &str,
+    target: &str,
+    new: bool,
+) -> &'static str {
     let Some(o) = observation else {
         return "not observed";
     };
@@ -405,5 +414,109 @@ fn side(observation: Option<&ServiceObservation>, node: &str, target: &str, new:
         (Some("down"), true) => "active, scrape failing",
         (Some(_), false) => "not scraped yet",
         (Some(_), true) => "active, not scraped yet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::handover::Handover;
+
+    fn observation(
+        assignment: &Arc<Assignment>,
+        nodes: &[(&str, &[(&str, &str)])],
+    ) -> ServiceObservation {
+        let nodes: Vec<NodeResult> = nodes
+            .iter()
+            .map(|(node, active)| NodeResult {
+                node: node.to_string(),
+                at: 1,
+                observed: Some(NodeObservation {
+                    targets: active
+                        .iter()
+                        .map(|(a, health)| ActiveTarget {
+                            address: a.to_string(),
+                            health: health.to_string(),
+                            ..ActiveTarget::default()
+                        })
+                        .collect(),
+                    ..NodeObservation::default()
+                }),
+                series: None,
+                head_series: None,
+                in_grace: true,
+                error: None,
+            })
+            .collect();
+        ServiceObservation {
+            at: 1,
+            duration_ms: 0,
+            job: "s".into(),
+            nodes,
+            replicas: 1,
+            audit: Audit::default(),
+            assignment: Arc::clone(assignment),
+        }
+    }
+
+    #[test]
+    fn a_moving_target_is_a_pending_handover_with_both_servers() {
+        // t:1 moves from a to b: a still scrapes it, b not yet.
+        let assignment = Arc::new(Assignment::from_lists(&[("a", &["u:1"]), ("b", &["t:1"])]));
+        let o = observation(
+            &assignment,
+            &[("a", &[("t:1", "up"), ("u:1", "up")]), ("b", &[])],
+        );
+        let pending = [Handover {
+            target: "t:1".into(),
+            from: Some("a".into()),
+            to: "b".into(),
+            started_ms: 1_000,
+        }];
+        let input = WhereInput {
+            service: "s",
+            assignment: &assignment,
+            pending: &pending,
+            observation: Some(&o),
+        };
+        let w = locate(&input, "t:1").expect("found");
+        assert_eq!(
+            w.state,
+            Some(TargetState::Pending),
+            "the audit's state, not extra"
+        );
+        let roles: Vec<(&str, Role)> = w.nodes.iter().map(|n| (n.node.as_str(), n.role)).collect();
+        assert_eq!(roles, [("a", Role::HandingOver), ("b", Role::Assigned)]);
+        let h = &w.handover[0];
+        assert_eq!(
+            handover_text(&h.from, h.from_state, &h.to, h.to_state),
+            "handover pending: a (still scraping) → b (not yet active)"
+        );
+        // Without the handover the same observation is a stray copy.
+        let plain = WhereInput {
+            pending: &[],
+            ..input
+        };
+        let w = locate(&plain, "t:1").expect("found");
+        assert_eq!(w.state, Some(TargetState::Extra));
+        assert_eq!(w.nodes[0].role, Role::NotAssigned);
+        assert!(w.handover.is_empty());
+    }
+
+    #[test]
+    fn where_times_are_rfc3339() {
+        let assignment = Arc::new(Assignment::from_lists(&[("a", &["t:1"])]));
+        let o = observation(&assignment, &[("a", &[("t:1", "up")])]);
+        let input = WhereInput {
+            service: "s",
+            assignment: &assignment,
+            pending: &[],
+            observation: Some(&o),
+        };
+        let json = serde_json::to_value(locate(&input, "t:1")).expect("json");
+        assert_eq!(json["observed_at"], "1970-01-01T00:00:01Z");
+        let json = serde_json::to_value(&o).expect("json");
+        assert_eq!(json["at"], "1970-01-01T00:00:01Z");
+        assert_eq!(json["nodes"][0]["at"], "1970-01-01T00:00:01Z");
     }
 }

@@ -204,7 +204,16 @@ pub async fn run_pass(
     )
     .await;
     report.phases_ms.deliver = report::ms_since(t);
-    record(&out_dir, service, &mut report, learned, guarded, planned, now).await?;
+    record(
+        &out_dir,
+        service,
+        &mut report,
+        learned,
+        guarded,
+        planned,
+        now,
+    )
+    .await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);

@@ -334,56 +334,9 @@ fn state_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::names::FileType;
-    use crate::shard::plan::{NodePlan, Plan};
-    use crate::shard::target::Target;
 
     fn assignment(nodes: &[(&str, &[&str])]) -> Assignment {
-        let mut addrs: Vec<&str> = nodes.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        let targets: Vec<Target> = addrs
-            .iter()
-            .map(|a| Target {
-                addr: (*a).into(),
-                labels: Default::default(),
-                weight: 1,
-                hash: 0,
-            })
-            .collect();
-        let replicas = addrs
-            .iter()
-            .map(|a| nodes.iter().filter(|(_, ts)| ts.contains(a)).count())
-            .max()
-            .unwrap_or(1);
-        let plan = Plan {
-            service: "s".into(),
-            file_type: FileType::Json,
-            targets: targets.len(),
-            replicas,
-            nodes: nodes
-                .iter()
-                .enumerate()
-                .map(|(index, (node, ts))| {
-                    let idx: Vec<u32> = ts
-                        .iter()
-                        .map(|t| addrs.iter().position(|a| a == t).unwrap() as u32)
-                        .collect();
-                    NodePlan {
-                        node: node.to_string(),
-                        index,
-                        file: format!("{node}.json"),
-                        count: idx.len(),
-                        targets: idx,
-                        groups: None,
-                    }
-                })
-                .collect(),
-            deferred_moves: 0,
-            affinity: None,
-            shard_label: None,
-        };
-        Assignment::from_plan(&targets, &plan)
+        Assignment::from_lists(nodes)
     }
 
     fn seen(active: &[(&str, &str)]) -> NodeObservation {

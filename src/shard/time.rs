@@ -10,13 +10,21 @@ use serde::Serializer;
 
 /// Unix seconds as RFC 3339 UTC, to the second.
 pub fn rfc3339(unix_s: u64) -> String {
-    at(i64::try_from(unix_s).unwrap_or(i64::MAX), 0, SecondsFormat::Secs)
+    at(
+        i64::try_from(unix_s).unwrap_or(i64::MAX),
+        0,
+        SecondsFormat::Secs,
+    )
 }
 
 /// Unix milliseconds as RFC 3339 UTC, to the millisecond.
 pub fn rfc3339_ms(unix_ms: u64) -> String {
     let s = i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX);
-    at(s, (unix_ms % 1000) as u32 * 1_000_000, SecondsFormat::Millis)
+    at(
+        s,
+        (unix_ms % 1000) as u32 * 1_000_000,
+        SecondsFormat::Millis,
+    )
 }
 
 fn at(secs: i64, nanos: u32, format: SecondsFormat) -> String {
