@@ -527,12 +527,15 @@ pub fn node_rows(s: &ServiceStatus, now: u64) -> Vec<NodeRow<'_>> {
             if let (Some(_), Some(h)) = (drain, health.filter(|h| h.state != "up")) {
                 state = format!("{state}; {}", health_state(h, now));
             }
+            let plan = current.and_then(|c| c.nodes.iter().find(|n| n.node == node));
             NodeRow {
                 node,
                 bad: silent || health.is_some_and(|h| h.state != "up"),
                 state,
-                plan: current.and_then(|c| c.nodes.iter().find(|n| n.node == node)),
-                delivered_at: s.delivered_at.get(node).copied(),
+                plan,
+                delivered_at: plan
+                    .and_then(|p| p.delivered_at)
+                    .or_else(|| s.delivered_at.get(node).copied()),
             }
         })
         .collect()
