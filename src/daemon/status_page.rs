@@ -695,20 +695,9 @@ mod tests {
         );
     }
 
-    /// A service of three nodes (c:1 weighs 2) whose plan has a:1 and b:1
-    /// (c:1 is down), b:1 drained and still holding one target, and an
-    /// observation of `series` on a:1 and c:1.
-    fn three_nodes(series: &[(&str, u64)]) -> ServiceStatus {
-        use crate::membership::NodeStatus;
+    /// The plan of [`three_nodes`]: a:1 with two targets, b:1 draining.
+    fn plan_of(assignment: Arc<Assignment>) -> crate::pass::PassReport {
         use crate::pass::handover::{DrainState, HandoverReport};
-        let config = crate::config::Config::parse(
-            std::path::Path::new("/etc/promshard/promshard.yaml"),
-            "services:\n  - name: web\n    script: web.rhai\n    nodes: [\"a:1\", \"b:1\", {addr: \"c:1\", weight: 2}]\n",
-        )
-        .expect("config");
-        let mut s = ServiceStatus::new(&config.services[0]);
-        s.node_weights = [("a:1".into(), 1), ("b:1".into(), 1), ("c:1".into(), 2)].into();
-        let assignment = Arc::new(Assignment::from_lists(&[("a:1", &["t:1", "u:1"])]));
         let node = |n: &str, count| crate::pass::NodeReport {
             node: n.into(),
             file: format!("web_{n}.json"),
@@ -739,7 +728,7 @@ mod tests {
             }],
             records: Vec::new(),
         };
-        s.current = Some(crate::pass::PassReport {
+        crate::pass::PassReport {
             name: "web".into(),
             targets: 2,
             invalid: 0,
@@ -758,11 +747,27 @@ mod tests {
             deferred_moves: 0,
             affinity: None,
             rules: None,
-            assignment: Arc::clone(&assignment),
+            assignment,
             sd: None,
             handover: Some(handover),
             plan_hash: String::new(),
-        });
+        }
+    }
+
+    /// A service of three nodes (c:1 weighs 2) whose plan has a:1 and b:1
+    /// (c:1 is down), b:1 drained and still holding one target, and an
+    /// observation of `series` on a:1 and c:1.
+    fn three_nodes(series: &[(&str, u64)]) -> ServiceStatus {
+        use crate::membership::NodeStatus;
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/etc/promshard/promshard.yaml"),
+            "services:\n  - name: web\n    script: web.rhai\n    nodes: [\"a:1\", \"b:1\", {addr: \"c:1\", weight: 2}]\n",
+        )
+        .expect("config");
+        let mut s = ServiceStatus::new(&config.services[0]);
+        s.node_weights = [("a:1".into(), 1), ("b:1".into(), 1), ("c:1".into(), 2)].into();
+        let assignment = Arc::new(Assignment::from_lists(&[("a:1", &["t:1", "u:1"])]));
+        s.current = Some(plan_of(Arc::clone(&assignment)));
         let status = |n: &str, state, since: Option<u64>| NodeStatus {
             node: n.into(),
             state,

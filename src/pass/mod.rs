@@ -156,14 +156,14 @@ pub async fn run_pass(
     )?;
     guarded.state.drained.extend(drained);
     let handover = handover_step(&input, &out_dir, &mut computed, &mut guarded.state);
-    let planned = computed.plan.files();
+    let names = computed.plan.files();
     report::log_placement(&service.name, &computed);
     let (computed, emitted) = write_step(
         &out_dir,
         service,
         computed,
         &mut guarded.state,
-        &planned,
+        &names,
         write,
     )
     .await?;
@@ -204,16 +204,7 @@ pub async fn run_pass(
     )
     .await;
     report.phases_ms.deliver = report::ms_since(t);
-    record(
-        &out_dir,
-        service,
-        &mut report,
-        learned,
-        guarded,
-        planned,
-        now,
-    )
-    .await?;
+    record(&out_dir, service, &mut report, learned, guarded, names, now).await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);
