@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use promshard::observe::{ActiveTarget, Assignment, NodeObservation, locate};
+use promshard::observe::{ActiveTarget, Assignment, NodeObservation, WhereInput, locate};
 use promshard::shard::audit::{NodeInput, audit};
 use promshard::shard::names::{FileNaming, default_file_name};
 use promshard::shard::plan::{Plan, PlanInput, make_plan};
@@ -77,10 +77,16 @@ fn bench_observe(c: &mut Criterion) {
         b.iter(|| black_box(Assignment::from_plan(&targets, &plan).len()))
     });
     let mut i = 0;
+    let input = WhereInput {
+        service: "svc",
+        assignment: &assignment,
+        pending: &[],
+        observation: None,
+    };
     g.bench_function("where_lookup", |b| {
         b.iter(|| {
             i = (i + 1) % probe.len();
-            black_box(locate("svc", probe[i], &assignment, None))
+            black_box(locate(&input, probe[i]))
         })
     });
     g.bench_function("audit", |b| {

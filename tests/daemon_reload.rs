@@ -257,7 +257,12 @@ fn a_script_that_stops_compiling_keeps_serving_until_it_is_fixed() {
         error.contains("web.rhai:2:") && error.contains("syntax error"),
         "script_state.error names file:line:column: {state}"
     );
-    assert!(state["error_since"].as_u64().is_some(), "{state}");
+    assert!(
+        state["error_since"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "RFC 3339: {state}"
+    );
     assert!(
         state["version"].as_str().is_some_and(|v| v.len() == 16),
         "the serving version: {state}"

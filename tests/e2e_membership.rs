@@ -602,7 +602,12 @@ fn script_nodes_are_health_checked() {
         reason.contains("consecutive failures: connect: connection refused"),
         "{dead}"
     );
-    assert!(dead["last_change"].as_u64().is_some(), "{dead}");
+    assert!(
+        dead["last_change"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "RFC 3339: {dead}"
+    );
     let log = d.log_text();
     assert!(
         log.lines().any(|l| l.contains("node out of the ring")

@@ -801,12 +801,15 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
         };
         let cancel = CancellationToken::new();
         match static_pass(config, service, &script, &sandbox, options, &cancel, &[]).await {
-            Ok(report) => found.extend(crate::observe::locate(
-                &service.name,
-                args.target.trim(),
-                &report.assignment,
-                None,
-            )),
+            Ok(report) => {
+                let input = crate::observe::WhereInput {
+                    service: &service.name,
+                    assignment: &report.assignment,
+                    pending: report.pending_handovers(),
+                    observation: None,
+                };
+                found.extend(crate::observe::locate(&input, args.target.trim()))
+            }
             Err(e) => eprintln!("promshard: service {}: {e}", service.name),
         }
     }
@@ -824,8 +827,22 @@ fn print_where(s: &serde_json::Value) {
             })
             .unwrap_or_default()
     };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let handovers: String = s["handover"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let (from, to) = (text(&h["from"]), text(&h["to"]));
+            let (from_state, to_state) = (text(&h["from_state"]), text(&h["to_state"]));
+            format!(
+                ", {}",
+                crate::observe::handover_text(&from, &from_state, &to, &to_state)
+            )
+        })
+        .collect();
     println!(
-        "service {}: {} on {} (file {}){}, state {}",
+        "service {}: {} on {} (file {}){}, state {}{handovers}",
         s["service"].as_str().unwrap_or(""),
         s["target"].as_str().unwrap_or(""),
         str_list(&s["assigned"]),
@@ -837,37 +854,37 @@ fn print_where(s: &serde_json::Value) {
         s["state"].as_str().unwrap_or("not observed"),
     );
     for n in s["nodes"].as_array().into_iter().flatten() {
-        let o = &n["observed"];
-        let seen = if o.is_null() {
-            match (n["error"].as_str(), s["observed_at"].is_null()) {
-                (Some(e), _) => format!("not observed: {e}"),
-                (None, true) => "not observed".into(),
-                (None, false) => "not active".into(),
-            }
-        } else {
-            format!(
-                "{}, last scrape {}, series {}{}",
-                o["health"].as_str().unwrap_or("?"),
-                o["last_scrape"].as_str().unwrap_or("never"),
-                o["series"]
-                    .as_u64()
-                    .map(|v| v.to_string())
-                    .unwrap_or("?".into()),
-                o["last_error"]
-                    .as_str()
-                    .filter(|e| !e.is_empty())
-                    .map(|e| format!(", error: {e}"))
-                    .unwrap_or_default()
-            )
-        };
-        println!(
-            "  {}  {}  {seen}",
-            n["node"].as_str().unwrap_or(""),
-            if n["assigned"].as_bool() == Some(true) {
-                "assigned"
-            } else {
-                "NOT ASSIGNED"
-            },
-        );
+        print_where_node(n, s["observed_at"].is_null());
     }
+}
+
+/// One node's line of `where`: its part and what it reported.
+fn print_where_node(n: &serde_json::Value, unobserved: bool) {
+    let o = &n["observed"];
+    let seen = if o.is_null() {
+        match (n["error"].as_str(), unobserved) {
+            (Some(e), _) => format!("not observed: {e}"),
+            (None, true) => "not observed".into(),
+            (None, false) => "not active".into(),
+        }
+    } else {
+        format!(
+            "{}, last scrape {}, series {}{}",
+            o["health"].as_str().unwrap_or("?"),
+            o["last_scrape"].as_str().unwrap_or("never"),
+            o["series"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or("?".into()),
+            o["last_error"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default()
+        )
+    };
+    let role = serde_json::from_value(n["role"].clone())
+        .unwrap_or(crate::observe::Role::NotAssigned)
+        .as_str();
+    println!("  {}  {role}  {seen}", n["node"].as_str().unwrap_or(""));
 }

@@ -219,7 +219,13 @@ fn where_answers(
                 .observation
                 .as_deref()
                 .filter(|o| Arc::ptr_eq(&o.assignment, &current.assignment));
-            observe::locate(&s.name, target, &current.assignment, observation)
+            let input = observe::WhereInput {
+                service: &s.name,
+                assignment: &current.assignment,
+                pending: current.pending_handovers(),
+                observation,
+            };
+            observe::locate(&input, target)
         })
         .collect()
 }

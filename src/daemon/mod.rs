@@ -82,13 +82,23 @@ impl Shared {
 
     /// Status of every service, with fresh next-run times.
     pub async fn statuses(&self) -> Vec<ServiceStatus> {
-        let jobs: Vec<(String, Option<Uuid>)> = self
-            .runners
-            .lock()
-            .await
-            .iter()
-            .map(|(n, r)| (n.clone(), r.job))
-            .collect();
+        let (jobs, mut weights): (Vec<(String, Option<Uuid>)>, BTreeMap<String, _>) = {
+            let runners = self.runners.lock().await;
+            let jobs = runners.iter().map(|(n, r)| (n.clone(), r.job)).collect();
+            let weights = runners
+                .iter()
+                .map(|(n, r)| {
+                    let w: BTreeMap<String, u32> = r
+                        .service
+                        .nodes
+                        .iter()
+                        .map(|s| (s.addr.clone(), s.weight))
+                        .collect();
+                    (n.clone(), w)
+                })
+                .collect();
+            (jobs, weights)
+        };
         let mut next = BTreeMap::new();
         for (name, job) in jobs {
             if let Some(id) = job {
@@ -104,6 +114,7 @@ impl Shared {
             .cloned()
             .map(|mut s| {
                 s.next_run = next.remove(&s.name);
+                s.node_weights = weights.remove(&s.name).unwrap_or_default();
                 s.health = self.membership.status(&s.name);
                 s.script_state = self.cache.state(&s.script);
                 s

@@ -56,8 +56,8 @@ impl Shared {
         let status = self.status.read().unwrap_or_else(|p| p.into_inner());
         let pending = status
             .get(&service.name)
-            .and_then(|s| s.current.as_ref()?.handover.as_ref())
-            .map(|h| h.records.as_slice())
+            .and_then(|s| s.current.as_ref())
+            .map(|c| c.pending_handovers())
             .unwrap_or_default();
         !pending.is_empty() && {
             let timeout = crate::pass::handover::timeout(&service.handover, Some(observed));
@@ -79,8 +79,9 @@ impl Shared {
                 let current = s.current.as_ref()?;
                 Some((
                     Arc::clone(&current.assignment),
+                    with_files(current),
                     s.changed_at,
-                    handing(current),
+                    crate::shard::audit::handing_of(current.pending_handovers()),
                 ))
             });
             // Until the first pass has a plan, look again soon.
@@ -89,17 +90,16 @@ impl Shared {
             } else {
                 settings.interval.min(Duration::from_secs(1))
             };
-            if let Some((assignment, changed_at, handing)) = plan {
+            if let Some((assignment, nodes, changed_at, handing)) = plan {
                 let name = &service.name;
-                let observed = observe::observe_service(
-                    name,
-                    &settings,
+                let planned = observe::Planned {
                     assignment,
-                    &changed_at,
-                    service.replicas,
-                    &handing,
-                )
-                .await;
+                    nodes: &nodes,
+                    changed_at: &changed_at,
+                    handing: &handing,
+                };
+                let observed =
+                    observe::observe_service(name, &settings, planned, service.replicas).await;
                 self.metrics.record_observation(name, &observed);
                 log.changes(name, &observed);
                 self.take_observation(&service, observed).await;
@@ -186,14 +186,11 @@ impl ObservationLog {
     }
 }
 
-/// The targets a pass left on their old node until the new one confirms,
-/// for the audit.
-fn handing(report: &crate::pass::PassReport) -> crate::shard::audit::Handing {
-    let mut out = crate::shard::audit::Handing::new();
-    for h in report.handover.iter().flat_map(|r| r.records.iter()) {
-        if let Some(from) = &h.from {
-            out.entry(h.target.clone()).or_default().push(from.clone());
-        }
-    }
-    out
+/// Every node a pass left a file with: the plan's, and the drained nodes
+/// and old owners that keep targets while they hand them over (their
+/// servers are asked too, so a target left behind there shows).
+fn with_files(report: &crate::pass::PassReport) -> Vec<String> {
+    let mut nodes: BTreeSet<String> = report.assignment.nodes.iter().cloned().collect();
+    nodes.extend(report.nodes.iter().map(|n| n.node.clone()));
+    nodes.into_iter().collect()
 }

@@ -109,6 +109,11 @@ impl Shared {
             for n in report.nodes.iter().filter(|n| n.changed) {
                 s.changed_at.insert(n.node.clone(), now);
             }
+            for n in &report.nodes {
+                if let Some(t) = n.delivered_at {
+                    s.delivered_at.insert(n.node.clone(), t);
+                }
+            }
             s.current = Some(report);
         }
         next_step

@@ -17,7 +17,8 @@ use crate::script::cache::ScriptState;
 /// Result of the last pass of a service, for `/api/v1/services`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastPass {
-    /// Unix seconds when the pass finished.
+    /// When the pass finished (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::shard::time::ser")]
     pub finished_at: u64,
     /// `ok`, `failed` (script, plan, I/O or delivery) or `refused` (mass-drop guard).
     pub result: &'static str,
@@ -38,7 +39,8 @@ pub struct ServiceStatus {
     /// The script version serving and why a newer edit is not.
     pub script_state: ScriptState,
     pub last_pass: Option<LastPass>,
-    /// Unix seconds of the last successful pass.
+    /// When the last successful pass finished (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::shard::time::ser_opt")]
     pub last_success: Option<u64>,
     /// The last successful pass (the plan now in effect).
     pub current: Option<PassReport>,
@@ -52,8 +54,11 @@ pub struct ServiceStatus {
     /// Audit counts of the last observation (`observe:`), by state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<BTreeMap<TargetState, usize>>,
-    /// Unix seconds of the last observation.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the last observation finished (Unix seconds; RFC 3339 in JSON).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::shard::time::ser_opt"
+    )]
     pub observed_at: Option<u64>,
     /// Series each node really ingests from the service's targets, as last
     /// observed (next to the planned `weight` of each node in `current`).
@@ -65,6 +70,14 @@ pub struct ServiceStatus {
     /// When each node's file last changed: the audit's grace.
     #[serde(skip)]
     pub changed_at: BTreeMap<String, Instant>,
+    /// When each node last had its file delivered (Unix seconds), kept for
+    /// a node that left the plan (down) too.
+    #[serde(skip)]
+    pub delivered_at: BTreeMap<String, u64>,
+    /// Each configured node's weight (1 when not set or from a script):
+    /// the share of series the status page expects on it.
+    #[serde(skip)]
+    pub node_weights: BTreeMap<String, u32>,
 }
 
 impl ServiceStatus {
@@ -87,6 +100,8 @@ impl ServiceStatus {
             observed_series: None,
             observation: None,
             changed_at: BTreeMap::new(),
+            delivered_at: BTreeMap::new(),
+            node_weights: BTreeMap::new(),
         }
     }
 }

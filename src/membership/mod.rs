@@ -129,8 +129,17 @@ pub struct NodeStatus {
     pub in_ring: bool,
     pub consecutive_failures: u32,
     pub consecutive_successes: u32,
-    /// Unix seconds of the last membership change (none since start: null).
+    /// The last membership change (Unix seconds; RFC 3339 in JSON; none
+    /// since start: null): for a node out of the ring, when it went down.
+    #[serde(serialize_with = "crate::shard::time::ser_opt")]
     pub last_change: Option<u64>,
+    /// The first failed probe of the failures going on now (`None` while
+    /// probes pass).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::shard::time::ser_opt"
+    )]
+    pub failing_since: Option<u64>,
     pub last_change_reason: Option<String>,
     pub last_error: Option<String>,
 }
@@ -141,6 +150,8 @@ struct ViewNode {
     in_ring: bool,
     last_change: Option<u64>,
     reason: Option<String>,
+    /// The first failed probe of the current run of failures.
+    failing_since: Option<u64>,
 }
 
 /// One service's view of its nodes: a hysteresis per node plus the settling
@@ -181,6 +192,7 @@ impl View {
                 in_ring: true,
                 last_change: None,
                 reason: None,
+                failing_since: None,
             });
         }
         removed
@@ -199,6 +211,10 @@ impl View {
             return Vec::new();
         };
         n.health.observe(result, self.fall, self.rise);
+        n.failing_since = match result {
+            Ok(()) => None,
+            Err(_) => n.failing_since.or(Some(now)),
+        };
         if self.nodes.values().any(|n| n.health.in_transition()) {
             return Vec::new();
         }
@@ -265,6 +281,7 @@ impl View {
                 consecutive_failures: n.health.consecutive_failures,
                 consecutive_successes: n.health.consecutive_successes,
                 last_change: n.last_change,
+                failing_since: n.failing_since,
                 last_change_reason: n.reason.clone(),
                 last_error: n.health.last_error.clone(),
             })
@@ -680,8 +697,11 @@ mod tests {
         let st = v.status();
         assert_eq!(st[0].state, "down");
         assert_eq!(st[0].last_change, Some(11));
+        assert_eq!(st[0].failing_since, Some(10), "since the first failure");
         assert_eq!(st[1].state, "up");
+        assert_eq!(st[1].failing_since, None);
         assert!(v.observe("a:1", &Ok(()), 12).is_empty());
+        assert_eq!(v.status()[0].failing_since, None, "a passing probe ends it");
         assert_eq!(v.status()[0].state, "recovering");
         let c = v.observe("a:1", &Ok(()), 13);
         assert_eq!(c[0].reason, "2 consecutive successes");

@@ -108,8 +108,8 @@ pub struct HandoverReport {
     pub timeout_s: f64,
     /// Handovers waiting for their new owner (old owner → new owner).
     pub pending: usize,
-    /// The first of them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The first of them (in JSON each with `started`, RFC 3339).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "pending_json")]
     pub pending_samples: Vec<Handover>,
     /// Handovers that ended in this pass.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -121,6 +121,24 @@ pub struct HandoverReport {
     /// [`due`].
     #[serde(skip)]
     pub records: Vec<Handover>,
+}
+
+/// Pending handovers as the API shows them: the time in RFC 3339 like
+/// every other time it answers (the state file keeps milliseconds).
+fn pending_json<S: serde::Serializer>(list: &[Handover], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Pending<'a> {
+        target: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+        started: String,
+    }
+    s.collect_seq(list.iter().map(|h| Pending {
+        target: &h.target,
+        from: h.from.as_deref(),
+        to: &h.to,
+        started: crate::shard::time::rfc3339_ms(h.started_ms),
+    }))
 }
 
 /// How many pending handovers a report lists.

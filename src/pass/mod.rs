@@ -156,14 +156,14 @@ pub async fn run_pass(
     )?;
     guarded.state.drained.extend(drained);
     let handover = handover_step(&input, &out_dir, &mut computed, &mut guarded.state);
-    let planned = computed.plan.files();
+    let names = computed.plan.files();
     report::log_placement(&service.name, &computed);
     let (computed, emitted) = write_step(
         &out_dir,
         service,
         computed,
         &mut guarded.state,
-        &planned,
+        &names,
         write,
     )
     .await?;
@@ -204,7 +204,7 @@ pub async fn run_pass(
     )
     .await;
     report.phases_ms.deliver = report::ms_since(t);
-    record(&out_dir, service, &report, learned, guarded, planned, now).await?;
+    record(&out_dir, service, &mut report, learned, guarded, names, now).await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
     report.duration_ms = started.elapsed().as_millis() as u64;
     log_summary(&report);
@@ -346,11 +346,12 @@ async fn rules_step(
     crate::rules::step(service, out_dir, &planned, rules, dry_run, lease, cancel).await
 }
 
-/// Step 6: remember what was done, and release the lock.
+/// Step 6: remember what was done (and tell the report when each node
+/// last had its file delivered), and release the lock.
 async fn record(
     out_dir: &Path,
     service: &Service,
-    report: &PassReport,
+    report: &mut PassReport,
     learned: Option<Arc<BTreeMap<String, u32>>>,
     guarded: Guarded,
     planned: BTreeMap<String, String>,
@@ -361,7 +362,7 @@ async fn record(
     if let Some(learned) = &learned {
         state.weights = (**learned).clone();
     }
-    for n in &report.nodes {
+    for n in &mut report.nodes {
         let entry = state.nodes.entry(n.node.clone()).or_default();
         entry.file = n.file.clone();
         entry.hash = n.hash.clone();
@@ -378,6 +379,7 @@ async fn record(
                 entry.delivered_at = Some(now);
             }
         }
+        n.delivered_at = entry.delivered_at;
     }
     let told: BTreeSet<&str> = report
         .departed

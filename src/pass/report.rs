@@ -49,6 +49,13 @@ pub struct NodeReport {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the node last had its file delivered, in this pass or an
+    /// earlier one (Unix seconds; RFC 3339 in JSON; not in dry runs).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::shard::time::ser_opt"
+    )]
+    pub delivered_at: Option<u64>,
 }
 
 /// The outcome of a pass, printed by `once --json` and served by the API.
@@ -101,6 +108,16 @@ pub struct PassReport {
     /// Hash of every node's file name and content: equal hashes, same
     /// assignment (`ha:` standbys compare it with the leader's).
     pub plan_hash: String,
+}
+
+impl PassReport {
+    /// The handovers this pass left pending (none without handover).
+    pub fn pending_handovers(&self) -> &[crate::shard::handover::Handover] {
+        self.handover
+            .as_ref()
+            .map(|h| h.records.as_slice())
+            .unwrap_or_default()
+    }
 }
 
 /// The targets and plan of a pass, kept in memory so that `/sd` answers
@@ -258,6 +275,7 @@ fn node_reports(
             delivered: false,
             result: None,
             attempts: 0,
+            delivered_at: None,
             error: None,
         })
         .collect()

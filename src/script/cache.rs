@@ -68,11 +68,13 @@ struct Entry {
 pub struct ScriptState {
     /// Hash of the serving version's source (16 hex digits), if any compiled.
     pub version: Option<String>,
-    /// Unix seconds when the serving version was compiled.
+    /// When the serving version was compiled (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::shard::time::ser_opt")]
     pub compiled_at: Option<u64>,
     /// Why the file's current content is not serving (file:line:column).
     pub error: Option<String>,
-    /// Unix seconds since that error was first seen.
+    /// When that error was first seen (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::shard::time::ser_opt")]
     pub error_since: Option<u64>,
 }
 

@@ -173,6 +173,58 @@ impl Assignment {
 }
 
 #[cfg(test)]
+impl Assignment {
+    /// An assignment from `(node, its targets)` lists, for tests.
+    pub(crate) fn from_lists(nodes: &[(&str, &[&str])]) -> Assignment {
+        let mut addrs: Vec<&str> = nodes.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let targets: Vec<crate::shard::target::Target> = addrs
+            .iter()
+            .map(|a| crate::shard::target::Target {
+                addr: (*a).into(),
+                labels: Default::default(),
+                weight: 1,
+                hash: 0,
+            })
+            .collect();
+        let replicas = addrs
+            .iter()
+            .map(|a| nodes.iter().filter(|(_, ts)| ts.contains(a)).count())
+            .max()
+            .unwrap_or(1);
+        let plan = crate::shard::plan::Plan {
+            service: "s".into(),
+            file_type: crate::shard::names::FileType::Json,
+            targets: targets.len(),
+            replicas,
+            nodes: nodes
+                .iter()
+                .enumerate()
+                .map(|(index, (node, ts))| {
+                    let idx: Vec<u32> = ts
+                        .iter()
+                        .map(|t| addrs.iter().position(|a| a == t).unwrap() as u32)
+                        .collect();
+                    crate::shard::plan::NodePlan {
+                        node: node.to_string(),
+                        index,
+                        file: format!("{node}.json"),
+                        count: idx.len(),
+                        targets: idx,
+                        groups: None,
+                    }
+                })
+                .collect(),
+            deferred_moves: 0,
+            affinity: None,
+            shard_label: None,
+        };
+        Assignment::from_plan(&targets, &plan)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::shard::names::FileType;

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::shard::assignment::Assignment;
+use crate::shard::handover::Handover;
 use crate::shard::observation::{ActiveTarget, NodeObservation};
 
 /// How many targets per non-ok state an audit lists.
@@ -131,6 +132,52 @@ pub fn audit(
 /// new node confirms.
 pub type Handing = HashMap<String, Vec<String>>;
 
+/// The moves among a pass's pending handovers (records without an old
+/// node only restore coverage), as the audit takes them.
+pub fn handing_of(pending: &[Handover]) -> Handing {
+    let mut out = Handing::new();
+    for h in pending {
+        if let Some(from) = &h.from {
+            out.entry(h.target.clone()).or_default().push(from.clone());
+        }
+    }
+    out
+}
+
+/// One target's verdict: its state, its state on each owner, and the
+/// nodes that count as having it active.
+pub struct Verdict<'a> {
+    pub state: TargetState,
+    pub per_owner: Vec<TargetState>,
+    /// Where it is active, the old nodes of its handover left out.
+    pub on: Vec<(&'a str, &'a ActiveTarget)>,
+}
+
+/// The state of one target assigned to `owners`, active on `on`, moving
+/// away from `old` (empty unless it is in a handover): the one rule the
+/// audit, `where` and the status page all apply. A handover's old node
+/// keeps the target on purpose, so it is neither `extra` nor `duplicate`
+/// there.
+pub fn target_state<'a>(
+    owners: &[&str],
+    on: &[(&'a str, &'a ActiveTarget)],
+    nodes: &BTreeMap<String, NodeInput<'_>>,
+    replicas: usize,
+    old: &[String],
+) -> Verdict<'a> {
+    let on: Vec<(&str, &ActiveTarget)> = on
+        .iter()
+        .filter(|(n, _)| !old.iter().any(|o| o == n))
+        .copied()
+        .collect();
+    let (state, per_owner) = state_of(owners, &on, nodes, replicas);
+    Verdict {
+        state,
+        per_owner,
+        on,
+    }
+}
+
 /// [`audit`], with the targets `handing` over: on their old nodes they are
 /// expected, neither `extra` nor `duplicate`.
 pub fn audit_during(
@@ -144,19 +191,12 @@ pub fn audit_during(
     for (addr, owners) in assignment.iter() {
         let owners: Vec<&str> = owners.collect();
         let on = active.get(addr).map(Vec::as_slice).unwrap_or(&[]);
-        let without_old;
-        let on = match handing.get(addr) {
-            Some(old) => {
-                without_old = on
-                    .iter()
-                    .filter(|(n, _)| !old.iter().any(|o| o == n))
-                    .copied()
-                    .collect::<Vec<_>>();
-                &without_old[..]
-            }
-            None => on,
-        };
-        let (state, per_owner) = state_of(&owners, on, nodes, replicas);
+        let old = handing.get(addr).map(Vec::as_slice).unwrap_or(&[]);
+        let Verdict {
+            state,
+            per_owner,
+            on,
+        } = target_state(&owners, on, nodes, replicas, old);
         for (node, node_state) in owners.iter().zip(per_owner) {
             if let Some(i) = assignment.node_index(node) {
                 match node_state {
@@ -261,7 +301,7 @@ impl Audit {
 
 /// The state of one target assigned to `owners` and active on `on`
 /// (node, what it reported), with the state on each owner.
-pub fn state_of(
+fn state_of(
     owners: &[&str],
     on: &[(&str, &ActiveTarget)],
     nodes: &BTreeMap<String, NodeInput<'_>>,
@@ -294,56 +334,9 @@ pub fn state_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::names::FileType;
-    use crate::shard::plan::{NodePlan, Plan};
-    use crate::shard::target::Target;
 
     fn assignment(nodes: &[(&str, &[&str])]) -> Assignment {
-        let mut addrs: Vec<&str> = nodes.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        let targets: Vec<Target> = addrs
-            .iter()
-            .map(|a| Target {
-                addr: (*a).into(),
-                labels: Default::default(),
-                weight: 1,
-                hash: 0,
-            })
-            .collect();
-        let replicas = addrs
-            .iter()
-            .map(|a| nodes.iter().filter(|(_, ts)| ts.contains(a)).count())
-            .max()
-            .unwrap_or(1);
-        let plan = Plan {
-            service: "s".into(),
-            file_type: FileType::Json,
-            targets: targets.len(),
-            replicas,
-            nodes: nodes
-                .iter()
-                .enumerate()
-                .map(|(index, (node, ts))| {
-                    let idx: Vec<u32> = ts
-                        .iter()
-                        .map(|t| addrs.iter().position(|a| a == t).unwrap() as u32)
-                        .collect();
-                    NodePlan {
-                        node: node.to_string(),
-                        index,
-                        file: format!("{node}.json"),
-                        count: idx.len(),
-                        targets: idx,
-                        groups: None,
-                    }
-                })
-                .collect(),
-            deferred_moves: 0,
-            affinity: None,
-            shard_label: None,
-        };
-        Assignment::from_plan(&targets, &plan)
+        Assignment::from_lists(nodes)
     }
 
     fn seen(active: &[(&str, &str)]) -> NodeObservation {

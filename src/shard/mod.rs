@@ -11,6 +11,7 @@
 //! - [`observation`]: what a server reported; [`audit`]: what the servers scrape against what was planned
 //! - [`weights`]: series weights learned from the servers
 //! - [`template`]: the `{field}` templates used by affinity and scripts
+//! - [`time`]: the one time format of every JSON answer (RFC 3339, UTC)
 
 pub mod affinity;
 pub mod assignment;
@@ -23,4 +24,5 @@ pub mod plan;
 pub mod render;
 pub mod target;
 pub mod template;
+pub mod time;
 pub mod weights;
