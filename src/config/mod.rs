@@ -24,7 +24,8 @@
 //! 3. No problems: the [`Config`]. Otherwise a [`ConfigError`] whose
 //!    `Display` names the file, the location and the reason, one line each.
 //!
-//! Durations and schedules are parsed in [`duration`].
+//! Durations and schedules are parsed in [`duration`]; `source:` blocks
+//! (Prometheus service discovery syntax) in [`source`].
 
 pub mod checked;
 pub mod duration;
@@ -33,6 +34,7 @@ pub mod handover;
 pub mod raw;
 pub mod rules;
 pub mod service;
+pub mod source;
 #[cfg(test)]
 mod tests;
 pub mod text;
@@ -50,6 +52,7 @@ pub use checked::{
 pub use duration::{DEFAULT_SCHEDULE, parse_duration, parse_schedule};
 pub use rules::Rules;
 pub use service::{check_node_addr, nodes_from_json};
+pub use source::{SdBlock, parse_sd_block};
 pub use text::{MAX_CONFIG_BYTES, MAX_CONFIG_NESTING};
 pub use validate::{MAX_SERVICE_NAME, check_service_name};
 

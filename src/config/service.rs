@@ -84,7 +84,9 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
         // Only bounded placement uses target weights.
         ring.balance = Balance::Bounded;
     }
+    let source = check_source(&rs, p);
     Service {
+        source,
         name: rs.name.unwrap_or_default(),
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
@@ -116,8 +118,25 @@ fn check_identity(rs: &RawService, p: &mut Problems) {
         None => p.push("name", "required"),
         Some(n) => p.check("name", check_service_name(n)),
     }
-    if rs.script.is_none() {
-        p.push("script", "required");
+    match (&rs.script, &rs.source) {
+        (None, None) => p.push("script", "required (or source:, a Prometheus SD block)"),
+        (Some(_), Some(_)) => p.push(
+            "source",
+            "give script: or source:, not both (a script can call prometheus_sd(#{…}))",
+        ),
+        _ => {}
+    }
+}
+
+/// `source:`: parsed and checked now, so `check` reports a bad block.
+fn check_source(rs: &RawService, p: &mut Problems) -> Option<super::source::SdBlock> {
+    let value = rs.source.clone()?;
+    match super::source::parse_sd_block(value) {
+        Ok((block, _rules)) => Some(block),
+        Err(e) => {
+            p.push("source", e);
+            None
+        }
     }
 }
 
@@ -468,6 +487,11 @@ impl Config {
                 "script",
                 own.script.is_some(),
                 "a drop-in's script is its own file",
+            ),
+            (
+                "source",
+                own.source.is_some(),
+                "a drop-in's targets come from its own file (it can call prometheus_sd(#{…}))",
             ),
         ] {
             if set {

@@ -19,6 +19,7 @@ use std::process::Command;
 pub mod browser;
 pub mod child;
 pub mod daemon;
+pub mod dns;
 pub mod etcd;
 pub mod exporters;
 pub mod exposition;

@@ -49,6 +49,22 @@ pub fn chromium() -> PathBuf {
     find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
 }
 
+/// `dnsmasq` (the DNS server of the DNS source tests): `PROMSHARD_DNSMASQ`,
+/// else `PATH`.
+pub fn dnsmasq() -> PathBuf {
+    find(
+        "dnsmasq",
+        "PROMSHARD_DNSMASQ",
+        "apt-get install dnsmasq-base",
+    )
+}
+
+/// `openssl` (makes the test CA and serves TLS): `PROMSHARD_OPENSSL`, else
+/// `PATH`.
+pub fn openssl() -> PathBuf {
+    find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
+}
+
 /// The Python interpreter that runs `ansible-playbook`'s modules.
 pub fn ansible_python() -> PathBuf {
     let playbook = ansible_playbook();
