@@ -91,7 +91,8 @@ fn a_source_service_reads_static_and_file_sd_with_relabelling() {
     dir.run(&["once"]).success();
     let entries = all_entries(&dir, "web");
     let file = |f: &str| (!f.is_empty()).then(|| f.to_string());
-    let got: Vec<(String, Option<String>, Option<String>, Option<String>)> = entries
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let got: Vec<Row> = entries
         .iter()
         .map(|(a, l)| {
             (

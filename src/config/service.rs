@@ -31,7 +31,7 @@ const MAX_REPLICAS: i64 = 100;
 /// under their key, in the order of the keys below; the service returned
 /// is only meaningful when none were.
 pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -> Service {
-    check_identity(&rs, p);
+    let source = check_identity(&rs, p);
     let schedule = p.take(
         "schedule",
         parse_schedule(rs.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE)),
@@ -84,7 +84,6 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
         // Only bounded placement uses target weights.
         ring.balance = Balance::Bounded;
     }
-    let source = check_source(&rs, p);
     Service {
         source,
         name: rs.name.unwrap_or_default(),
@@ -112,8 +111,9 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
     }
 }
 
-/// `name` and `script` are required; the name must suit a directory.
-fn check_identity(rs: &RawService, p: &mut Problems) {
+/// `name` and `script` (or `source`) are required; the name must suit a
+/// directory. The checked `source:` block, if any.
+fn check_identity(rs: &RawService, p: &mut Problems) -> Option<super::source::SdBlock> {
     match &rs.name {
         None => p.push("name", "required"),
         Some(n) => p.check("name", check_service_name(n)),
@@ -126,6 +126,7 @@ fn check_identity(rs: &RawService, p: &mut Problems) {
         ),
         _ => {}
     }
+    check_source(rs, p)
 }
 
 /// `source:`: parsed and checked now, so `check` reports a bad block.
