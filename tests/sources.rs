@@ -141,6 +141,11 @@ fn a_file_sd_file_outside_the_allowed_dirs_fails_the_pass_naming_the_config() {
         "file_sd_configs[0]",
         "outside the allowed directories",
     ]);
+    assert!(
+        !r.stderr.contains("line 1"),
+        "no position in a script nobody wrote: {}",
+        r.stderr
+    );
 }
 
 // ------------------------------------------------------------------ DNS

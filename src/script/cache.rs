@@ -147,7 +147,7 @@ impl ScriptCache {
     ) -> Result<CompiledScript, ScriptError> {
         match &service.source {
             Some(block) => {
-                CompiledScript::compile_source(&service.script, &super::sd::source_script(block))
+                CompiledScript::generated(&service.script, &super::sd::source_script(block))
             }
             None => self.get(&service.script),
         }

@@ -6,6 +6,9 @@
 //! |---|---|
 //! | `http_get(url)`, `http_get(url, #{headers, timeout})` | GET, body as a string; error on non-2xx |
 //! | `http_get_json(url)`, `http_get_json(url, opts)` | GET and `parse_json` |
+//! | `http_request(#{method, url, headers, body, ca_file, …})` | any method, TLS files, a token file; `#{status, headers, body}` (see `http`) |
+//! | `dns_srv(name)`, `dns_a(name)`, `dns_aaaa(name)` | DNS records from `dns: {servers}` or the system's (see `dns`) |
+//! | `prometheus_sd(#{…})` | a Prometheus SD block with relabelling (see `sd`) |
 //! | `parse_json(text)`, `to_json(value)` | JSON in and out |
 //! | `read_file(path)`, `read_json(path)` | read a regular file below the script's dir or `allowed_dirs` |
 //! | `env(name)` | an environment variable allowed by `env_allowlist`, or `()` if unset |

@@ -233,6 +233,10 @@ impl ScriptError {
 pub struct CompiledScript {
     pub path: PathBuf,
     ast: Arc<AST>,
+    /// Made by promshard (a `source:` service), not written by a user: its
+    /// errors carry no line and column, which would point into text
+    /// nobody wrote.
+    generated: bool,
 }
 
 impl std::fmt::Debug for CompiledScript {
@@ -275,6 +279,15 @@ impl CompiledScript {
         Ok(Self {
             path: path.to_path_buf(),
             ast: Arc::new(ast),
+            generated: false,
+        })
+    }
+
+    /// Compile a script promshard made itself, named by `path` in errors.
+    pub fn generated(path: &Path, source: &str) -> Result<Self, ScriptError> {
+        Self::compile_source(path, source).map(|s| Self {
+            generated: true,
+            ..s
         })
     }
 
@@ -572,6 +585,19 @@ impl ScriptRun {
                 column: pos.position().unwrap_or(0),
                 limit,
                 value,
+            };
+        }
+        if self.script.generated {
+            let message = match err {
+                EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+                other => other.to_string(),
+            };
+            return ScriptError::Runtime {
+                path: self.script.path.clone(),
+                function: function.into(),
+                line: 0,
+                column: 0,
+                message,
             };
         }
         let pos: Position = err.position();
