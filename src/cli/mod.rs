@@ -367,7 +367,7 @@ async fn pass_command(
     }
     let mut outcomes = Vec::new();
     for service in select(&config, &services, args.service.as_deref())? {
-        let result = match cache.get(&service.script) {
+        let result = match cache.for_service(service) {
             Err(e) => Err(e.into()),
             Ok(script) => {
                 let preview = &args.drain;
@@ -788,7 +788,7 @@ async fn compute_where(config: &Config, args: &WhereArgs) -> anyhow::Result<serd
     };
     let mut found = Vec::new();
     for service in select(config, &services, args.service.as_deref())? {
-        let script = match cache.get(&service.script) {
+        let script = match cache.for_service(service) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("promshard: service {}: {e}", service.name);

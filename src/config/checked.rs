@@ -45,6 +45,8 @@ pub struct Config {
     pub(super) defaults: RawService,
     /// `ha:`: elect one delivering leader on etcd.
     pub ha: Option<super::ha::HaConfig>,
+    /// `dns: {servers}`: the DNS servers scripts ask; empty: the system's.
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// When a service's pass runs.
@@ -110,8 +112,12 @@ pub struct AnsiblePush {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub name: String,
-    /// Absolute (or config-relative resolved) path of the script.
+    /// Absolute (or config-relative resolved) path of the script; with
+    /// `source:`, the config file (what errors name).
     pub script: PathBuf,
+    /// `source:`: targets from a Prometheus service discovery block
+    /// instead of a script.
+    pub source: Option<super::source::SdBlock>,
     pub schedule: Schedule,
     /// Static nodes, sorted by address; empty when a script supplies them.
     pub nodes: Vec<NodeSpec>,

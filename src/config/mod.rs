@@ -27,7 +27,8 @@
 //!    `Display` names the file, the location and the reason, one line each.
 //!
 //! Durations and schedules are parsed in [`duration`]; the API's TLS and
-//! basic auth file (`web_config_file`) in [`web`].
+//! basic auth file (`web_config_file`) in [`web`]; `source:` blocks
+//! (Prometheus service discovery syntax) in [`source`].
 
 pub mod checked;
 pub mod duration;
@@ -37,6 +38,7 @@ pub mod raw;
 pub mod rules;
 mod serde_error;
 pub mod service;
+pub mod source;
 #[cfg(test)]
 mod tests;
 pub mod text;
@@ -56,6 +58,7 @@ pub use checked::{
 pub use duration::{DEFAULT_SCHEDULE, parse_duration, parse_schedule};
 pub use rules::Rules;
 pub use service::{check_node_addr, nodes_from_json};
+pub use source::{SdBlock, parse_sd_block};
 pub use text::{MAX_CONFIG_BYTES, MAX_CONFIG_NESTING};
 pub use validate::{MAX_SERVICE_NAME, check_service_name};
 

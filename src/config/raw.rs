@@ -52,6 +52,19 @@ pub(super) struct RawConfig {
     /// Leader election on etcd (`config::ha`); absent: one instance.
     #[serde(default)]
     pub ha: Option<super::ha::RawHa>,
+    /// The DNS servers scripts and `dns_sd_configs` ask; absent: the
+    /// system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub dns: Option<RawDns>,
+}
+
+/// `dns:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    /// `ip:port` or `ip` (port 53) of each server, asked in order.
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 fn default_out_dir() -> PathBuf {
@@ -77,6 +90,9 @@ pub(super) struct RawService {
     pub name: Option<String>,
     #[serde(default)]
     pub script: Option<PathBuf>,
+    /// Instead of `script`: a Prometheus service discovery block.
+    #[serde(default)]
+    pub source: Option<serde_json::Value>,
     #[serde(default)]
     pub schedule: Option<String>,
     #[serde(default)]

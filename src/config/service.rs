@@ -33,7 +33,7 @@ const MAX_REPLICAS: i64 = 100;
 /// under their key, in the order of the keys below; the service returned
 /// is only meaningful when none were.
 pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -> Service {
-    check_identity(&rs, p);
+    let source = check_identity(&rs, p);
     let schedule = p.take(
         "schedule",
         parse_schedule(rs.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE)),
@@ -87,6 +87,7 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
         ring.balance = Balance::Bounded;
     }
     Service {
+        source,
         name: rs.name.unwrap_or_default(),
         script: base_dir.join(rs.script.as_deref().unwrap_or(Path::new(""))),
         node_script: rs.node_script.as_ref().map(|n| base_dir.join(n)),
@@ -112,14 +113,33 @@ pub(super) fn check_service(rs: RawService, base_dir: &Path, p: &mut Problems) -
     }
 }
 
-/// `name` and `script` are required; the name must suit a directory.
-fn check_identity(rs: &RawService, p: &mut Problems) {
+/// `name` and `script` (or `source`) are required; the name must suit a
+/// directory. The checked `source:` block, if any.
+fn check_identity(rs: &RawService, p: &mut Problems) -> Option<super::source::SdBlock> {
     match &rs.name {
         None => p.push("name", "required"),
         Some(n) => p.check("name", check_service_name(n)),
     }
-    if rs.script.is_none() {
-        p.push("script", "required");
+    match (&rs.script, &rs.source) {
+        (None, None) => p.push("script", "required (or source:, a Prometheus SD block)"),
+        (Some(_), Some(_)) => p.push(
+            "source",
+            "give script: or source:, not both (a script can call prometheus_sd(#{…}))",
+        ),
+        _ => {}
+    }
+    check_source(rs, p)
+}
+
+/// `source:`: parsed and checked now, so `check` reports a bad block.
+fn check_source(rs: &RawService, p: &mut Problems) -> Option<super::source::SdBlock> {
+    let value = rs.source.clone()?;
+    match super::source::parse_sd_block(value) {
+        Ok((block, _rules)) => Some(block),
+        Err(e) => {
+            p.push("source", e);
+            None
+        }
     }
 }
 
@@ -487,6 +507,11 @@ impl Config {
                 "script",
                 own.script.is_some(),
                 "a drop-in's script is its own file",
+            ),
+            (
+                "source",
+                own.source.is_some(),
+                "a drop-in's targets come from its own file (it can call prometheus_sd(#{…}))",
             ),
         ] {
             if set {

@@ -41,12 +41,19 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
     let script_limits = p.under("script_limits.", |p| check_limits(&raw.script_limits, p));
     let env_allowlist = check_env_allowlist(raw.env_allowlist.clone(), &mut p);
     check_defaults(&raw.defaults, &base_dir, &mut p);
-    let services = check_services(raw.services, &raw.defaults, &base_dir, &mut p);
+    let mut services = check_services(raw.services, &raw.defaults, &base_dir, &mut p);
+    // A `source:` service's errors name the file its block is written in.
+    // Absolute: its directory is where the block's files are read.
+    let config_file = base_dir.join(path.file_name().unwrap_or_default());
+    for s in services.iter_mut().filter(|s| s.source.is_some()) {
+        Arc::make_mut(s).script.clone_from(&config_file);
+    }
     let ha = raw.ha.clone().and_then(|h| {
         super::ha::check(h, &base_dir, listen)
             .map_err(|problems| problems.into_iter().for_each(|(k, m)| p.push(&k, m)))
             .ok()
     });
+    let dns_servers = check_dns(raw.dns.as_ref(), &mut p);
     let out_dir = base_dir.join(&raw.out_dir);
     p.check("out_dir", check_out_dir(&out_dir));
     p.finish(Config {
@@ -63,7 +70,28 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
         listen,
         services,
         ha,
+        dns_servers,
     })
+}
+
+/// `dns: {servers}`: each an `ip:port`, or an `ip` for port 53.
+fn check_dns(dns: Option<&super::raw::RawDns>, p: &mut Problems) -> Vec<SocketAddr> {
+    let Some(dns) = dns else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, s) in dns.servers.iter().enumerate() {
+        let parsed = s.parse::<SocketAddr>().or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) => out.push(a),
+            Err(_) => p.push(
+                &format!("dns.servers[{i}]"),
+                format!("{s:?} is not an ip or ip:port (a name would need DNS itself)"),
+            ),
+        }
+    }
+    out
 }
 
 /// The directory relative paths in the config at `path` resolve against:
@@ -158,6 +186,12 @@ fn check_defaults(defaults: &RawService, base_dir: &Path, p: &mut Problems) {
         if defaults.name.is_some() {
             p.push("name", "not allowed in defaults: each service sets its own");
         }
+        if defaults.source.is_some() {
+            p.push(
+                "source",
+                "not allowed in defaults: each service sets its own",
+            );
+        }
         if defaults.script.is_some() {
             p.push(
                 "script",
@@ -167,6 +201,7 @@ fn check_defaults(defaults: &RawService, base_dir: &Path, p: &mut Problems) {
         let as_service = RawService {
             name: Some("defaults".into()),
             script: Some(PathBuf::new()),
+            source: None,
             ..defaults.clone()
         };
         check_service(as_service, base_dir, p);

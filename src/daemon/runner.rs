@@ -128,7 +128,7 @@ impl Shared {
         service: &Service,
         static_live: Vec<NodeSpec>,
     ) -> Result<PassReport, PassError> {
-        let script = self.cache.get(&service.script)?;
+        let script = self.cache.for_service(service)?;
         let node_script = service
             .node_script
             .as_ref()

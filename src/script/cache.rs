@@ -140,6 +140,21 @@ impl ScriptCache {
         }
     }
 
+    /// The script `service` runs: [`ScriptCache::get`] of its file, or for
+    /// a `source:` service the script made from its block (compiled anew:
+    /// it is one line, and it changes only with the config).
+    pub fn for_service(
+        &self,
+        service: &crate::config::Service,
+    ) -> Result<CompiledScript, ScriptError> {
+        match &service.source {
+            Some(block) => {
+                CompiledScript::generated(&service.script, &super::sd::source_script(block))
+            }
+            None => self.get(&service.script),
+        }
+    }
+
     /// Read `path` again and compile it if its content changed. A failed
     /// compile, a missing file ([`Reload::Missing`]) or another read error
     /// (`Failed`) keeps the previous version serving.

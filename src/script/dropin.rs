@@ -99,7 +99,7 @@ pub fn check_service_scripts(
     s: &Service,
     cache: &ScriptCache,
 ) -> Result<CompiledScript, ScriptError> {
-    let script = cache.get(&s.script)?;
+    let script = cache.for_service(s)?;
     if !script.has_fn("targets", 1) {
         return Err(ScriptError::Missing {
             path: s.script.clone(),

@@ -6,6 +6,9 @@
 //! |---|---|
 //! | `http_get(url)`, `http_get(url, #{headers, timeout})` | GET, body as a string; error on non-2xx |
 //! | `http_get_json(url)`, `http_get_json(url, opts)` | GET and `parse_json` |
+//! | `http_request(#{method, url, headers, body, ca_file, …})` | any method, TLS files, a token file; `#{status, headers, body}` (see `http`) |
+//! | `dns_srv(name)`, `dns_a(name)`, `dns_aaaa(name)` | DNS records from `dns: {servers}` or the system's (see `dns`) |
+//! | `prometheus_sd(#{…})` | a Prometheus SD block with relabelling (see `sd`) |
 //! | `parse_json(text)`, `to_json(value)` | JSON in and out |
 //! | `read_file(path)`, `read_json(path)` | read a regular file below the script's dir or `allowed_dirs` |
 //! | `env(name)` | an environment variable allowed by `env_allowlist`, or `()` if unset |
@@ -45,13 +48,16 @@ pub struct HostContext {
     /// Patterns of environment variable names `env()` may read (`*` at the
     /// end matches any suffix).
     pub env_allowlist: Vec<String>,
+    /// DNS servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<std::net::SocketAddr>,
     pub limits: Limits,
     /// Deadline of the current call, shared with `on_progress`.
     pub deadline: Arc<Mutex<Instant>>,
 }
 
 impl HostContext {
-    fn remaining(&self) -> Duration {
+    /// What is left of the current call's deadline.
+    pub fn remaining(&self) -> Duration {
         let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
         deadline.saturating_duration_since(Instant::now())
     }
@@ -120,6 +126,7 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
         },
     );
 
+    register_sources(engine, &ctx);
     let c = Arc::clone(&ctx);
     engine.register_fn("log_info", move |msg: Dynamic| {
         tracing::info!(target: "promshard::script", script = %c.script.display(), "{msg}")
@@ -137,6 +144,60 @@ pub fn register(engine: &mut Engine, ctx: HostContext) {
     let c = Arc::clone(&ctx);
     engine.on_debug(move |msg, _src, pos| {
         tracing::debug!(target: "promshard::script", script = %c.script.display(), line = pos.line().unwrap_or(0), "{msg}")
+    });
+}
+
+/// A text file inside the readable directories, for the host functions
+/// that read certificate, token and file_sd files.
+pub(super) fn read_text(ctx: &HostContext, path: &str) -> Result<String, String> {
+    read_file(ctx, path).map_err(|e| message(*e))
+}
+
+/// The message of a host function's error, without Rhai's wrapping.
+fn message(e: EvalAltResult) -> String {
+    match e {
+        EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `http_request`, `dns_srv`, `dns_a`, `dns_aaaa`, `prometheus_sd`.
+fn register_sources(engine: &mut Engine, ctx: &Arc<HostContext>) {
+    let c = Arc::clone(ctx);
+    engine.register_fn("http_request", move |opts: Map| -> HostResult<Map> {
+        let request = super::http::request_from_map(&opts).or_else(fail)?;
+        let response = super::http::send(&c, "http_request", request).or_else(fail)?;
+        Ok(response.into_map())
+    });
+    let c = Arc::clone(ctx);
+    engine.register_fn("dns_srv", move |name: &str| -> HostResult<Array> {
+        let records = super::dns::srv(&c, name).or_else(fail)?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let mut m = Map::new();
+                m.insert("target".into(), r.target.into());
+                m.insert("port".into(), (r.port as i64).into());
+                m.insert("priority".into(), (r.priority as i64).into());
+                m.insert("weight".into(), (r.weight as i64).into());
+                Dynamic::from_map(m)
+            })
+            .collect())
+    });
+    for (function, v6) in [("dns_a", false), ("dns_aaaa", true)] {
+        let c = Arc::clone(ctx);
+        engine.register_fn(function, move |name: &str| -> HostResult<Array> {
+            let ips = super::dns::addresses(&c, name, v6).or_else(fail)?;
+            Ok(ips.into_iter().map(|ip| ip.to_string().into()).collect())
+        });
+    }
+    let c = Arc::clone(ctx);
+    engine.register_fn("prometheus_sd", move |block: Map| -> HostResult<Array> {
+        let json: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(block))
+            .or_else(|e| fail(format!("prometheus_sd: not plain data: {e}")))?;
+        let targets =
+            super::sd::discover(&c, json).or_else(|e| fail(format!("prometheus_sd: {e}")))?;
+        Ok(super::sd::to_groups(targets))
     });
 }
 
@@ -292,20 +353,10 @@ fn http_options(url: &str, opts: &Map) -> Result<HttpOptions, String> {
                 }
             }
             "timeout" => {
-                let d = if let Ok(secs) = value.as_int() {
-                    (secs > 0).then(|| Duration::from_secs(secs as u64))
-                } else if let Ok(secs) = value.as_float() {
-                    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-                } else if let Some(text) = value.read_lock::<rhai::ImmutableString>() {
-                    crate::config::parse_duration(&text).ok()
-                } else {
-                    None
-                };
-                out.timeout = Some(d.filter(|d| !d.is_zero()).ok_or_else(|| {
-                    format!(
-                        "http_get({url}): timeout {value} must be seconds (a number) or a duration like \"5s\""
-                    )
-                })?);
+                out.timeout = Some(super::http::parse_timeout(
+                    &format!("http_get({url})"),
+                    value,
+                )?);
             }
             other => {
                 return Err(format!(
@@ -318,61 +369,22 @@ fn http_options(url: &str, opts: &Map) -> Result<HttpOptions, String> {
 }
 
 fn http_get(ctx: &HostContext, url: &str, opts: &Map) -> HostResult<String> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return fail(format!("http_get({url}): only http:// and https:// URLs"));
-    }
     let opts = http_options(url, opts).or_else(fail)?;
-    let wanted = opts.timeout.unwrap_or(DEFAULT_HTTP_TIMEOUT);
-    let remaining = ctx.remaining();
-    if remaining.is_zero() {
-        return fail(format!("http_get({url}): the script's deadline has passed"));
-    }
-    let timeout = wanted.min(remaining);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(5)
-        .build()
-        .into();
-    let mut request = agent.get(url);
-    for (k, v) in &opts.headers {
-        request = request.header(k.as_str(), v.as_str());
-    }
-    let started = Instant::now();
-    let mut response = request.call().map_err(|e| match e {
-        ureq::Error::Timeout(_) => format!("http_get({url}): timed out after {timeout:?}"),
-        other => format!("http_get({url}): {other}"),
-    })?;
-    let status = response.status();
-    let limit = ctx.limits.max_string_size as u64;
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(limit)
-        .read_to_string()
-        .map_err(|e| match e {
-            ureq::Error::Timeout(_) => {
-                format!("http_get({url}): timed out after {timeout:?} reading the body")
-            }
-            ureq::Error::BodyExceedsLimit(_) => {
-                format!("http_get({url}): body larger than max_string_size {limit}")
-            }
-            other => format!("http_get({url}): reading the body: {other}"),
-        })?;
-    tracing::debug!(target: "promshard::script", script = %ctx.script.display(), url, status = status.as_u16(), bytes = body.len(), ms = started.elapsed().as_millis() as u64, "http_get");
-    if !status.is_success() {
-        let snippet: String = body.chars().take(200).collect();
-        return fail(format!(
-            "http_get({url}): HTTP {}{}",
-            status.as_u16(),
-            if snippet.is_empty() {
-                String::new()
-            } else {
-                format!(": {snippet}")
-            }
+    let request = super::http::Request {
+        method: "GET".into(),
+        url: url.to_string(),
+        headers: opts.headers,
+        timeout: opts.timeout,
+        ..Default::default()
+    };
+    let response = super::http::send(ctx, "http_get", request).or_else(fail)?;
+    if !(200..300).contains(&response.status) {
+        return fail(super::http::status_error(
+            &format!("http_get({url})"),
+            &response,
         ));
     }
-    Ok(body)
+    Ok(response.body)
 }
 
 // ------------------------------------------------------------------ JSON

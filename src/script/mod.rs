@@ -21,10 +21,13 @@
 mod alloc;
 pub mod cache;
 mod convert;
+mod dns;
 pub mod dropin;
 mod host;
+mod http;
 pub mod json_targets;
 mod position;
+mod sd;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +58,8 @@ pub struct Sandbox {
     pub allowed_dirs: Vec<PathBuf>,
     /// Environment variable names `env()` may read (`PREFIX_*` or exact).
     pub env_allowlist: Vec<String>,
+    /// DNS servers of `dns_*()` and `dns_sd_configs`; empty: the system's.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for Sandbox {
@@ -63,6 +68,7 @@ impl Default for Sandbox {
             limits: Limits::default(),
             allowed_dirs: Vec::new(),
             env_allowlist: vec!["PROMSHARD_*".to_string()],
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -74,6 +80,7 @@ impl Sandbox {
             limits: config.script_limits.clone(),
             allowed_dirs: config.allowed_dirs.clone(),
             env_allowlist: config.env_allowlist.clone(),
+            dns_servers: config.dns_servers.clone(),
         }
     }
 }
@@ -226,6 +233,10 @@ impl ScriptError {
 pub struct CompiledScript {
     pub path: PathBuf,
     ast: Arc<AST>,
+    /// Made by promshard (a `source:` service), not written by a user: its
+    /// errors carry no line and column, which would point into text
+    /// nobody wrote.
+    generated: bool,
 }
 
 impl std::fmt::Debug for CompiledScript {
@@ -268,6 +279,15 @@ impl CompiledScript {
         Ok(Self {
             path: path.to_path_buf(),
             ast: Arc::new(ast),
+            generated: false,
+        })
+    }
+
+    /// Compile a script promshard made itself, named by `path` in errors.
+    pub fn generated(path: &Path, source: &str) -> Result<Self, ScriptError> {
+        Self::compile_source(path, source).map(|s| Self {
+            generated: true,
+            ..s
         })
     }
 
@@ -444,6 +464,7 @@ impl ScriptRun {
                 script: script.path.clone(),
                 read_dirs,
                 env_allowlist: sandbox.env_allowlist.clone(),
+                dns_servers: sandbox.dns_servers.clone(),
                 limits: limits.clone(),
                 deadline: Arc::clone(&deadline),
             },
@@ -564,6 +585,19 @@ impl ScriptRun {
                 column: pos.position().unwrap_or(0),
                 limit,
                 value,
+            };
+        }
+        if self.script.generated {
+            let message = match err {
+                EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+                other => other.to_string(),
+            };
+            return ScriptError::Runtime {
+                path: self.script.path.clone(),
+                function: function.into(),
+                line: 0,
+                column: 0,
+                message,
             };
         }
         let pos: Position = err.position();

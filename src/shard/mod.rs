@@ -10,6 +10,7 @@
 //! - [`assignment`]: the plan's compact target → nodes lookup
 //! - [`observation`]: what a server reported; [`audit`]: what the servers scrape against what was planned
 //! - [`weights`]: series weights learned from the servers
+//! - [`relabel`]: Prometheus `relabel_configs` on discovered targets
 //! - [`template`]: the `{field}` templates used by affinity and scripts
 //! - [`time`]: the one time format of every JSON answer (RFC 3339, UTC)
 
@@ -21,6 +22,7 @@ pub mod names;
 pub mod observation;
 pub mod placement;
 pub mod plan;
+pub mod relabel;
 pub mod render;
 pub mod target;
 pub mod template;

@@ -48,6 +48,8 @@ pub struct Seen {
     pub target: String,
     /// Header lines, names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// The request body (by its `Content-Length`).
+    pub body: String,
 }
 
 type Route = dyn Fn(&str) -> Reply + Send + Sync;
@@ -136,9 +138,19 @@ fn serve(conn: TcpStream, route: &Route, seen: &Mutex<Vec<Seen>>) {
             }
         }
     }
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    // Read the body before answering: closing with unread bytes resets the
+    // connection before the client reads the answer.
+    let mut body = vec![0; length];
+    let _ = std::io::Read::read_exact(&mut reader, &mut body);
     seen.lock().unwrap().push(Seen {
         target: target.clone(),
         headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
     });
     let reply = route(&target);
     std::thread::sleep(reply.delay);

@@ -20,6 +20,7 @@ pub mod browser;
 pub mod certs;
 pub mod child;
 pub mod daemon;
+pub mod dns;
 pub mod etcd;
 pub mod exporters;
 pub mod exposition;

@@ -45,7 +45,7 @@ pub fn etcd() -> PathBuf {
 }
 
 /// `openssl`: `PROMSHARD_OPENSSL`, else `PATH`; the TLS tests make their
-/// CAs and certificates with it.
+/// CAs and certificates with it (and serve TLS with `s_server`).
 pub fn openssl() -> PathBuf {
     find("openssl", "PROMSHARD_OPENSSL", "apt-get install openssl")
 }
@@ -53,6 +53,16 @@ pub fn openssl() -> PathBuf {
 /// `chromium`: `PROMSHARD_CHROMIUM`, else `PATH`.
 pub fn chromium() -> PathBuf {
     find("chromium", "PROMSHARD_CHROMIUM", "apt-get install chromium")
+}
+
+/// `dnsmasq` (the DNS server of the DNS source tests): `PROMSHARD_DNSMASQ`,
+/// else `PATH`.
+pub fn dnsmasq() -> PathBuf {
+    find(
+        "dnsmasq",
+        "PROMSHARD_DNSMASQ",
+        "apt-get install dnsmasq-base",
+    )
 }
 
 /// The Python interpreter that runs `ansible-playbook`'s modules.
