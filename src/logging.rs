@@ -12,7 +12,7 @@
 //! `"key=value key=value"`. JSON lines keep tracing-subscriber's shape:
 //! `{"timestamp","level","fields":{"message",…},"target"}`.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -180,7 +180,10 @@ where
             w.write_str(&level)?;
         }
         w.write_str(" target=")?;
-        write_value(&mut w, fields.log_target.as_deref().unwrap_or(meta.target()))?;
+        write_value(
+            &mut w,
+            fields.log_target.as_deref().unwrap_or(meta.target()),
+        )?;
         w.write_str(" msg=")?;
         write_value(&mut w, &fields.message)?;
         for (key, value) in &fields.pairs {

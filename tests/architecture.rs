@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "shard",
     "shutdown",
+    "logging",
     "http_client",
     "store",
     "config",

@@ -127,9 +127,9 @@ fn fingerprint<T: std::hash::Hash>(items: &[T]) -> u64 {
     h.finish().max(1)
 }
 
-/// Log `text` at WARN when `now` differs from `before` (the first pass
-/// of a process has no `before`), at INFO when it cleared, else at DEBUG.
-/// Each field set is logged by the caller's closure at the chosen level.
+/// Call `log` with WARN when `now` differs from `before` (the first pass
+/// of a process has no `before`), with DEBUG when it is the same, not at
+/// all when there is nothing (`now` is 0).
 fn once_per_change(before: Option<u64>, now: u64, log: impl Fn(tracing::Level)) {
     match (before, now) {
         (_, 0) => {}
@@ -334,7 +334,10 @@ pub(super) fn log_placement(
         }
     });
     if before.is_some_and(|b| b.oversized != 0) && notes.oversized == 0 {
-        tracing::info!(service, "no target is heavier than a node's fair share any more");
+        tracing::info!(
+            service,
+            "no target is heavier than a node's fair share any more"
+        );
     }
     if let Some(a) = &plan.affinity {
         log_affinity(service, a, before, &mut notes);
@@ -365,7 +368,13 @@ fn log_affinity(
 ) {
     let count = a.ungrouped;
     notes.ungrouped = fingerprint(&[(count, &a.ungrouped_samples)][..usize::from(count > 0)]);
-    let first = a.ungrouped_samples.iter().take(5).cloned().collect::<Vec<_>>().join(" ");
+    let first = a
+        .ungrouped_samples
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
     once_per_change(before.map(|b| b.ungrouped), notes.ungrouped, |level| {
         let msg = "targets lack a label of the affinity template: each placed by its own address";
         if level == tracing::Level::WARN {
@@ -375,17 +384,27 @@ fn log_affinity(
         }
     });
     let groups: Vec<(&str, u64)> = a.oversized.iter().map(|g| (&*g.key, g.weight)).collect();
-    notes.oversized_groups = fingerprint(&[(a.oversized_count, &groups)][..usize::from(a.oversized_count > 0)]);
-    let first: Vec<String> = groups.iter().take(5).map(|(k, w)| format!("{k}={w}")).collect();
-    once_per_change(before.map(|b| b.oversized_groups), notes.oversized_groups, |level| {
-        let (count, first) = (a.oversized_count, first.join(" "));
-        let msg = "affinity groups heavier than a node's fair share: each placed whole, not split";
-        if level == tracing::Level::WARN {
-            tracing::warn!(service, count, first = %first, "{msg}");
-        } else {
-            tracing::debug!(service, count, first = %first, "{msg}");
-        }
-    });
+    notes.oversized_groups =
+        fingerprint(&[(a.oversized_count, &groups)][..usize::from(a.oversized_count > 0)]);
+    let first: Vec<String> = groups
+        .iter()
+        .take(5)
+        .map(|(k, w)| format!("{k}={w}"))
+        .collect();
+    once_per_change(
+        before.map(|b| b.oversized_groups),
+        notes.oversized_groups,
+        |level| {
+            let (count, first) = (a.oversized_count, first.join(" "));
+            let msg =
+                "affinity groups heavier than a node's fair share: each placed whole, not split";
+            if level == tracing::Level::WARN {
+                tracing::warn!(service, count, first = %first, "{msg}");
+            } else {
+                tracing::debug!(service, count, first = %first, "{msg}");
+            }
+        },
+    );
 }
 
 /// The one summary line per pass.
