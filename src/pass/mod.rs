@@ -160,7 +160,7 @@ pub async fn run_pass(
     guarded.state.drained.extend(drained);
     let handover = handover_step(&input, &out_dir, &mut computed, &mut guarded.state);
     let planned = computed.plan.files();
-    let notes = report::log_placement(&service.name, &computed, input.placement_notes);
+    computed.placement_notes = report::log_placement(&input, &computed);
     let (computed, emitted) = write_step(
         &out_dir,
         service,
@@ -178,7 +178,6 @@ pub async fn run_pass(
         options.dry_run,
     );
     report.handover = handover;
-    report.placement_notes = notes;
     report.rules = rules_step(
         &input,
         &out_dir,

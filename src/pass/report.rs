@@ -241,7 +241,7 @@ impl PassReport {
             sd: None,
             handover: None,
             plan_hash,
-            placement_notes: PlacementNotes::default(),
+            placement_notes: computed.placement_notes,
         }
     }
 }
@@ -301,11 +301,8 @@ fn node_reports(
 
 /// Log what placement could not do as asked (WARN once per change; see
 /// [`PlacementNotes`]), and the invalid targets.
-pub(super) fn log_placement(
-    service: &str,
-    computed: &Computed,
-    before: Option<PlacementNotes>,
-) -> PlacementNotes {
+pub(super) fn log_placement(input: &super::PassInput<'_>, computed: &Computed) -> PlacementNotes {
+    let (service, before) = (input.service.name.as_str(), input.placement_notes);
     for bad in &computed.invalid {
         tracing::warn!(service, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
     }
@@ -439,4 +436,26 @@ pub fn log_summary(r: &PassReport) {
         deliver_ms = p.deliver,
         "pass phases"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(before: Option<u64>, now: u64) -> Option<tracing::Level> {
+        let seen = std::cell::Cell::new(None);
+        once_per_change(before, now, |l| seen.set(Some(l)));
+        seen.get()
+    }
+
+    #[test]
+    fn placement_warnings_come_once_per_change() {
+        let (a, b) = (fingerprint(&["t1:1"]), fingerprint(&["t1:1", "t2:1"]));
+        assert_eq!(fingerprint::<&str>(&[]), 0);
+        assert_ne!(a, b);
+        assert_eq!(level(None, a), Some(tracing::Level::WARN), "first pass");
+        assert_eq!(level(Some(a), a), Some(tracing::Level::DEBUG), "same set");
+        assert_eq!(level(Some(a), b), Some(tracing::Level::WARN), "changed set");
+        assert_eq!(level(Some(a), 0), None, "nothing to say");
+    }
 }
