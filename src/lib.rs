@@ -20,6 +20,8 @@ pub mod shard;
 // Plumbing shared by the layers above.
 pub mod shutdown;
 
+pub mod logging;
+
 pub mod http_client;
 
 pub mod store;

@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "build",
     "shard",
     "shutdown",
+    "logging",
     "http_client",
     "store",
     "config",

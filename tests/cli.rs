@@ -299,7 +299,10 @@ fn file_name_escaping_the_service_dir_is_rejected() {
         );
         let run = dir.run(&["once"]).failure();
         // Rejected as a name, before any write was tried (not an I/O error).
-        run.stderr_has(&["evil", &format!("file name {bad:?} for node")]);
+        // The log line is logfmt: the quotes of the name inside the
+        // quoted error value are escaped.
+        let quoted = format!("{bad:?}").replace('"', "\\\"");
+        run.stderr_has(&["evil", &format!("file name {quoted} for node")]);
         assert!(
             !run.stderr.contains("writing files"),
             "{bad:?} got as far as a write:\n{}",

@@ -214,11 +214,14 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .event_format(crate::logging::Logfmt {
+                ansi: colour_logs(),
+            })
+            .init(),
+        LogFormat::Json => builder.event_format(crate::logging::Json).init(),
     }
 }
 
@@ -450,6 +453,7 @@ async fn static_pass(
         observation: None,
         preview_drained: preview_drained.to_vec(),
         fence: None,
+        placement_notes: None,
     };
     run_pass(input, options, cancel).await
 }

@@ -67,6 +67,32 @@ impl fmt::Display for Schedule {
     }
 }
 
+impl Schedule {
+    /// The longest time between two runs: the interval of `@every`; for
+    /// cron, the widest gap among its next 200 runs (a weekday-only cron
+    /// has a weekend gap), so "no success for N intervals" never fires on
+    /// a gap the schedule itself made.
+    pub fn longest_interval(&self) -> Duration {
+        match self {
+            Schedule::Every(d) => *d,
+            Schedule::Cron(expr) => cron_longest_gap(expr).unwrap_or(Duration::ZERO),
+        }
+    }
+}
+
+fn cron_longest_gap(expr: &str) -> Option<Duration> {
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .ok()?;
+    let now = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now());
+    let runs: Vec<_> = cron.iter_after(now).take(200).collect();
+    runs.windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .max()
+}
+
 /// Where each node's file goes after it is written under `out_dir`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {

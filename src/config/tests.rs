@@ -339,3 +339,14 @@ fn a_drop_in_settings_error_names_its_key() {
         .unwrap_err();
     assert_eq!(e[0].location, "fn service(): replicas", "{e:?}");
 }
+
+#[test]
+fn a_schedule_s_longest_interval_is_its_widest_gap() {
+    use crate::config::duration::parse_schedule;
+    let every = parse_schedule("@every 30s").unwrap();
+    assert_eq!(every.longest_interval(), Duration::from_secs(30));
+    let minutely = parse_schedule("0 * * * * *").unwrap();
+    assert_eq!(minutely.longest_interval(), Duration::from_secs(60));
+    let weekdays = parse_schedule("0 0 9 * * Mon-Fri").unwrap();
+    assert_eq!(weekdays.longest_interval(), Duration::from_secs(3 * 86400));
+}

@@ -137,13 +137,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
-async fn metrics(State(shared): App) -> Response {
+/// `/metrics` in the format the `Accept` header asks for (see
+/// [`Format::negotiate`](crate::metrics::Format::negotiate)).
+async fn metrics(State(shared): App, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        shared.metrics.encode(format),
     )
         .into_response()
 }

@@ -114,7 +114,9 @@ impl Shared {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&name);
-        let nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
+        let mut nodes = gone.map(|s| s.nodes_seen).unwrap_or_default();
+        // `init_service` made series for the configured nodes, passed or not.
+        nodes.extend(runner.service.nodes.iter().map(|n| n.addr.clone()));
         tracing::warn!(
             service = %name,
             dir = %config.out_dir.join(&name).display(),

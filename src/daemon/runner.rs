@@ -167,6 +167,10 @@ impl Shared {
             observation: self.status(&service.name).and_then(|s| s.observation),
             preview_drained: Vec::new(),
             fence,
+            placement_notes: self
+                .status(&service.name)
+                .and_then(|s| s.current)
+                .map(|c| c.placement_notes),
         };
         let result = run_pass(input, options, self.shutdown.token()).await;
         if let (Some(ha), Ok(r)) = (&self.ha, &result) {
@@ -248,6 +252,7 @@ impl Shared {
             }
         };
         self.publish_service(&service);
+        self.metrics.init_service(&service);
         let task = self.spawn_runner(Arc::clone(&service), Arc::clone(&wake), stop.clone());
         if let Some(settings) = service.observe.clone() {
             let shared = Arc::clone(self);

@@ -573,7 +573,7 @@ impl Membership {
                 let live = flags.iter().filter(|(_, up)| *up).count();
                 for c in &changes {
                     if c.up {
-                        tracing::warn!(service = %name, node = %c.node, reason = %c.reason, live, total = flags.len(), "node back in the ring");
+                        tracing::info!(service = %name, node = %c.node, reason = %c.reason, live, total = flags.len(), "node back in the ring");
                     } else {
                         tracing::warn!(service = %name, node = %c.node, reason = %c.reason, live, total = flags.len(), "node out of the ring");
                     }

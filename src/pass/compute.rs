@@ -27,6 +27,8 @@ pub(super) struct Computed {
     pub duplicates: usize,
     pub plan: Plan,
     pub phases: Phases,
+    /// What placement warned about (see `report::log_placement`).
+    pub placement_notes: super::PlacementNotes,
 }
 
 /// The `ctx` map given to `targets(ctx)`.
@@ -172,6 +174,7 @@ pub(super) fn compute(
         duplicates: normalized.duplicates,
         plan,
         phases,
+        placement_notes: Default::default(),
     })
 }
 

@@ -40,7 +40,7 @@ use crate::store::state::{LastResult, ServiceState, state_path, unix_now};
 
 pub use compute::{script_ctx, script_nodes};
 pub use error::PassError;
-pub use report::{NodeReport, PassReport, Phases, SdSnapshot, log_summary};
+pub use report::{NodeReport, PassReport, Phases, PlacementNotes, SdSnapshot, log_summary};
 
 use compute::{Computed, Memory};
 use write::{Emitted, Guarded};
@@ -75,6 +75,9 @@ pub struct PassInput<'a> {
     /// With `ha:`, the leader's fence: confirmed right before delivering,
     /// and carried by every delivery.
     pub fence: Option<Fence>,
+    /// What the previous pass warned about placement, so the same
+    /// warning is not repeated every pass (`None`: warn).
+    pub placement_notes: Option<PlacementNotes>,
 }
 
 /// With `ha:`, a leader's right to deliver: its epoch, and a check (asked
@@ -157,7 +160,7 @@ pub async fn run_pass(
     guarded.state.drained.extend(drained);
     let handover = handover_step(&input, &out_dir, &mut computed, &mut guarded.state);
     let names = computed.plan.files();
-    report::log_placement(&service.name, &computed);
+    computed.placement_notes = report::log_placement(&input, &computed);
     let (computed, emitted) = write_step(
         &out_dir,
         service,

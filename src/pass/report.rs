@@ -108,6 +108,41 @@ pub struct PassReport {
     /// Hash of every node's file name and content: equal hashes, same
     /// assignment (`ha:` standbys compare it with the leader's).
     pub plan_hash: String,
+    /// What placement could not do as asked, as last warned about.
+    #[serde(skip)]
+    pub placement_notes: PlacementNotes,
+}
+
+/// Fingerprints of what a pass warns about in placement (oversized
+/// targets, ungrouped targets, oversized groups; 0: none), so that a
+/// daemon warns once per change rather than on every pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlacementNotes {
+    oversized: u64,
+    ungrouped: u64,
+    oversized_groups: u64,
+}
+
+/// 0 for nothing, else a hash of the items.
+fn fingerprint<T: std::hash::Hash>(items: &[T]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if items.is_empty() {
+        return 0;
+    }
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    items.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// Call `log` with WARN when `now` differs from `before` (the first pass
+/// of a process has no `before`), with DEBUG when it is the same, not at
+/// all when there is nothing (`now` is 0).
+fn once_per_change(before: Option<u64>, now: u64, log: impl Fn(tracing::Level)) {
+    match (before, now) {
+        (_, 0) => {}
+        (Some(b), n) if b == n => log(tracing::Level::DEBUG),
+        _ => log(tracing::Level::WARN),
+    }
 }
 
 impl PassReport {
@@ -223,6 +258,7 @@ impl PassReport {
             sd: None,
             handover: None,
             plan_hash,
+            placement_notes: computed.placement_notes,
         }
     }
 }
@@ -281,8 +317,10 @@ fn node_reports(
         .collect()
 }
 
-/// Log what placement could not do as asked, and the invalid targets.
-pub(super) fn log_placement(service: &str, computed: &Computed) {
+/// Log what placement could not do as asked (WARN once per change; see
+/// [`PlacementNotes`]), and the invalid targets.
+pub(super) fn log_placement(input: &super::PassInput<'_>, computed: &Computed) -> PlacementNotes {
+    let (service, before) = (input.service.name.as_str(), input.placement_notes);
     for bad in &computed.invalid {
         tracing::warn!(service, group = bad.group, value = %bad.value, reason = %bad.reason, "invalid target skipped");
     }
@@ -295,13 +333,31 @@ pub(super) fn log_placement(service: &str, computed: &Computed) {
         );
     }
     let oversized = oversized_targets(&computed.targets, plan);
-    if !oversized.is_empty() {
-        let first: Vec<&str> = oversized.iter().take(5).map(|t| &*t.addr).collect();
-        tracing::warn!(service, count = oversized.len(), first = %first.join(" "), "targets heavier than a node's fair share: each placed whole on the node where it fits best");
+    let addrs: Vec<&str> = oversized.iter().map(|t| &*t.addr).collect();
+    let mut notes = PlacementNotes {
+        oversized: fingerprint(&addrs),
+        ..PlacementNotes::default()
+    };
+    let first = addrs.iter().take(5).copied().collect::<Vec<_>>().join(" ");
+    once_per_change(before.map(|b| b.oversized), notes.oversized, |level| {
+        let count = oversized.len();
+        let msg = "targets heavier than a node's fair share: each placed whole on the node where it fits best";
+        if level == tracing::Level::WARN {
+            tracing::warn!(service, count, first = %first, "{msg}");
+        } else {
+            tracing::debug!(service, count, first = %first, "{msg}");
+        }
+    });
+    if before.is_some_and(|b| b.oversized != 0) && notes.oversized == 0 {
+        tracing::info!(
+            service,
+            "no target is heavier than a node's fair share any more"
+        );
     }
     if let Some(a) = &plan.affinity {
-        log_affinity(service, a);
+        log_affinity(service, a, before, &mut notes);
     }
+    notes
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -319,28 +375,56 @@ fn oversized_targets<'a>(targets: &'a [Target], plan: &Plan) -> Vec<&'a Target> 
 
 /// Warn about what affinity could not do as asked: targets without the
 /// labels of the template, groups too heavy to balance.
-fn log_affinity(service: &str, a: &AffinityPlan) {
-    if a.ungrouped > 0 {
-        tracing::warn!(service, affinity = %a.template, count = a.ungrouped, first = %a.ungrouped_samples.iter().take(5).cloned().collect::<Vec<_>>().join(" "), "targets lack a label of the affinity template: each placed by its own address");
-    }
-    if a.oversized_count > 0 {
-        let first: Vec<String> = a
-            .oversized
-            .iter()
-            .take(5)
-            .map(|g| format!("{}={}", g.key, g.weight))
-            .collect();
-        tracing::warn!(service, count = a.oversized_count, first = %first.join(" "), "affinity groups heavier than a node's fair share: each placed whole, not split");
-    }
+fn log_affinity(
+    service: &str,
+    a: &AffinityPlan,
+    before: Option<PlacementNotes>,
+    notes: &mut PlacementNotes,
+) {
+    let count = a.ungrouped;
+    notes.ungrouped = fingerprint(&[(count, &a.ungrouped_samples)][..usize::from(count > 0)]);
+    let first = a
+        .ungrouped_samples
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    once_per_change(before.map(|b| b.ungrouped), notes.ungrouped, |level| {
+        let msg = "targets lack a label of the affinity template: each placed by its own address";
+        if level == tracing::Level::WARN {
+            tracing::warn!(service, affinity = %a.template, count, first = %first, "{msg}");
+        } else {
+            tracing::debug!(service, affinity = %a.template, count, first = %first, "{msg}");
+        }
+    });
+    let groups: Vec<(&str, u64)> = a.oversized.iter().map(|g| (&*g.key, g.weight)).collect();
+    notes.oversized_groups =
+        fingerprint(&[(a.oversized_count, &groups)][..usize::from(a.oversized_count > 0)]);
+    let first: Vec<String> = groups
+        .iter()
+        .take(5)
+        .map(|(k, w)| format!("{k}={w}"))
+        .collect();
+    once_per_change(
+        before.map(|b| b.oversized_groups),
+        notes.oversized_groups,
+        |level| {
+            let (count, first) = (a.oversized_count, first.join(" "));
+            let msg =
+                "affinity groups heavier than a node's fair share: each placed whole, not split";
+            if level == tracing::Level::WARN {
+                tracing::warn!(service, count, first = %first, "{msg}");
+            } else {
+                tracing::debug!(service, count, first = %first, "{msg}");
+            }
+        },
+    );
 }
 
 /// The one summary line per pass.
 pub fn log_summary(r: &PassReport) {
-    let per_node: Vec<String> = r
-        .nodes
-        .iter()
-        .map(|n| format!("{}={}", n.node, n.count))
-        .collect();
+    let per_node = crate::logging::Object::new(r.nodes.iter().map(|n| (n.node.clone(), n.count)));
     let attempted = r.nodes.iter().filter(|n| n.delivered).count();
     let failed = r.failed_deliveries();
     tracing::info!(
@@ -349,7 +433,7 @@ pub fn log_summary(r: &PassReport) {
         invalid = r.invalid,
         duplicates = r.duplicates,
         nodes = r.nodes.len(),
-        per_node = %per_node.join(" "),
+        per_node = ?per_node,
         files_changed = r.changed_files(),
         files_removed = r.removed.len(),
         deliveries = attempted,
@@ -370,4 +454,26 @@ pub fn log_summary(r: &PassReport) {
         deliver_ms = p.deliver,
         "pass phases"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(before: Option<u64>, now: u64) -> Option<tracing::Level> {
+        let seen = std::cell::Cell::new(None);
+        once_per_change(before, now, |l| seen.set(Some(l)));
+        seen.get()
+    }
+
+    #[test]
+    fn placement_warnings_come_once_per_change() {
+        let (a, b) = (fingerprint(&["t1:1"]), fingerprint(&["t1:1", "t2:1"]));
+        assert_eq!(fingerprint::<&str>(&[]), 0);
+        assert_ne!(a, b);
+        assert_eq!(level(None, a), Some(tracing::Level::WARN), "first pass");
+        assert_eq!(level(Some(a), a), Some(tracing::Level::DEBUG), "same set");
+        assert_eq!(level(Some(a), b), Some(tracing::Level::WARN), "changed set");
+        assert_eq!(level(Some(a), 0), None, "nothing to say");
+    }
 }

@@ -26,6 +26,7 @@ pub mod exporters;
 pub mod exposition;
 pub mod fixture;
 pub mod http;
+pub mod logfmt;
 pub mod prom;
 pub mod sshd;
 pub mod tools;

@@ -7,7 +7,6 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,6 +16,9 @@ use prometheus_client::registry::{Metric, Registry};
 use crate::pass::{PassError, PassReport};
 use crate::push::DeliveryResult;
 use crate::rules::RulesReport;
+
+pub mod help;
+pub mod process;
 
 type LabelSet = Vec<(&'static str, String)>;
 
@@ -44,145 +46,9 @@ pub fn pass_outcome(result: &Result<PassReport, PassError>) -> (&'static str, Op
     }
 }
 
-/// Every metric's name (after the `promshard_` prefix) and help text, in
-/// the order `/metrics` lists them.
-const HELP: &[(&str, &str)] = &[
-    ("pass_duration_seconds", "Duration of a service pass"),
-    (
-        "passes",
-        "Passes by service and result (ok, failed, refused)",
-    ),
-    (
-        "targets",
-        "Valid targets of a service in its last good pass",
-    ),
-    ("node_targets", "Targets assigned to a node"),
-    (
-        "invalid_targets",
-        "Invalid targets skipped in the last pass",
-    ),
-    ("script_errors", "Script failures by service and kind"),
-    ("script_reloads", "Script recompilations by result"),
-    ("config_reloads", "Config reloads by result"),
-    (
-        "files_written",
-        "sd files rewritten because their content changed",
-    ),
-    ("deliveries", "Deliveries by service, node and result"),
-    (
-        "mass_drop_refusals",
-        "Passes refused by the mass-drop guard",
-    ),
-    (
-        "last_success_timestamp_seconds",
-        "Unix time of the last successful pass",
-    ),
-    (
-        "node_up",
-        "1 if the node is in the ring (healthy), 0 if not",
-    ),
-    (
-        "membership_changes",
-        "Node membership changes (health checks) by service and direction (up, down)",
-    ),
-    (
-        "live_nodes",
-        "Nodes in the ring of a health-checked service; 0 means every node is down and the last files are kept",
-    ),
-    (
-        "delivery_run_duration_seconds",
-        "Duration of one batched delivery run (e.g. ansible-playbook)",
-    ),
-    (
-        "node_weight",
-        "Planned weight of each node: the sum of its targets' weights (expected series with weights: {from: series})",
-    ),
-    (
-        "oversized_targets",
-        "Targets heavier than a node's fair share of the weight, each placed whole",
-    ),
-    (
-        "affinity_groups",
-        "Affinity groups placed (affinity:), targets lacking a label of the template included",
-    ),
-    (
-        "affinity_ungrouped_targets",
-        "Targets lacking a label of the affinity template, each placed by its own address",
-    ),
-    (
-        "oversized_groups",
-        "Affinity groups heavier than a node's fair share, each placed whole",
-    ),
-    (
-        "audit_targets",
-        "Targets by audit state (ok, missing, extra, duplicate, down, unknown, pending) in the last observation",
-    ),
-    (
-        "node_series",
-        "Series the service's targets feed into each node (summed scrape samples after relabelling)",
-    ),
-    (
-        "node_head_series",
-        "Series in each observed Prometheus's head block, all jobs",
-    ),
-    (
-        "observe_errors",
-        "Observations of a node that failed (timeout, refused, bad answer)",
-    ),
-    (
-        "observe_duration_seconds",
-        "Duration of one observation of every node of a service",
-    ),
-    (
-        "rule_files",
-        "Rule files in effect for every node of a service",
-    ),
-    (
-        "rule_files_refused",
-        "Rule files the last pass refused (validation failed or unreadable; the last good version stays)",
-    ),
-    (
-        "rule_deliveries",
-        "Deliveries of a service's rule set to a node, by result",
-    ),
-    (
-        "handover_seconds",
-        "How long a moving target was on both its old and its new node",
-    ),
-    (
-        "handover_timeouts",
-        "Handovers ended by handover_timeout, not by the new node's confirmation",
-    ),
-    (
-        "handovers_pending",
-        "Handovers waiting for the new node to confirm",
-    ),
-    (
-        "node_draining",
-        "1 while a drained node still holds targets, 0 once it holds none",
-    ),
-    (
-        "leader",
-        "1 on the instance that is the elected leader (ha:), else 0",
-    ),
-    (
-        "ha_role",
-        "1 for this instance's role in the ha: cluster (leader or standby)",
-    ),
-    (
-        "ha_epoch",
-        "The epoch this instance leads with (ha:); absent on a standby",
-    ),
-];
-
-/// Register `metric` under `name` with its text from [`HELP`].
+/// Register `metric` under `name` with its text from [`help::METRICS`].
 fn register<M: Metric + Clone>(registry: &mut Registry, name: &'static str, metric: M) -> M {
-    let help = HELP
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, h)| *h)
-        .unwrap_or_else(|| panic!("metric {name} has no HELP entry"));
-    registry.register(name, help, metric.clone());
+    registry.register(name, help::help(name), metric.clone());
     metric
 }
 
@@ -193,9 +59,54 @@ fn histograms() -> Family<LabelSet, Histogram, fn() -> Histogram> {
 /// Every `result` [`pass_outcome`] can give.
 const PASS_OUTCOMES: [&str; 4] = ["ok", "failed", "refused", "all_nodes_down"];
 
+/// The formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0, what a Prometheus server asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`promtool check metrics`, curl).
+    Text,
+}
+
+impl Format {
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header asks for: the text format when it
+    /// accepts `text/plain` and not OpenMetrics, else OpenMetrics, as
+    /// before (a media range with `q=0` is refused, as RFC 9110 says).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let accepted = |wanted: &str| {
+            accept.into_iter().flat_map(|a| a.split(',')).any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or("");
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f64>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case(wanted) && !refused
+            })
+        };
+        if accepted("text/plain") && !accepted("application/openmetrics-text") {
+            Format::Text
+        } else {
+            Format::OpenMetrics
+        }
+    }
+}
+
 /// All metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// The `process_*` metrics, which have no `promshard_` prefix.
+    process: Registry,
+    pub schedule_interval: Family<LabelSet, Gauge<f64, AtomicU64>>,
     pub pass_duration: Family<LabelSet, Histogram, fn() -> Histogram>,
     pub passes: Family<LabelSet, Counter>,
     pub targets: Family<LabelSet, Gauge>,
@@ -241,9 +152,25 @@ impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("promshard");
-        Self {
+        let (version, commit) = (crate::build::VERSION, crate::build::COMMIT);
+        let build_info: Family<LabelSet, Gauge> =
+            register(&mut registry, "build_info", Family::default());
+        build_info
+            .get_or_create(&vec![
+                ("version", version.into()),
+                ("commit", commit.into()),
+            ])
+            .set(1);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(process::ProcessCollector));
+        let m = Self {
             pass_duration: register(&mut registry, "pass_duration_seconds", histograms()),
             passes: register(&mut registry, "passes", Family::default()),
+            schedule_interval: register(
+                &mut registry,
+                "schedule_interval_seconds",
+                Family::default(),
+            ),
             targets: register(&mut registry, "targets", Family::default()),
             node_targets: register(&mut registry, "node_targets", Family::default()),
             invalid_targets: register(&mut registry, "invalid_targets", Family::default()),
@@ -286,7 +213,14 @@ impl Metrics {
             ha_role: register(&mut registry, "ha_role", Family::default()),
             ha_epoch: register(&mut registry, "ha_epoch", Family::default()),
             registry,
+            process,
+        };
+        for result in ["ok", "failed"] {
+            let l = vec![("result", result.into())];
+            let _ = m.script_reloads.get_or_create(&l);
+            let _ = m.config_reloads.get_or_create(&l);
         }
+        m
     }
 
     /// Record an observation: audit counts, series per node, errors.
@@ -434,6 +368,8 @@ impl Metrics {
         self.affinity_ungrouped_targets.remove(&svc);
         self.oversized_groups.remove(&svc);
         self.rules.forget(name);
+        self.handover.forget(name);
+        self.schedule_interval.remove(&svc);
         let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
         for result in PASS_OUTCOMES {
             self.passes.remove(&with("result", result));
@@ -456,6 +392,7 @@ impl Metrics {
             self.node_weight.remove(&l);
             self.observe_errors.remove(&l);
             self.node_up.remove(&l);
+            self.handover.draining.remove(&l);
             for result in crate::push::DeliveryResult::ALL {
                 let mut l = l.clone();
                 l.push(("result", result.as_str().into()));
@@ -528,12 +465,77 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition in `format`: the process metrics, then promshard's.
+    pub fn encode(&self, format: Format) -> String {
+        use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::OpenMetrics => text::encode_registry(&mut out, &self.process)
+                .and_then(|()| text::encode_registry(&mut out, &self.registry))
+                .and_then(|()| text::encode_eof(&mut out)),
+            Format::Text => prometheus_text::encode(&mut out, &self.process)
+                .and_then(|()| prometheus_text::encode(&mut out, &self.registry)),
+        };
         out
+    }
+
+    /// Put every series of `service` whose labels the config fixes on
+    /// `/metrics` at once: counters at 0, so `increase()` sees their first
+    /// event, and gauges at 0 (or their value) until the first pass sets
+    /// them. Idempotent; call when a service starts or changes.
+    pub fn init_service(&self, s: &crate::config::Service) {
+        let name = s.name.as_str();
+        let svc = service(name);
+        let with = |key, value: &str| vec![("service", name.to_string()), (key, value.to_string())];
+        for result in PASS_OUTCOMES {
+            let _ = self.passes.get_or_create(&with("result", result));
+        }
+        for kind in crate::script::ScriptError::KINDS {
+            let _ = self.script_errors.get_or_create(&with("kind", kind));
+        }
+        for counter in [&self.files_written, &self.mass_drop_refusals] {
+            let _ = counter.get_or_create(&svc);
+        }
+        let _ = self.handover.timeouts.get_or_create(&svc);
+        let _ = self.handover.pending.get_or_create(&svc);
+        for gauge in [
+            &self.targets,
+            &self.invalid_targets,
+            &self.oversized_targets,
+        ] {
+            let _ = gauge.get_or_create(&svc);
+        }
+        let _ = self.last_success.get_or_create(&svc);
+        self.schedule_interval
+            .get_or_create(&svc)
+            .set(s.schedule.longest_interval().as_secs_f64());
+        if s.health.is_some() {
+            for direction in ["up", "down"] {
+                let _ = self
+                    .membership_changes
+                    .get_or_create(&with("direction", direction));
+            }
+        }
+        if s.rules.is_some() {
+            for result in DeliveryResult::ALL {
+                let _ = self
+                    .rules
+                    .deliveries
+                    .get_or_create(&with_result(name, result));
+            }
+        }
+        for node in &s.nodes {
+            let l = with("node", &node.addr);
+            if s.observe.is_some() {
+                let _ = self.observe_errors.get_or_create(&l);
+            }
+            for result in DeliveryResult::ALL {
+                let mut l = l.clone();
+                l.push(("result", result.as_str().into()));
+                let _ = self.deliveries.get_or_create(&l);
+            }
+        }
     }
 }
 
@@ -562,6 +564,15 @@ impl HandoverMetrics {
             pending: register(registry, "handovers_pending", Family::default()),
             draining: register(registry, "node_draining", Family::default()),
         }
+    }
+
+    /// Drop the series of a removed service (drained nodes go with
+    /// `forget_service`'s node list).
+    fn forget(&self, service: &str) {
+        let svc = vec![("service", service.to_string())];
+        self.seconds.remove(&svc);
+        self.timeouts.remove(&svc);
+        self.pending.remove(&svc);
     }
 
     /// Record a pass's handovers; `before` is the previous pass's report
@@ -651,15 +662,77 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_help_entry_is_a_registered_metric() {
-        // Empty families are not encoded, so look for a second mention of
-        // each name: its registration in `new`.
-        let source = include_str!("metrics.rs");
-        for (name, _) in HELP {
+    fn every_documented_metric_is_registered() {
+        // Families without series are not encoded, so look for each name's
+        // registration (whose HELP `register` takes from the list).
+        let source = include_str!("mod.rs");
+        for d in help::METRICS {
             assert!(
-                source.matches(&format!("\"{name}\"")).count() >= 2,
-                "{name} has help text but is never registered"
+                source.contains(&format!("\"{}\"", d.name)),
+                "{} is documented but never registered",
+                d.name
             );
+        }
+        let text = Metrics::new().encode(Format::OpenMetrics);
+        for d in help::PROCESS {
+            let line = format!("# HELP {} {}.", d.name, d.help);
+            assert!(text.contains(&line), "{line}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_metrics_page_is_the_rendered_list() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let want = help::reference();
+        if std::env::var_os("PROMSHARD_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/metrics.md differs from src/metrics/help.rs; run PROMSHARD_BLESS=1 cargo test --lib metrics"
+        );
+    }
+
+    #[test]
+    fn the_text_format_names_counter_families_with_total() {
+        let m = Metrics::new();
+        let text = m.encode(Format::Text);
+        assert!(
+            text.contains("# HELP promshard_config_reloads_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE promshard_config_reloads_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("promshard_config_reloads_total{result=\"failed\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("promshard_build_info{version=\""), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn accept_headers_choose_the_format_as_prometheus_does() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want) in [
+            (None, Format::OpenMetrics),
+            (Some("*/*"), Format::OpenMetrics),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some("text/plain"), Format::Text),
+            (
+                Some("text/plain, application/openmetrics-text;q=0"),
+                Format::Text,
+            ),
+            (
+                Some("application/openmetrics-text; version=1.0.0"),
+                Format::OpenMetrics,
+            ),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }
     }
 
@@ -668,7 +741,7 @@ mod tests {
         let m = Metrics::new();
         m.config_reload("ok");
         m.pass_duration.get_or_create(&service("s")).observe(0.2);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(
             text.contains("promshard_config_reloads_total{result=\"ok\"} 1"),
             "{text}"
@@ -695,7 +768,7 @@ mod tests {
             m.passes.get_or_create(&p).inc();
         }
         m.forget_service("gone", &["n:1".to_string()]);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(!text.contains("service=\"gone\""), "{text}");
         for name in [
             "last_success",
@@ -764,9 +837,10 @@ mod tests {
             sd: None,
             handover: None,
             plan_hash: String::new(),
+            placement_notes: Default::default(),
         };
         m.record_pass("s", 2.0, &Ok(report));
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         for line in [
             "promshard_affinity_groups{service=\"s\"} 7",
             "promshard_affinity_ungrouped_targets{service=\"s\"} 2",
@@ -777,7 +851,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line}: {text}");
         }
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(
             text.contains("promshard_delivery_run_duration_seconds_count{service=\"s\"} 2"),
             "{text}"
