@@ -107,7 +107,7 @@ fn a_yaml_error_names_its_position_once() {
     assert_eq!(line.matches("line 4").count(), 1, "{line}");
     assert_eq!(
         line,
-        "promshard.yaml: services[0] \"a\": unknown key \"bogus_key\" (line 4); expected one of name, script, schedule, nodes, node_script, replicas, file_type, file_naming, port, push, ring, max_drop_ratio, max_move_ratio, resync_interval, health, observe, weights, affinity, shard_label, handover, handover_timeout, rules"
+        "promshard.yaml: services[0] \"a\": unknown key \"bogus_key\" (line 4); expected one of name, script, source, schedule, nodes, node_script, replicas, file_type, file_naming, port, push, ring, max_drop_ratio, max_move_ratio, resync_interval, health, observe, weights, affinity, shard_label, handover, handover_timeout, rules"
     );
 }
 
@@ -320,7 +320,7 @@ fn the_readme_shows_real_output_and_stays_inside_the_repository() {
     }
     let sample = readme
         .lines()
-        .find(|l| l.contains("pass done service="))
+        .find(|l| l.contains("msg=\"pass done\" service="))
         .expect("README shows a pass summary line");
 
     // The shipped config, run once in a copy of the repository's files.
@@ -336,7 +336,7 @@ fn the_readme_shows_real_output_and_stays_inside_the_repository() {
     let real = run
         .stderr
         .lines()
-        .find(|l| l.contains("pass done service="))
+        .find(|l| l.contains("msg=\"pass done\" service="))
         .unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
     let keys = |line: &str| -> Vec<String> {
         line.split_whitespace()
