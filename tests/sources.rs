@@ -469,78 +469,17 @@ fn relabelling_gives_what_a_real_prometheus_computes() {
 
 // ------------------------------------------------------------------ TLS
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
-/// with `openssl` in `dir`.
+/// A CA, a server certificate for 127.0.0.1 and a client certificate
+/// (`util::certs::pki`), under the names a Kubernetes service account
+/// uses for its CA: `ca.crt`, `server.crt`/`.key`, `client.crt`/`.key`.
 fn make_pki(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new(openssl())
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let subj = |cn: &str| format!("/CN={cn}");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        &subj("test ca"),
-    ]);
-    // Extensions make v3 certificates, which rustls requires.
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for who in ["server", "client"] {
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{who}.key"),
-            "-out",
-            &format!("{who}.csr"),
-            "-subj",
-            &subj(who),
-        ]);
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            "",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "",
-            "-days",
-            "2",
-        ];
-        let (csr, crt) = (format!("{who}.csr"), format!("{who}.crt"));
-        args[3] = &csr;
-        args[10] = &crt;
-        let ext = format!("{who}.ext");
-        args.extend(["-extfile", &ext]);
-        run(&args);
+    util::certs::pki(dir);
+    for who in ["ca", "server", "client"] {
+        std::fs::copy(
+            dir.join(format!("{who}.pem")),
+            dir.join(format!("{who}.crt")),
+        )
+        .expect("copy a certificate");
     }
 }
 

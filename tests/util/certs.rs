@@ -26,6 +26,8 @@ pub struct Issued {
 pub enum Usage {
     Server,
     Client,
+    /// Both: etcd's gateway dials etcd with its server certificate.
+    ServerAndClient,
 }
 
 fn run(dir: &Path, args: &[&str]) {
@@ -110,6 +112,9 @@ impl Ca {
                 "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
             }
             Usage::Client => "extendedKeyUsage=clientAuth\n",
+            Usage::ServerAndClient => {
+                "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            }
         };
         fs::write(
             dir.join(&ext),
@@ -148,4 +153,14 @@ impl Ca {
             key: dir.join(key),
         }
     }
+}
+
+/// The usual set in `dir`: a CA (`ca.pem`, `ca.key`), a server certificate
+/// for 127.0.0.1 that may also act as a client (`server.pem`, `server.key`)
+/// and a client certificate (`client.pem`, `client.key`).
+pub fn pki(dir: &Path) -> (Ca, Issued, Issued) {
+    let ca = Ca::new(dir, "ca");
+    let server = ca.issue("server", Usage::ServerAndClient);
+    let client = ca.issue("client", Usage::Client);
+    (ca, server, client)
 }

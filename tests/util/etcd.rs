@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::child::{ChildGuard, free_port, poll};
 use super::http::{get, http_get};
-use super::tools::{etcd, openssl};
+use super::tools::etcd;
 
 /// One member.
 pub struct Member {
@@ -132,89 +132,9 @@ pub struct Certs {
 }
 
 impl Certs {
-    /// Make the CA and both certificates (EC P-256, valid one day).
+    /// Make the CA and both certificates ([`super::certs::pki`]).
     pub fn make(dir: &Path) -> Certs {
-        fs::create_dir_all(dir).expect("certs dir");
-        let run = |args: &[&str]| {
-            let out = Command::new(openssl())
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("running openssl");
-            assert!(
-                out.status.success(),
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &key,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=promshard test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        ]
-        .concat());
-        // etcd's gateway dials etcd with the server certificate as its
-        // client certificate: the server one serves both purposes.
-        for (name, usage) in [
-            ("server", "serverAuth,clientAuth"),
-            ("client", "clientAuth"),
-        ] {
-            let ext = format!("{name}.ext");
-            fs::write(
-                dir.join(&ext),
-                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nkeyUsage=critical,digitalSignature\n"),
-            )
-            .expect("ext file");
-            let (k, csr, pem) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-            );
-            run(&[
-                &["req"][..],
-                &key,
-                &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={name}")],
-            ]
-            .concat());
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ]);
-        }
+        super::certs::pki(dir);
         Certs {
             dir: dir.to_path_buf(),
         }
