@@ -368,7 +368,7 @@ fn check_installed_files(pkg: &Installed) {
     let out = ok(&man, &["--warnings", "-l", page.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(
-        text.contains("EXIT STATUS") && text.contains("promshard-ring(1)"),
+        text.contains("EXIT STATUS") && text.contains("promshard-rendezvous(1)"),
         "{text}"
     );
     assert!(

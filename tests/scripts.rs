@@ -1145,7 +1145,7 @@ fn bad_drop_ins_are_reported_with_the_key_and_others_still_run() {
     assert!(!o.status.success(), "{}", text(&o));
     let out = text(&o);
     assert!(
-        out.contains("drop-in service \"bad\"") && out.contains("unknown field `colour`"),
+        out.contains("drop-in service \"bad\"") && out.contains("unknown key \"colour\""),
         "{out}"
     );
     assert!(
