@@ -13,34 +13,12 @@ use std::path::{Path, PathBuf};
 
 use super::validate::{check_yaml, promtool_check};
 use super::{RuleFile, RuleProblem, Rules};
+use crate::shard::names::glob_match;
 use crate::shard::render::content_hash;
 use crate::store::files::write_atomic;
 
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?'])
-}
-
-/// Whether `name` matches `pattern` (`*`: any run, `?`: one character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Whether `path` is (or would be) one of the files `pattern` names.

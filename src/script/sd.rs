@@ -18,6 +18,7 @@ use super::host::{HostContext, read_text, resolve_readable};
 use super::http::{self, Request};
 use crate::config::source::{DnsSd, DnsType, FileSd, HttpSd};
 use crate::config::{SdBlock, parse_sd_block};
+use crate::shard::names::glob_match;
 use crate::shard::relabel::{self, LabelMap};
 
 /// One file_sd / http_sd group as Prometheus reads it.
@@ -88,19 +89,6 @@ fn parse_groups(text: &str, yaml: bool) -> Result<Vec<Group>, String> {
     }
 }
 
-/// Whether a file name matches a pattern with `*` and `?`.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], name) || (!name.is_empty() && glob_match(pattern, &name[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &name[1..]),
-        (Some(p), Some(n)) if p == n => glob_match(&pattern[1..], &name[1..]),
-        _ => false,
-    }
-}
-
 /// The files a `files:` entry names: itself, or the matches of a `*`/`?`
 /// pattern in its last part, sorted.
 fn matching_files(ctx: &HostContext, pattern: &str) -> Result<Vec<String>, String> {
@@ -117,7 +105,7 @@ fn matching_files(ctx: &HostContext, pattern: &str) -> Result<Vec<String>, Strin
     let mut out: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| glob_match(name.as_bytes(), n.as_bytes()))
+        .filter(|n| glob_match(name, n))
         .map(|n| resolved.join(n).display().to_string())
         .collect();
     out.sort();
@@ -257,10 +245,10 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match(b"*.json", b"a.json"));
-        assert!(glob_match(b"t?.yml", b"t1.yml"));
-        assert!(!glob_match(b"*.json", b"a.yml"));
-        assert!(glob_match(b"*", b""));
+        assert!(glob_match("*.json", "a.json"));
+        assert!(glob_match("t?.yml", "t1.yml"));
+        assert!(!glob_match("*.json", "a.yml"));
+        assert!(glob_match("*", ""));
     }
 
     #[test]
