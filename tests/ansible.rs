@@ -1119,6 +1119,159 @@ fn over_ssh_every_host_gets_its_file_and_an_unchanged_pass_starts_no_ansible() {
     );
 }
 
+/// The shipped playbook's module on its own, through `run_batch` with
+/// `ansible_connection: local`: an older epoch than the node's marker is
+/// refused and leaves the file, a newer one raises the marker; a file that
+/// is not file_sd is refused by the module's own check and never written;
+/// the same file again is `ok` (unchanged).
+#[test]
+#[ignore = "needs ansible-playbook"]
+fn shipped_sd_playbook_fences_checks_and_writes_atomically() {
+    use promshard::push::{Delivery, DeliveryResult, ansible::run_batch};
+    let f = Fixture::new();
+    let (stale, fresh, bad) = (NODES[0], NODES[1], NODES[2]);
+    f.dest_dirs(&NODES);
+    let text = format!(
+        "services:\n  - name: web\n    script: scripts/t.rhai\n    nodes: {}\n    push: {}\n",
+        serde_json::to_string(&NODES).unwrap(),
+        json!({
+            "kind": "ansible",
+            "playbook": shipped_playbook(),
+            "dest_sd_file_name": "web.json",
+            "retries": 0,
+            "ansible_playbook": ansible_playbook(),
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": ansible_python(),
+                "dest_dir": format!("{}/dest/{{node}}", f.root.display()),
+            },
+        })
+    );
+    let config =
+        promshard::config::Config::parse(&f.path("promshard.yaml"), &text).expect("config");
+    let service = &config.services[0];
+    let promshard::config::Push::Ansible(settings) = &service.push else {
+        panic!("not an ansible push")
+    };
+    let good = r#"[{"targets":["10.1.0.1:9100"],"labels":{"team":"core"}}]"#;
+    let marker = |node: &str| f.dest(node).join(".web.json.epoch");
+    fs::write(marker(stale), "9\n").expect("newer leader's marker");
+    fs::write(f.dest(stale).join("web.json"), "[]").expect("stale node's file");
+    let src = |name: &str, text: &str| f.write(&format!("src/{name}.json"), text);
+    let deliveries = vec![
+        (stale, src("stale", good), Some(5)),
+        (fresh, src("fresh", good), Some(5)),
+        (bad, src("bad", r#"{"targets": ["10.1.0.1:9100"]}"#), None),
+    ];
+    let deliveries: Vec<Delivery> = deliveries
+        .into_iter()
+        .map(|(node, file, epoch)| Delivery {
+            node: node.to_string(),
+            file,
+            file_name: "web.json".into(),
+            epoch,
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let run = |batch: &[Delivery]| {
+        rt.block_on(run_batch(
+            settings,
+            service,
+            batch,
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+    };
+    let report = run(&deliveries);
+    let by_node = |node: &str| {
+        report
+            .nodes
+            .iter()
+            .find(|n| n.node == node)
+            .unwrap_or_else(|| panic!("{node} missing from {report:?}"))
+    };
+    let (s, r, b) = (by_node(stale), by_node(fresh), by_node(bad));
+    assert_eq!(s.result, DeliveryResult::Fenced, "{s:?}");
+    let why = s.error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("holds epoch 9") && why.contains("this delivery's 5"),
+        "{why}"
+    );
+    assert_eq!(
+        fs::read_to_string(f.dest(stale).join("web.json")).unwrap(),
+        "[]"
+    );
+    assert_eq!(fs::read_to_string(marker(stale)).unwrap(), "9\n");
+    assert_eq!(r.result, DeliveryResult::Changed, "{r:?}");
+    assert_eq!(f.delivered(fresh).unwrap(), good.as_bytes());
+    assert_eq!(fs::read_to_string(marker(fresh)).unwrap(), "5\n");
+    assert_eq!(b.result, DeliveryResult::Failed, "{b:?}");
+    let why = b.error.as_deref().unwrap_or_default();
+    assert!(why.contains("not a list of file_sd target groups"), "{why}");
+    assert!(f.delivered(bad).is_none(), "an invalid file was written");
+    let left: Vec<_> = fs::read_dir(f.dest(bad))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+
+    let again = run(&deliveries[1..2]);
+    assert_eq!(again.nodes[0].result, DeliveryResult::Ok, "{again:?}");
+}
+
+/// What `host`'s sshd logged of connections and commands run.
+fn ssh_sessions(host: &util::sshd::SshHost) -> (usize, usize) {
+    let log = host.log_text();
+    (
+        log.matches("Accepted publickey").count(),
+        log.matches("Starting session: command").count(),
+    )
+}
+
+#[test]
+#[ignore = "needs sshd and ansible-playbook"]
+fn over_ssh_the_shipped_playbook_delivers_a_changed_file_in_one_ssh_command() {
+    let ssh = SshHosts::start(2);
+    let nodes = ssh.nodes();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let f = Fixture::new();
+    f.targets(40, None);
+    f.dest_dirs(&nodes);
+    f.config(
+        &nodes,
+        over_ssh(&ssh, json!({"playbook": shipped_playbook()})),
+        "",
+    );
+    // Delivery runs so far per host: each must be one connection running
+    // one command (the module, pipelined); a host whose file did not
+    // change is not contacted.
+    let mut runs = vec![0; nodes.len()];
+    for (pass, tweak) in [(1, None), (2, Some(3))] {
+        f.targets(40, tweak);
+        let once = f.once();
+        assert_eq!(once.code, Some(0), "{}", once.describe());
+        let mut changed = 0;
+        for (i, (node, host)) in nodes.iter().zip(&ssh.hosts).enumerate() {
+            let (result, _, attempts) = once.outcome(node);
+            if result == "changed" {
+                changed += 1;
+                assert_eq!(
+                    f.delivered(node).expect("delivered file"),
+                    f.out_file(&once, node)
+                );
+            }
+            runs[i] += attempts as usize;
+            assert_eq!(
+                ssh_sessions(host),
+                (runs[i], runs[i]),
+                "{node} after pass {pass} ({result}):\n{}",
+                host.log_text()
+            );
+        }
+        let want = if pass == 1 { nodes.len() } else { 1 };
+        assert_eq!(changed, want, "pass {pass}: {}", once.describe());
+    }
+}
+
 #[test]
 #[ignore = "needs sshd and ansible-playbook"]
 fn over_ssh_a_down_host_a_changed_host_key_and_a_refused_write_fail_alone() {

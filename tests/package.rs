@@ -211,6 +211,7 @@ const PACKAGED: &[&str] = &[
     "./etc/promshard/scripts/node_exporter.rhai",
     "./usr/share/promshard/playbooks/push_sd.yml",
     "./usr/share/promshard/playbooks/push_rules.yml",
+    "./usr/share/promshard/playbooks/library/promshard_sd.py",
     "./usr/share/promshard/scripts/examples/json_file.rhai",
     "./usr/share/promshard/scripts/examples/static_list.rhai",
     "./usr/share/man/man1/promshard.1.gz",

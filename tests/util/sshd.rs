@@ -265,7 +265,7 @@ fn sshd_config(addr: &str, port: u16, host_key: &Path, authorized: &Path) -> Str
     // Root in CI: key logins only. StrictModes off because the keys live
     // in a temp dir; no PAM, no passwords.
     format!(
-        "ListenAddress {addr}:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nMaxStartups 200\nMaxSessions 50\nSubsystem sftp internal-sftp\nLogLevel INFO\n",
+        "ListenAddress {addr}:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nMaxStartups 200\nMaxSessions 50\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n",
         host_key.display(),
         authorized.display()
     )
