@@ -21,7 +21,8 @@
 //! `sshd` like the tests do (`PROMSHARD_ANSIBLE_PLAYBOOK`,
 //! `PROMSHARD_SSHD`, else `PATH`). `PROMSHARD_BENCH_HOSTS` sets the fleet
 //! (default 50), `PROMSHARD_BENCH_ITERS` the iterations of the batched
-//! modes (default 3; the per-node modes run once). Without the tools it
+//! modes (default 3; the per-node modes run once), and
+//! `PROMSHARD_BENCH_PER_NODE=0` leaves the slow per-node modes out. Without the tools it
 //! prints why and exits 0.
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,18 @@ struct Bench {
     rt: tokio::runtime::Runtime,
     cancel: CancellationToken,
     round: usize,
+    /// CPU time of the `ansible-playbook` trees of the last run (the
+    /// controller's share; sshd's is not in it).
+    controller_cpu: Duration,
+}
+
+/// CPU time (user + system) of every child process reaped so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 impl Bench {
@@ -111,6 +124,7 @@ impl Bench {
             std::fs::create_dir_all(dest.join(n)).expect("dest dir");
         }
         let (deliveries, cancel) = (&self.deliveries, &self.cancel);
+        let cpu = children_cpu();
         let started = Instant::now();
         let reports: Vec<BatchReport> = self.rt.block_on(async {
             match mode {
@@ -146,6 +160,7 @@ impl Bench {
             }
         });
         let elapsed = started.elapsed();
+        self.controller_cpu = children_cpu() - cpu;
         let results: Vec<&str> = reports
             .iter()
             .flat_map(|r| r.nodes.iter().map(|n| n.result.as_str()))
@@ -239,7 +254,7 @@ fn main() {
         })
         .collect();
     let push_yaml = format!(
-        "      kind: ansible\n      playbook: {playbook}\n      dest_sd_file_name: web.json\n      forks: {hosts}\n      retries: 0\n      timeout: 600s\n      ansible_playbook: {ansible_playbook}\n      vars:\n        ansible_connection: ssh\n        ansible_ssh_common_args: {args}\n        ansible_python_interpreter: {python}\n        sd_validate_python: {python}\n        dest_dir: \"{{dest}}/{{node}}\"\n",
+        "      kind: ansible\n      playbook: {playbook}\n      dest_sd_file_name: web.json\n      forks: {hosts}\n      retries: 0\n      timeout: 600s\n      ansible_playbook: {ansible_playbook}\n      vars:\n        ansible_connection: ssh\n        ansible_ssh_common_args: {args}\n        ansible_python_interpreter: {python}\n        dest_dir: \"{{dest}}/{{node}}\"\n",
         playbook = json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/push_sd.yml")),
         ansible_playbook = json(&ansible_playbook),
         args = json(&format!("-F {}", ssh.ssh_config().display())),
@@ -253,6 +268,7 @@ fn main() {
         rt: tokio::runtime::Runtime::new().expect("runtime"),
         cancel: CancellationToken::new(),
         round: 0,
+        controller_cpu: Duration::ZERO,
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -268,8 +284,9 @@ fn main() {
     let secs = |d: Duration| d.as_secs_f64();
     let batched = median((0..iters).map(|_| bench.run("batched")).collect());
     println!(
-        "  batched, 1 ansible-playbook, --forks {hosts}:     {:>7.2}s",
-        secs(batched)
+        "  batched, 1 ansible-playbook, --forks {hosts}:     {:>7.2}s  (controller CPU {:.1}s)",
+        secs(batched),
+        secs(bench.controller_cpu)
     );
     let vs = |d: Duration| secs(d) / secs(batched);
     let untuned = median((0..iters).map(|_| bench.run("untuned")).collect());
@@ -278,12 +295,16 @@ fn main() {
         secs(untuned),
         vs(untuned)
     );
-    let parallel = bench.run("parallel");
-    println!(
-        "  seed, {hosts} ansible-playbook at once:           {:>7.2}s  ({:.1}x slower, 1 run)",
-        secs(parallel),
-        vs(parallel)
-    );
+    let per_node = std::env::var("PROMSHARD_BENCH_PER_NODE").as_deref() != Ok("0");
+    if per_node {
+        let parallel = bench.run("parallel");
+        println!(
+            "  seed, {hosts} ansible-playbook at once:           {:>7.2}s  ({:.1}x slower, 1 run; controller CPU {:.1}s)",
+            secs(parallel),
+            vs(parallel),
+            secs(bench.controller_cpu)
+        );
+    }
     bench.write_once_config();
     let (first, first_runs) = bench.once();
     assert_eq!(first_runs, 1, "the first pass runs one ansible-playbook");
@@ -300,12 +321,14 @@ fn main() {
         "  promshard once, nothing changed:             {:>7.2}s  (no ansible-playbook run)",
         secs(second)
     );
-    let serial = bench.run("serial");
-    println!(
-        "  {hosts} ansible-playbook one after another:      {:>7.2}s  ({:.1}x slower, 1 run)",
-        secs(serial),
-        vs(serial)
-    );
+    if per_node {
+        let serial = bench.run("serial");
+        println!(
+            "  {hosts} ansible-playbook one after another:      {:>7.2}s  ({:.1}x slower, 1 run)",
+            secs(serial),
+            vs(serial)
+        );
+    }
 }
 
 /// A path or string quoted for the YAML config.
