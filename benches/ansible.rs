@@ -93,6 +93,26 @@ struct Bench {
     /// CPU time of the `ansible-playbook` trees of the last run (the
     /// controller's share; sshd's is not in it).
     controller_cpu: Duration,
+    /// CPU time of the hosts' side of the last run: sshd sessions, shells
+    /// and modules, as their sshd reaped them.
+    hosts_cpu: Duration,
+    ssh: sshd::SshHosts,
+}
+
+impl Bench {
+    /// The hosts' CPU so far, once every session of the last run has
+    /// ended (the control masters close them as the run ends).
+    fn hosts_ticks(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ssh.hosts.iter().all(|h| h.is_idle()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ssh
+            .hosts
+            .iter()
+            .filter_map(|h| h.sessions_cpu_ticks())
+            .sum()
+    }
 }
 
 /// CPU time (user + system) of every child process reaped so far.
@@ -124,7 +144,7 @@ impl Bench {
             std::fs::create_dir_all(dest.join(n)).expect("dest dir");
         }
         let (deliveries, cancel) = (&self.deliveries, &self.cancel);
-        let cpu = children_cpu();
+        let (cpu, ticks) = (children_cpu(), self.hosts_ticks());
         let started = Instant::now();
         let reports: Vec<BatchReport> = self.rt.block_on(async {
             match mode {
@@ -161,6 +181,9 @@ impl Bench {
         });
         let elapsed = started.elapsed();
         self.controller_cpu = children_cpu() - cpu;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        self.hosts_cpu = Duration::from_secs_f64((self.hosts_ticks() - ticks) as f64 / hz);
         let results: Vec<&str> = reports
             .iter()
             .flat_map(|r| r.nodes.iter().map(|n| n.result.as_str()))
@@ -269,6 +292,8 @@ fn main() {
         cancel: CancellationToken::new(),
         round: 0,
         controller_cpu: Duration::ZERO,
+        hosts_cpu: Duration::ZERO,
+        ssh,
     };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
@@ -284,9 +309,10 @@ fn main() {
     let secs = |d: Duration| d.as_secs_f64();
     let batched = median((0..iters).map(|_| bench.run("batched")).collect());
     println!(
-        "  batched, 1 ansible-playbook, --forks {hosts}:     {:>7.2}s  (controller CPU {:.1}s)",
+        "  batched, 1 ansible-playbook, --forks {hosts}:     {:>7.2}s  (CPU: controller {:.1}s, hosts {:.1}s)",
         secs(batched),
-        secs(bench.controller_cpu)
+        secs(bench.controller_cpu),
+        secs(bench.hosts_cpu)
     );
     let vs = |d: Duration| secs(d) / secs(batched);
     let untuned = median((0..iters).map(|_| bench.run("untuned")).collect());
@@ -299,10 +325,11 @@ fn main() {
     if per_node {
         let parallel = bench.run("parallel");
         println!(
-            "  seed, {hosts} ansible-playbook at once:           {:>7.2}s  ({:.1}x slower, 1 run; controller CPU {:.1}s)",
+            "  seed, {hosts} ansible-playbook at once:           {:>7.2}s  ({:.1}x slower, 1 run; CPU: controller {:.1}s, hosts {:.1}s)",
             secs(parallel),
             vs(parallel),
-            secs(bench.controller_cpu)
+            secs(bench.controller_cpu),
+            secs(bench.hosts_cpu)
         );
     }
     bench.write_once_config();

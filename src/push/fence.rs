@@ -13,10 +13,17 @@
 //!
 //! Check and write happen under an exclusive lock on the marker, so an old
 //! leader cannot slip its file in between a new leader's check and write.
+//! The lock is waited for at most [`LOCK_WAIT`]: a writer paused while
+//! holding it (SIGSTOP, a frozen VM) must not block the new leader for
+//! good, so that delivery fails instead and is retried on the next pass.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest wait for another writer's lock on a marker.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a fenced write did not happen.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -49,6 +56,15 @@ pub fn write_fenced<T>(
     epoch: u64,
     write: impl FnOnce() -> Result<T, String>,
 ) -> Result<T, FenceError> {
+    write_fenced_within(dest, epoch, LOCK_WAIT, write)
+}
+
+fn write_fenced_within<T>(
+    dest: &Path,
+    epoch: u64,
+    lock_wait: Duration,
+    write: impl FnOnce() -> Result<T, String>,
+) -> Result<T, FenceError> {
     let marker = marker_path(dest);
     let io = |e: std::io::Error| FenceError::Io(format!("{}: {e}", marker.display()));
     if let Some(dir) = marker.parent() {
@@ -62,7 +78,7 @@ pub fn write_fenced<T>(
         .open(&marker)
         .map_err(io)?;
     // Released when `file` is dropped (also on error).
-    file.lock().map_err(io)?;
+    lock_within(&file, &marker, lock_wait)?;
     let held = read_epoch(&mut file, &marker)?;
     if held > epoch {
         return Err(FenceError::Fenced {
@@ -76,6 +92,29 @@ pub fn write_fenced<T>(
         record(&mut file, epoch).map_err(io)?;
     }
     Ok(out)
+}
+
+/// Take the exclusive lock on `file`, waiting at most `wait` for a holder.
+fn lock_within(file: &File, marker: &Path, wait: Duration) -> Result<(), FenceError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(FenceError::Io(format!(
+                    "{}: locked by another writer for over {}s (a paused promshard instance?); not written",
+                    marker.display(),
+                    wait.as_secs_f64()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(FenceError::Io(format!("{}: {e}", marker.display())));
+            }
+        }
+    }
 }
 
 /// The epoch in a marker; an empty marker (just created) holds 0.
@@ -146,6 +185,30 @@ mod tests {
         assert_eq!(m, Path::new("/srv/sd/.node.json.epoch"));
         let name = m.file_name().unwrap().to_str().unwrap();
         assert!(!name.ends_with(".json") && !name.ends_with(".yml") && !name.ends_with(".yaml"));
+    }
+
+    #[test]
+    fn a_writer_holding_the_lock_delays_the_next_only_until_the_wait_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("n.json");
+        write_fenced(&dest, 3, || Ok(())).unwrap();
+        // Another open file description: the lock a paused instance holds.
+        let holder = File::open(marker_path(&dest)).unwrap();
+        holder.lock().unwrap();
+        let written = std::cell::Cell::new(false);
+        let e = write_fenced_within(&dest, 4, Duration::from_millis(100), || {
+            written.set(true);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(e, FenceError::Io(ref m) if m.contains("locked by another writer")),
+            "{e}"
+        );
+        assert!(!written.get(), "wrote without the lock");
+        drop(holder);
+        write_fenced_within(&dest, 4, Duration::from_millis(100), || Ok(())).unwrap();
+        assert_eq!(std::fs::read_to_string(marker_path(&dest)).unwrap(), "4\n");
     }
 
     #[test]

@@ -72,6 +72,29 @@ impl SshHost {
         fs::read_to_string(self.log()).unwrap_or_default()
     }
 
+    /// CPU time (user + system, in clock ticks) of everything its sshd ran
+    /// and reaped: connections, shells, modules. `None` when it is down.
+    pub fn sessions_cpu_ticks(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.pid();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, cutime and cstime are fields 16 and 17.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+        Some(tick(16)? + tick(17)?)
+    }
+
+    /// Whether its sshd has no connection open (every session reaped).
+    pub fn is_idle(&self) -> bool {
+        let Some(child) = &self.child else {
+            return true;
+        };
+        let pid = child.pid();
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|c| c.trim().is_empty())
+    }
+
     /// Whether its sshd is running.
     pub fn is_up(&self) -> bool {
         self.child.is_some()
