@@ -751,6 +751,7 @@ mod tests {
             sd: None,
             handover: Some(handover),
             plan_hash: String::new(),
+            epoch: None,
             placement_notes: Default::default(),
         }
     }

@@ -49,10 +49,7 @@ pub fn weights(targets: &[Option<u64>]) -> Vec<u32> {
     let mut known: Vec<u32> = targets.iter().flatten().map(|&t| quantise(t)).collect();
     known.sort_unstable();
     let median = known.get(known.len() / 2).copied().unwrap_or(1);
-    targets
-        .iter()
-        .map(|t| t.map_or(median, quantise))
-        .collect()
+    targets.iter().map(|t| t.map_or(median, quantise)).collect()
 }
 
 /// The desired owner of each service: `services` are (name, target count
@@ -145,7 +142,10 @@ mod tests {
             let after = run(&left, &svc);
             let own = before.values().filter(|o| **o == inst[0]).count();
             let m = moved(&before, &after);
-            assert!(m >= own && m <= own + 2, "{inst:?}: {m} moved, leaver had {own}");
+            assert!(
+                m >= own && m <= own + 2,
+                "{inst:?}: {m} moved, leaver had {own}"
+            );
         }
     }
 
@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(quantise(100), 128);
         assert_eq!(quantise(105), 128);
         assert_eq!(quantise(u64::MAX), 1 << 31);
-        assert_eq!(weights(&[Some(100), None, Some(3), Some(1000)]), [128, 128, 4, 1024]);
+        assert_eq!(
+            weights(&[Some(100), None, Some(3), Some(1000)]),
+            [128, 128, 4, 1024]
+        );
         assert_eq!(weights(&[None, None]), [1, 1]);
     }
 
