@@ -350,3 +350,35 @@ fn a_schedule_s_longest_interval_is_its_widest_gap() {
     let weekdays = parse_schedule("0 0 9 * * Mon-Fri").unwrap();
     assert_eq!(weekdays.longest_interval(), Duration::from_secs(3 * 86400));
 }
+
+#[test]
+fn two_services_with_one_rules_dir_are_refused_naming_both() {
+    let svc = |name: &str, dir: &str| {
+        format!(
+            "  - name: {name}\n    script: scripts/node.rhai\n    nodes: [\"10.0.0.1:9090\"]\n    \
+             push: {{kind: local, dest: \"/srv/{{node}}/{name}.json\"}}\n    \
+             rules: {{files: [a.yml], dir: \"{dir}\"}}\n"
+        )
+    };
+    let text = |a: &str, b: &str| {
+        format!(
+            "out_dir: out\nservices:\n{}{}",
+            svc("one", a),
+            svc("two", b)
+        )
+    };
+    let e = parse(&text("/srv/{node}/rules", "/srv/{node}/rules"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services[1] \"two\": rules.dir")
+            && e.contains("\"/srv/{node}/rules\" is also service \"one\"'s"),
+        "{e}"
+    );
+    parse(&text(
+        "/srv/{node}/rules/{service}",
+        "/srv/{node}/rules/{service}",
+    ))
+    .unwrap();
+    parse(&text("/srv/{node}/rules-a", "/srv/{node}/rules-b")).unwrap();
+}

@@ -2,7 +2,7 @@
 //! block and every service, with every problem collected before the
 //! answer is given (a [`Config`] only when there are none).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -227,5 +227,31 @@ fn check_services(
         let service = p.under(&format!("{location}: "), |p| check_service(rs, base_dir, p));
         services.push(Arc::new(service));
     }
+    check_rules_dirs(&services, p);
     services
+}
+
+/// No two services deliver rule files to one directory: each keeps its
+/// manifest (which files are its own, to remove the ones it dropped) and
+/// epoch marker there, so they would delete each other's files, and under
+/// `ha.mode: shared` fence each other's deliveries (their epochs come from
+/// different owner keys).
+fn check_rules_dirs(services: &[Arc<Service>], p: &mut Problems) {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, s) in services.iter().enumerate() {
+        let Some(dir) = s.rules.as_ref().and_then(|r| r.dir.as_deref()) else {
+            continue;
+        };
+        if dir.contains("{service}") {
+            continue;
+        }
+        if let Some(first) = seen.insert(dir, &s.name) {
+            p.push(
+                &format!("services[{i}] {:?}: rules.dir", s.name),
+                format!(
+                    "{dir:?} is also service {first:?}'s rules directory; each service needs its own (put {{service}} in it): one service's manifest and epoch marker there would remove or fence the other's rule files"
+                ),
+            );
+        }
+    }
 }
