@@ -32,6 +32,8 @@ const NODES: [&str; 2] = ["127.0.0.1:19090", "127.0.0.1:19091"];
 
 /// Owner of each service: (instance, epoch).
 type Owners = BTreeMap<String, (String, u64)>;
+/// Keys by name: (value, mod_revision).
+type Keys = BTreeMap<String, (String, i64)>;
 
 struct Lab {
     dir: Dir,
@@ -129,11 +131,7 @@ impl Lab {
 
     /// The keys under `promshard/lab/<kind>/` at `revision` (0: now), by
     /// name, with the store's revision.
-    fn keys(
-        &self,
-        kind: &str,
-        revision: i64,
-    ) -> Result<(BTreeMap<String, (String, i64)>, i64), String> {
+    fn keys(&self, kind: &str, revision: i64) -> Result<(Keys, i64), String> {
         let prefix = format!("promshard/lab/{kind}/");
         let mut range = Range::prefix(prefix.clone());
         range.revision = revision;
@@ -428,7 +426,7 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
     holds("no stale delivery after SIGCONT", 2 * TTL, || {
         let markers = lab.markers();
         for (s, old) in &held {
-            if markers[s].iter().any(|m| *m == Some(*old)) {
+            if markers[s].contains(&Some(*old)) {
                 return Err(format!(
                     "{s} carries the paused epoch {old} again: {:?}",
                     markers[s]

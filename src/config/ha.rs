@@ -175,17 +175,7 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
         }
         Some(Ok(d)) => d,
     };
-    let mode = match raw.mode.as_deref() {
-        None | Some("leader") => HaMode::Leader,
-        Some("shared") => HaMode::Shared,
-        Some(other) => {
-            p.push((
-                "ha.mode".into(),
-                format!("{other:?}: use leader (one instance delivers every service) or shared (services spread over the instances)"),
-            ));
-            HaMode::Leader
-        }
-    };
+    let mode = check_mode(raw.mode.as_deref(), &mut p);
     if !p.is_empty() {
         return Err(p);
     }
@@ -198,6 +188,21 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
         instance,
         mode,
     })
+}
+
+/// `ha.mode`: `leader` (the default) or `shared`.
+fn check_mode(mode: Option<&str>, p: &mut Vec<Problem>) -> HaMode {
+    match mode {
+        None | Some("leader") => HaMode::Leader,
+        Some("shared") => HaMode::Shared,
+        Some(other) => {
+            p.push((
+                "ha.mode".into(),
+                format!("{other:?}: use leader (one instance delivers every service) or shared (services spread over the instances)"),
+            ));
+            HaMode::Leader
+        }
+    }
 }
 
 /// `host:port` or `scheme://host:port` as a URL with the scheme `tls:`

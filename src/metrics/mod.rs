@@ -694,6 +694,13 @@ impl RuleMetrics {
     }
 }
 
+fn owner_labels(service: &str, instance: &str) -> LabelSet {
+    vec![
+        ("service", service.to_string()),
+        ("instance", instance.to_string()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -899,11 +906,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-fn owner_labels(service: &str, instance: &str) -> LabelSet {
-    vec![
-        ("service", service.to_string()),
-        ("instance", instance.to_string()),
-    ]
 }

@@ -207,7 +207,6 @@ pub async fn run_pass(
     )
     .await;
     report.phases_ms.deliver = report::ms_since(t);
-    report.epoch = fence.map(|f| f.epoch);
     record(&out_dir, service, &mut report, learned, guarded, names, now).await?;
     report.sd = Some(Arc::new(SdSnapshot::new(computed.targets, computed.plan)));
     report.duration_ms = started.elapsed().as_millis() as u64;
