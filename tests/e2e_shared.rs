@@ -10,7 +10,8 @@
 //! lines (`epoch` field) to show that no epoch had two writers. Takeover
 //! times and the number of services moved are printed (`--nocapture`).
 //!
-//! Needs `etcd` (`PROMSHARD_ETCD`, else `PATH`); `bash .ci/test` installs it.
+//! Needs `etcd` (`PROMSHARD_ETCD`, else `PATH`) and `promtool`; `bash .ci/test`
+//! installs them.
 
 mod util;
 
@@ -239,6 +240,42 @@ impl Lab {
         }
     }
 
+    /// Ok when instance `i`'s `/metrics` passes `promtool check metrics`
+    /// and shows `owners`: one owner series per service, and its own count.
+    fn owner_metrics(&self, i: usize, owners: &Owners) -> Result<(), String> {
+        let d = self.instance(i);
+        // promtool reads the text format (the default is OpenMetrics).
+        let text = util::http::agent(Duration::from_secs(5))
+            .get(format!("{}/metrics", d.base))
+            .header("Accept", "text/plain;version=0.0.4")
+            .call();
+        util::prom::check_metrics(&util::http::read_reply(text)?.body)?;
+        let body = d.body("/metrics")?;
+        let mine = owners
+            .values()
+            .filter(|(o, _)| *o == format!("i{i}"))
+            .count();
+        let owned = d.metric("promshard_owned_services", &[]);
+        if owned != mine as f64 {
+            return Err(format!("promshard_owned_services {owned}, want {mine}"));
+        }
+        for (s, (o, _)) in owners {
+            let v = d.metric(
+                "promshard_service_owner",
+                &[("service", s), ("instance", o)],
+            );
+            let series = body
+                .matches(&format!("promshard_service_owner{{service=\"{s}\""))
+                .count();
+            if v != 1.0 || series != 1 {
+                return Err(format!(
+                    "{s}: owner {o} series {v}, {series} series in {body}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every delivery an instance's log records: (time, service, epoch).
     /// (Read from its log file: also of an instance killed since.)
     fn deliveries(&self, i: usize) -> Vec<(String, String, u64)> {
@@ -278,7 +315,7 @@ fn all_services() -> BTreeSet<String> {
 }
 
 #[test]
-#[ignore = "needs etcd"]
+#[ignore = "needs etcd and promtool"]
 fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
     let mut lab = Lab::new(4);
     for i in 0..3 {
@@ -300,6 +337,9 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
         lab.settled(&[0, 1, 2]).map(drop)
     })
     .unwrap_or_else(|e| lab.fail(&e));
+    lab.wait("the owners in /metrics", Duration::from_secs(5), || {
+        lab.owner_metrics(0, &three)
+    });
 
     // A fourth joins: about 3 services move, one at a time, none without
     // an owner at any revision.
