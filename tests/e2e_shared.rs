@@ -262,7 +262,7 @@ impl Lab {
         for (s, (o, _)) in owners {
             let v = d.metric(
                 "promshard_service_owner",
-                &[("service", s), ("instance", o)],
+                &[("service", s), ("owner", o)],
             );
             let series = body
                 .matches(&format!("promshard_service_owner{{service=\"{s}\""))

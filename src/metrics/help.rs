@@ -289,7 +289,7 @@ pub const METRICS: &[MetricDoc] = &[
     doc(
         "service_owner",
         Gauge,
-        "service, instance",
+        "service, owner",
         "1 for the instance that owns the service, as last seen in etcd (ha: mode shared)",
     ),
 ];

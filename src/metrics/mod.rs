@@ -697,7 +697,7 @@ impl RuleMetrics {
 fn owner_labels(service: &str, instance: &str) -> LabelSet {
     vec![
         ("service", service.to_string()),
-        ("instance", instance.to_string()),
+        ("owner", instance.to_string()),
     ]
 }
 
