@@ -260,10 +260,7 @@ impl Lab {
             return Err(format!("promshard_owned_services {owned}, want {mine}"));
         }
         for (s, (o, _)) in owners {
-            let v = d.metric(
-                "promshard_service_owner",
-                &[("service", s), ("owner", o)],
-            );
+            let v = d.metric("promshard_service_owner", &[("service", s), ("owner", o)]);
             let series = body
                 .matches(&format!("promshard_service_owner{{service=\"{s}\""))
                 .count();
@@ -271,6 +268,42 @@ impl Lab {
                 return Err(format!(
                     "{s}: owner {o} series {v}, {series} series in {body}"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok when instance `i` answers for every service as its owner
+    /// delivered it: `/api/v1/services` and `where` name the owner, the
+    /// status page counts what it owns, `/sd` answers for every service.
+    fn shows_owners(&self, i: usize, owners: &Owners) -> Result<(), String> {
+        let d = self.instance(i);
+        let v = d.json("/api/v1/services")?;
+        for (s, (o, e)) in owners {
+            let shown = &v["ha"]["owners"][s];
+            if shown["instance"] != o.as_str() || shown["epoch"] != *e {
+                return Err(format!("i{i}: {s} shown as {shown}, owner {o} epoch {e}"));
+            }
+            d.body(&format!("/sd/{s}/{}", NODES[0]))?;
+        }
+        let mine = owners
+            .values()
+            .filter(|(o, _)| *o == format!("i{i}"))
+            .count();
+        let page = d.body("/")?;
+        let line = format!("owns and delivers {mine} of {SERVICES} services");
+        if !page.contains(&line) || (mine > 0 && !page.contains("(this instance)")) {
+            return Err(format!("i{i}: the status page lacks {line:?}: {page}"));
+        }
+        let w = d.json("/api/v1/where?target=127.0.9.1:9100")?;
+        let answers = w["services"].as_array().cloned().unwrap_or_default();
+        if answers.len() != SERVICES {
+            return Err(format!("i{i}: where answered {w}"));
+        }
+        for a in &answers {
+            let s = a["service"].as_str().unwrap_or_default();
+            if owners.get(s).map(|(o, _)| o.as_str()) != a["owner"].as_str() {
+                return Err(format!("i{i}: where names owner {} for {s}", a["owner"]));
             }
         }
         Ok(())
@@ -340,6 +373,11 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
     lab.wait("the owners in /metrics", Duration::from_secs(5), || {
         lab.owner_metrics(0, &three)
     });
+    lab.wait(
+        "every instance to show every owner",
+        Duration::from_secs(5),
+        || (0..3).try_for_each(|i| lab.shows_owners(i, &three)),
+    );
 
     // A fourth joins: about 3 services move, one at a time, none without
     // an owner at any revision.

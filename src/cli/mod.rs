@@ -613,10 +613,14 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     }
     if let Some(ha) = &config.ha {
         println!(
-            "ok: ha cluster {} as instance {} on etcd {} (lease_ttl {}s; etcd not contacted)",
+            "ok: ha cluster {} as instance {} on etcd {} ({}lease_ttl {}s; etcd not contacted)",
             ha.name,
             ha.instance,
             ha.endpoints.join(", "),
+            match ha.mode {
+                crate::config::ha::HaMode::Shared => "mode shared, ",
+                crate::config::ha::HaMode::Leader => "",
+            },
             ha.lease_ttl.as_secs()
         );
     }
