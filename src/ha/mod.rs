@@ -241,8 +241,15 @@ impl Ha {
         self.keep(service, current);
         let published = lock(&self.published).get(service).cloned();
         let kept = lock(&self.kept).get(service).cloned();
+        let shared = self.cfg.mode == HaMode::Shared;
         match (published, kept) {
             (Some(p), Some((h, sd))) if p == h => Ok(sd),
+            (Some(_), _) if shared => Err(format!(
+                "this instance has not planned what the owner of {service:?} delivered; ask its owner"
+            )),
+            (None, _) if shared => {
+                Err(format!("no owner has published a plan for {service:?} yet"))
+            }
             (Some(_), _) => Err(format!(
                 "this instance is a standby and has not planned what the leader delivered for {service:?}; ask the leader"
             )),
