@@ -52,6 +52,7 @@ pub type Busy = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// Who owns a service, as last seen in etcd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceOwner {
+    /// The owning instance (`ha.instance`).
     pub instance: String,
     /// The owner key's revision: the owner's epoch for the service.
     pub epoch: u64,
