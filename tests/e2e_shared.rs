@@ -309,6 +309,31 @@ impl Lab {
         Ok(())
     }
 
+    /// Wait until every service of `theirs` (with the epoch it had) is
+    /// delivered anew on every node, by someone else; when each was.
+    fn taken_over(&self, what: &str, theirs: &BTreeMap<String, u64>) -> BTreeMap<String, Duration> {
+        let mut took = BTreeMap::new();
+        let start = Instant::now();
+        let within = 2 * TTL + Duration::from_secs(5);
+        poll_every(what, within, Duration::from_millis(10), || {
+            let markers = self.markers();
+            for (s, old) in theirs {
+                if !took.contains_key(s) && markers[s].iter().all(|m| m.is_some_and(|e| e > *old)) {
+                    took.insert(s.clone(), start.elapsed());
+                }
+            }
+            if took.len() == theirs.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "taken over: {took:?} of {theirs:?}; markers {markers:?}"
+                ))
+            }
+        })
+        .unwrap_or_else(|e| self.fail(&e));
+        took
+    }
+
     /// Every delivery an instance's log records: (time, service, epoch).
     /// (Read from its log file: also of an instance killed since.)
     fn deliveries(&self, i: usize) -> Vec<(String, String, u64)> {
@@ -327,6 +352,15 @@ impl Lab {
             })
             .collect()
     }
+}
+
+/// The services `owners` gives instance `i`, with their epochs.
+fn owned_by(owners: &Owners, i: usize) -> BTreeMap<String, u64> {
+    owners
+        .iter()
+        .filter(|(_, (o, _))| *o == format!("i{i}"))
+        .map(|(s, (_, e))| (s.clone(), *e))
+        .collect()
 }
 
 fn per_instance(owners: &Owners) -> BTreeMap<String, usize> {
@@ -400,11 +434,7 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
 
     // kill -9 one: its services are delivered by the others within 2 × TTL.
     let victim = 0;
-    let theirs: BTreeMap<String, u64> = four
-        .iter()
-        .filter(|(_, (i, _))| *i == format!("i{victim}"))
-        .map(|(s, (_, e))| (s.clone(), *e))
-        .collect();
+    let theirs = owned_by(&four, victim);
     let others: BTreeSet<String> = all_services()
         .into_iter()
         .filter(|s| !theirs.contains_key(s))
@@ -413,29 +443,7 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
     if let Some(mut p) = lab.instances[victim].take() {
         p.proc.kill();
     }
-    let mut took: BTreeMap<String, Duration> = BTreeMap::new();
-    let start = Instant::now();
-    poll_every(
-        "the killed instance's services delivered anew",
-        2 * TTL + Duration::from_secs(5),
-        Duration::from_millis(10),
-        || {
-            let markers = lab.markers();
-            for (s, old) in &theirs {
-                if !took.contains_key(s) && markers[s].iter().all(|m| m.is_some_and(|e| e > *old)) {
-                    took.insert(s.clone(), start.elapsed());
-                }
-            }
-            if took.len() == theirs.len() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "taken over: {took:?} of {theirs:?}; markers {markers:?}"
-                ))
-            }
-        },
-    )
-    .unwrap_or_else(|e| lab.fail(&e));
+    let took = lab.taken_over("the killed instance's services", &theirs);
     let slowest = took.values().max().copied().unwrap_or_default();
     eprintln!(
         "kill -9 of i{victim}: its {} services delivered by the others after {took:?} (slowest {slowest:?}, lease_ttl {TTL:?})",
@@ -465,31 +473,12 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
 
     // SIGSTOP one past its lease, SIGCONT: it delivers nothing stale.
     let paused = 1;
-    let held: BTreeMap<String, u64> = three_again
-        .iter()
-        .filter(|(_, (i, _))| *i == format!("i{paused}"))
-        .map(|(s, (_, e))| (s.clone(), *e))
-        .collect();
+    let held = owned_by(&three_again, paused);
     lab.instance(paused).proc.signal(libc::SIGSTOP);
-    let start = Instant::now();
-    lab.wait(
-        "the paused instance's services delivered by the others",
-        2 * TTL + Duration::from_secs(5),
-        || {
-            let markers = lab.markers();
-            match held
-                .iter()
-                .find(|(s, old)| !markers[*s].iter().all(|m| m.is_some_and(|e| e > **old)))
-            {
-                None => Ok(()),
-                Some((s, _)) => Err(format!("{s}: {:?}", markers[s])),
-            }
-        },
-    );
+    let took = lab.taken_over("the paused instance's services", &held);
     eprintln!(
-        "SIGSTOP of i{paused}: its {} services delivered by the others after {:?}",
+        "SIGSTOP of i{paused}: its {} services delivered by the others after {took:?}",
         held.len(),
-        start.elapsed()
     );
     let newest = lab
         .markers()
@@ -535,6 +524,23 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
         noticed,
         "the paused instance's log shows no lost lease: {after:?}"
     );
+
+    // SIGTERM revokes the lease: the others take over within a tick.
+    let resumed = lab.wait(
+        "12 services spread over 3 instances again",
+        Duration::from_secs(60),
+        || lab.settled(&[1, 2, 3]),
+    );
+    let stopping = 3;
+    let theirs = owned_by(&resumed, stopping);
+    lab.instance(stopping).proc.signal(libc::SIGTERM);
+    let took = lab.taken_over("the stopped instance's services", &theirs);
+    let slowest = took.values().max().copied().unwrap_or_default();
+    eprintln!(
+        "SIGTERM of i{stopping}: its {} services delivered by the others after {took:?}",
+        theirs.len()
+    );
+    assert!(slowest < TTL, "SIGTERM takeover took {slowest:?}");
 
     // No two writers: each (service, epoch) delivered by one instance, the
     // one etcd's owner key named at that revision, and never after a newer
