@@ -468,8 +468,19 @@ fn services_spread_move_one_at_a_time_and_fail_over_within_two_lease_ttls() {
         left >= theirs.len() && left <= theirs.len() + 2,
         "{left} moved on leave"
     );
-    // The others' services never lost their owner.
+    // The others' services never lost their owner, and those that stayed
+    // where they were kept their epochs.
     lab.no_gap(before_kill, lab.revision(), &others);
+    for s in &others {
+        let (before, after) = (&four[s], &three_again[s]);
+        assert!(
+            before.0 != after.0 || before.1 == after.1,
+            "{s} stayed on {} but its epoch went {} -> {}",
+            before.0,
+            before.1,
+            after.1
+        );
+    }
 
     // SIGSTOP one past its lease, SIGCONT: it delivers nothing stale.
     let paused = 1;
