@@ -2,7 +2,7 @@
 //! block and every service, with every problem collected before the
 //! answer is given (a [`Config`] only when there are none).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +53,10 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
             .map_err(|problems| problems.into_iter().for_each(|(k, m)| p.push(&k, m)))
             .ok()
     });
+    let shared = ha
+        .as_ref()
+        .is_some_and(|h| h.mode == super::ha::HaMode::Shared);
+    check_rules_dirs(&services, shared, &mut p);
     let dns_servers = check_dns(raw.dns.as_ref(), &mut p);
     let out_dir = base_dir.join(&raw.out_dir);
     p.check("out_dir", check_out_dir(&out_dir));
@@ -227,29 +231,46 @@ fn check_services(
         let service = p.under(&format!("{location}: "), |p| check_service(rs, base_dir, p));
         services.push(Arc::new(service));
     }
-    check_rules_dirs(&services, p);
     services
 }
 
-/// No two services deliver rule files to one directory: each keeps its
-/// manifest (which files are its own, to remove the ones it dropped) and
-/// epoch marker there, so they would delete each other's files, and under
-/// `ha.mode: shared` fence each other's deliveries (their epochs come from
-/// different owner keys).
-fn check_rules_dirs(services: &[Arc<Service>], p: &mut Problems) {
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    for (i, s) in services.iter().enumerate() {
-        let Some(dir) = s.rules.as_ref().and_then(|r| r.dir.as_deref()) else {
-            continue;
-        };
-        if dir.contains("{service}") {
-            continue;
-        }
-        if let Some(first) = seen.insert(dir, &s.name) {
+/// No two services deliver different rule files to one directory of a
+/// node they share: each keeps its manifest (the files that are its own,
+/// to remove those it dropped) there, so each would remove the other's
+/// files. Under `ha.mode: shared` not even the same files: the epoch marker
+/// there is per directory and the two owners' epochs come from different
+/// owner keys, so they would fence each other. Nodes from a script are not
+/// known here and not compared.
+fn check_rules_dirs(services: &[Arc<Service>], shared: bool, p: &mut Problems) {
+    fn dir_of(s: &Service) -> Option<(&str, &super::Rules)> {
+        let r = s.rules.as_ref()?;
+        r.dir
+            .as_deref()
+            .filter(|d| !d.contains("{service}"))
+            .map(|d| (d, r))
+    }
+    for (i, b) in services.iter().enumerate() {
+        let Some((dir, rb)) = dir_of(b) else { continue };
+        let clash = services[..i].iter().find(|a| {
+            dir_of(a).is_some_and(|(d, ra)| {
+                let same_place = !d.contains("{node}")
+                    || a.nodes
+                        .iter()
+                        .any(|n| b.nodes.iter().any(|m| m.addr == n.addr));
+                d == dir && same_place && (shared || ra.files != rb.files)
+            })
+        });
+        if let Some(a) = clash {
+            let why = if shared {
+                "under ha.mode: shared their owners' epochs would fence each other's deliveries"
+            } else {
+                "their rule files differ, so each would remove the other's"
+            };
             p.push(
-                &format!("services[{i}] {:?}: rules.dir", s.name),
+                &format!("services[{i}] {:?}: rules.dir", b.name),
                 format!(
-                    "{dir:?} is also service {first:?}'s rules directory; each service needs its own (put {{service}} in it): one service's manifest and epoch marker there would remove or fence the other's rule files"
+                    "{dir:?} is also service {:?}'s rules directory on a node both have; {why}: put {{service}} in it",
+                    a.name
                 ),
             );
         }
