@@ -389,6 +389,43 @@ fn plan_writes_nothing_and_shows_movement() {
 }
 
 #[test]
+fn plan_instances_shows_the_shared_spread_of_the_services() {
+    let dir = Dir::new();
+    let n = nodes(2);
+    let services: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("s{i}"), "scripts/svc.rhai".to_string()))
+        .collect();
+    let list: Vec<(&str, &str, &str)> = services
+        .iter()
+        .map(|(s, p)| (s.as_str(), p.as_str(), ""))
+        .collect();
+    dir.config(&config_yaml(&strs(&n), &list));
+    dir.write(
+        "scripts/svc.rhai",
+        "fn targets(ctx) { [\"10.0.0.1:9100\", \"10.0.0.2:9100\"] }\n",
+    );
+    let run = dir.run(&["plan", "--instances", "3"]).success();
+    run.stdout_has(&["6 services over 3 instances"]);
+    let out = run.stdout.clone();
+    for i in 1..=3 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("instance-{i}:")))
+            .unwrap_or_else(|| panic!("no line for instance-{i}: {out}"));
+        assert!(line.contains("2 services, weight 4"), "{line}");
+    }
+    dir.run(&["plan", "--instances", "a,b"])
+        .success()
+        .stdout_has(&["  a: 3 services", "  b: 3 services"]);
+    dir.run(&["plan", "--instances", "0"])
+        .failure()
+        .stderr_has(&["--instances 0"]);
+    dir.run(&["once", "--instances", "2"])
+        .failure()
+        .stderr_has(&["only previews a spread with `plan`"]);
+}
+
+#[test]
 fn check_names_file_and_line_of_script_syntax_errors() {
     let dir = Dir::new();
     let n = nodes(2);

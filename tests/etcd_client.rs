@@ -25,6 +25,7 @@ fn config(endpoints: Vec<String>) -> HaConfig {
         name: "t".into(),
         lease_ttl: Duration::from_secs(5),
         instance: "i".into(),
+        mode: Default::default(),
     }
 }
 

@@ -168,6 +168,10 @@ pub struct PlanArgs {
     /// `plan` only: show what draining this node would move (repeatable).
     #[arg(long, value_name = "NODE")]
     pub drain: Vec<String>,
+    /// `plan` only: show how `ha.mode: shared` would spread the services
+    /// over N instances, or over these comma-separated instance names.
+    #[arg(long, value_name = "N|NAMES")]
+    pub instances: Option<String>,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -347,6 +351,10 @@ async fn pass_command(
     if !options.dry_run && !args.drain.is_empty() {
         anyhow::bail!("--drain only previews a drain with `plan`; use `promshard drain NODE`");
     }
+    if !options.dry_run && args.instances.is_some() {
+        anyhow::bail!("--instances only previews a spread with `plan`");
+    }
+    let instances = args.instances.as_deref().map(instance_names).transpose()?;
     let config = Config::load(path)?;
     if config.ha.is_some() && !options.dry_run {
         anyhow::bail!(
@@ -399,8 +407,65 @@ async fn pass_command(
                 Err(e) => println!("service {name}: ERROR: {e}\n"),
             }
         }
+        if let Some(names) = &instances {
+            print_spread(names, &outcomes)?;
+        }
     }
     Ok(all_ok)
+}
+
+/// `--instances`: a count (named `instance-1` …) or comma-separated names.
+fn instance_names(arg: &str) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = match arg.trim().parse::<usize>() {
+        Ok(0) => anyhow::bail!("--instances 0: give at least one instance"),
+        Ok(n) => (1..=n).map(|i| format!("instance-{i}")).collect(),
+        Err(_) => arg
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    if names.is_empty() {
+        anyhow::bail!("--instances {arg:?}: give a number or comma-separated instance names");
+    }
+    Ok(names)
+}
+
+/// How `ha.mode: shared` would spread the planned services over `names`,
+/// weighted by the targets each plan computed.
+fn print_spread(
+    names: &[String],
+    outcomes: &[(String, Result<PassReport, PassError>)],
+) -> anyhow::Result<()> {
+    let services: Vec<(&str, Option<u64>)> = outcomes
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.as_ref().ok().map(|r| r.targets as u64)))
+        .collect();
+    let inst: Vec<&str> = names.iter().map(String::as_str).collect();
+    let owners = crate::shard::spread::spread(&inst, &services)?;
+    let counts: Vec<Option<u64>> = services.iter().map(|(_, t)| *t).collect();
+    let weights = crate::shard::spread::weights(&counts);
+    println!(
+        "ha.mode shared: {} services over {} instances (weight: targets rounded to a power of two)",
+        services.len(),
+        names.len()
+    );
+    for name in names {
+        let mine: Vec<(usize, &str)> = services
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| owners.get(*s) == Some(name))
+            .map(|(i, (s, _))| (i, *s))
+            .collect();
+        let weight: u64 = mine.iter().map(|(i, _)| u64::from(weights[*i])).sum();
+        let list: Vec<&str> = mine.iter().map(|(_, s)| *s).collect();
+        println!(
+            "  {name}: {} services, weight {weight}: {}",
+            mine.len(),
+            list.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Log what went wrong in one service's pass; whether nothing did (rule
@@ -548,10 +613,14 @@ fn check(path: &std::path::Path, args: &CheckArgs) -> anyhow::Result<bool> {
     }
     if let Some(ha) = &config.ha {
         println!(
-            "ok: ha cluster {} as instance {} on etcd {} (lease_ttl {}s; etcd not contacted)",
+            "ok: ha cluster {} as instance {} on etcd {} ({}lease_ttl {}s; etcd not contacted)",
             ha.name,
             ha.instance,
             ha.endpoints.join(", "),
+            match ha.mode {
+                crate::config::ha::HaMode::Shared => "mode shared, ",
+                crate::config::ha::HaMode::Leader => "",
+            },
             ha.lease_ttl.as_secs()
         );
     }
@@ -846,7 +915,7 @@ fn print_where(s: &serde_json::Value) {
         })
         .collect();
     println!(
-        "service {}: {} on {} (file {}){}, state {}{handovers}",
+        "service {}: {} on {} (file {}){}, state {}{handovers}{}",
         s["service"].as_str().unwrap_or(""),
         s["target"].as_str().unwrap_or(""),
         str_list(&s["assigned"]),
@@ -856,6 +925,10 @@ fn print_where(s: &serde_json::Value) {
             .map(|g| format!(", affinity group {g:?}"))
             .unwrap_or_default(),
         s["state"].as_str().unwrap_or("not observed"),
+        s["owner"]
+            .as_str()
+            .map(|o| format!(", delivered by instance {o}"))
+            .unwrap_or_default(),
     );
     for n in s["nodes"].as_array().into_iter().flatten() {
         print_where_node(n, s["observed_at"].is_null());

@@ -1,4 +1,5 @@
-//! The `ha:` block: which etcd to elect a leader on, and how fast a dead
+//! The `ha:` block: which etcd to elect a leader on (or, `mode: shared`, to
+//! spread the services' ownership over), and how fast a dead
 //! leader is replaced (`lease_ttl`). Parsed as written ([`RawHa`]) and
 //! checked once into [`HaConfig`], which the rest of the code trusts.
 
@@ -28,6 +29,8 @@ pub struct RawHa {
     lease_ttl: Option<String>,
     /// This instance's name in the election (default: host name and port).
     instance: Option<String>,
+    /// `leader` (default) or `shared`.
+    mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,6 +62,28 @@ pub struct HaConfig {
     pub name: String,
     pub lease_ttl: Duration,
     pub instance: String,
+    pub mode: HaMode,
+}
+
+/// How the instances of a cluster divide the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaMode {
+    /// One elected leader delivers every service; the others stand by.
+    #[default]
+    Leader,
+    /// Each service has its own owner, spread over the live instances.
+    Shared,
+}
+
+impl HaMode {
+    /// The name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaMode::Leader => "leader",
+            HaMode::Shared => "shared",
+        }
+    }
 }
 
 /// PEM contents of the `tls:` files, read when the config is checked.
@@ -79,6 +104,7 @@ impl fmt::Debug for HaConfig {
             .field("name", &self.name)
             .field("lease_ttl", &self.lease_ttl)
             .field("instance", &self.instance)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -149,6 +175,7 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
         }
         Some(Ok(d)) => d,
     };
+    let mode = check_mode(raw.mode.as_deref(), &mut p);
     if !p.is_empty() {
         return Err(p);
     }
@@ -159,7 +186,23 @@ pub fn check(raw: RawHa, base_dir: &Path, listen: SocketAddr) -> Result<HaConfig
         name,
         lease_ttl,
         instance,
+        mode,
     })
+}
+
+/// `ha.mode`: `leader` (the default) or `shared`.
+fn check_mode(mode: Option<&str>, p: &mut Vec<Problem>) -> HaMode {
+    match mode {
+        None | Some("leader") => HaMode::Leader,
+        Some("shared") => HaMode::Shared,
+        Some(other) => {
+            p.push((
+                "ha.mode".into(),
+                format!("{other:?}: use leader (one instance delivers every service) or shared (services spread over the instances)"),
+            ));
+            HaMode::Leader
+        }
+    }
 }
 
 /// `host:port` or `scheme://host:port` as a URL with the scheme `tls:`
@@ -317,6 +360,28 @@ mod tests {
         assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
         assert!(c.instance.ends_with(":9310"), "{}", c.instance);
         assert!(c.tls.is_none() && c.user.is_none());
+        assert_eq!(c.mode, HaMode::Leader);
+    }
+
+    #[test]
+    fn mode_is_leader_or_shared_and_anything_else_names_the_key() {
+        let with = |mode: &str| {
+            check(
+                raw(&format!(
+                    "{{etcd: {{endpoints: ['e:1']}}, name: n, mode: {mode}}}"
+                )),
+                Path::new("/"),
+                listen(),
+            )
+        };
+        assert_eq!(with("shared").unwrap().mode, HaMode::Shared);
+        assert_eq!(with("leader").unwrap().mode, HaMode::Leader);
+        let e = with("spread").unwrap_err();
+        assert_eq!(e[0].0, "ha.mode", "{e:?}");
+        assert!(
+            e[0].1.contains("\"spread\"") && e[0].1.contains("leader") && e[0].1.contains("shared"),
+            "{e:?}"
+        );
     }
 
     #[test]

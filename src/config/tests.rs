@@ -350,3 +350,43 @@ fn a_schedule_s_longest_interval_is_its_widest_gap() {
     let weekdays = parse_schedule("0 0 9 * * Mon-Fri").unwrap();
     assert_eq!(weekdays.longest_interval(), Duration::from_secs(3 * 86400));
 }
+
+#[test]
+fn two_services_with_one_rules_dir_on_a_shared_node_are_refused_naming_both() {
+    let svc = |name: &str, node: &str, files: &str, dir: &str| {
+        format!(
+            "  - name: {name}\n    script: scripts/node.rhai\n    nodes: [\"{node}\"]\n    \
+             push: {{kind: local, dest: \"/srv/{{node}}/{name}.json\"}}\n    \
+             rules: {{files: [{files}], dir: \"{dir}\"}}\n"
+        )
+    };
+    let ha = "ha: {etcd: {endpoints: ['e:1']}, name: n, mode: shared}\n";
+    let text = |top: &str, a: (&str, &str, &str), b: (&str, &str, &str)| {
+        format!(
+            "out_dir: out\n{top}services:\n{}{}",
+            svc("one", a.0, a.1, a.2),
+            svc("two", b.0, b.1, b.2)
+        )
+    };
+    let (n1, n2, d) = ("10.0.0.1:9090", "10.0.0.2:9090", "/srv/{node}/rules");
+    // Different files on a node both have: each would remove the other's.
+    let e = parse(&text("", (n1, "a.yml", d), (n1, "b.yml", d)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services[1] \"two\": rules.dir")
+            && e.contains("\"/srv/{node}/rules\" is also service \"one\"'s")
+            && e.contains("differ"),
+        "{e}"
+    );
+    // The same files: fine with a leader, not with two owners' epochs.
+    parse(&text("", (n1, "a.yml", d), (n1, "a.yml", d))).unwrap();
+    let e = parse(&text(ha, (n1, "a.yml", d), (n1, "a.yml", d)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fence each other"), "{e}");
+    // No node in common, or {service} in the path: their own directories.
+    parse(&text(ha, (n1, "a.yml", d), (n2, "b.yml", d))).unwrap();
+    let per = "/srv/{node}/rules/{service}";
+    parse(&text(ha, (n1, "a.yml", per), (n1, "b.yml", per))).unwrap();
+}

@@ -53,6 +53,10 @@ pub(super) fn check_config(path: &Path, mut raw: RawConfig) -> Result<Config, Ve
             .map_err(|problems| problems.into_iter().for_each(|(k, m)| p.push(&k, m)))
             .ok()
     });
+    let shared = ha
+        .as_ref()
+        .is_some_and(|h| h.mode == super::ha::HaMode::Shared);
+    check_rules_dirs(&services, shared, &mut p);
     let dns_servers = check_dns(raw.dns.as_ref(), &mut p);
     let out_dir = base_dir.join(&raw.out_dir);
     p.check("out_dir", check_out_dir(&out_dir));
@@ -228,4 +232,47 @@ fn check_services(
         services.push(Arc::new(service));
     }
     services
+}
+
+/// No two services deliver different rule files to one directory of a
+/// node they share: each keeps its manifest (the files that are its own,
+/// to remove those it dropped) there, so each would remove the other's
+/// files. Under `ha.mode: shared` not even the same files: the epoch marker
+/// there is per directory and the two owners' epochs come from different
+/// owner keys, so they would fence each other. Nodes from a script are not
+/// known here and not compared.
+fn check_rules_dirs(services: &[Arc<Service>], shared: bool, p: &mut Problems) {
+    fn dir_of(s: &Service) -> Option<(&str, &super::Rules)> {
+        let r = s.rules.as_ref()?;
+        r.dir
+            .as_deref()
+            .filter(|d| !d.contains("{service}"))
+            .map(|d| (d, r))
+    }
+    for (i, b) in services.iter().enumerate() {
+        let Some((dir, rb)) = dir_of(b) else { continue };
+        let clash = services[..i].iter().find(|a| {
+            dir_of(a).is_some_and(|(d, ra)| {
+                let same_place = !d.contains("{node}")
+                    || a.nodes
+                        .iter()
+                        .any(|n| b.nodes.iter().any(|m| m.addr == n.addr));
+                d == dir && same_place && (shared || ra.files != rb.files)
+            })
+        });
+        if let Some(a) = clash {
+            let why = if shared {
+                "under ha.mode: shared their owners' epochs would fence each other's deliveries"
+            } else {
+                "their rule files differ, so each would remove the other's"
+            };
+            p.push(
+                &format!("services[{i}] {:?}: rules.dir", b.name),
+                format!(
+                    "{dir:?} is also service {:?}'s rules directory on a node both have; {why}: put {{service}} in it",
+                    a.name
+                ),
+            );
+        }
+    }
 }

@@ -247,6 +247,26 @@ async fn where_is(State(shared): App, Query(q): Query<WhereQuery>) -> Response {
     } else {
         StatusCode::OK
     };
+    // Shared mode: each answer names the instance that delivers it.
+    let owners = (shared.ha.as_ref())
+        .map(|h| h.status().owners)
+        .filter(|o| !o.is_empty());
+    let Some(owners) = owners else {
+        return json(
+            status,
+            &serde_json::json!({ "target": target, "services": services }),
+        );
+    };
+    let services: Vec<serde_json::Value> = services
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(a).unwrap_or_default();
+            if let Some(o) = owners.get(&a.service) {
+                v["owner"] = serde_json::json!(o.instance);
+            }
+            v
+        })
+        .collect();
     json(
         status,
         &serde_json::json!({ "target": target, "services": services }),

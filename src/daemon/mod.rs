@@ -273,6 +273,10 @@ impl Shared {
             web: web::Web::default(),
         });
         if let Some(ha) = &shared.ha {
+            let weak = Arc::downgrade(&shared);
+            ha.set_busy(Arc::new(move |service: &str| {
+                weak.upgrade().is_some_and(|s| s.busy(service))
+            }));
             shutdown.spawn(Arc::clone(ha).run(shutdown.token().clone()));
             shutdown.spawn(follow_ha(Arc::clone(ha), Arc::clone(&shared)));
         }
@@ -360,18 +364,32 @@ impl Shared {
 }
 
 /// Follow the election: metrics, and a pass of every service on a change
-/// of role (a new leader delivers at once; a standby plans at once).
+/// of role (a new leader delivers at once; a standby plans at once). In
+/// shared mode, a pass of each service whose ownership here changed.
 async fn follow_ha(ha: Arc<crate::ha::Ha>, shared: Arc<Shared>) {
     let mut changes = ha.subscribe();
     let mut role = None;
+    let mut owned = BTreeMap::new();
     loop {
         let status = changes.borrow_and_update().clone();
         shared.metrics.ha(&status);
-        if role.replace(status.role) != Some(status.role) {
-            let names: Vec<String> = shared.runners.lock().await.keys().cloned().collect();
-            for name in names {
-                shared.trigger(&name, "ha role change").await;
-            }
+        let names: Vec<String> = if ha.ha_mode() == crate::ha::HaMode::Shared {
+            let changed = status
+                .owned
+                .iter()
+                .filter(|(s, e)| owned.get(*s) != Some(*e))
+                .chain(owned.iter().filter(|(s, _)| !status.owned.contains_key(*s)))
+                .map(|(s, _)| s.clone())
+                .collect();
+            owned.clone_from(&status.owned);
+            changed
+        } else if role.replace(status.role) != Some(status.role) {
+            shared.runners.lock().await.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for name in names {
+            shared.trigger(&name, "ha role change").await;
         }
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,

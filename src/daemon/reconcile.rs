@@ -65,6 +65,10 @@ impl Shared {
                 self.start(&mut runners, service).await;
             }
         }
+        if let Some(ha) = &self.ha {
+            // Shared mode spreads (and owns) only the running services.
+            ha.set_services(runners.keys().cloned());
+        }
     }
 
     /// Every service of `config`, drop-ins included (their `fn service()`

@@ -60,7 +60,7 @@ impl Shared {
         let standby = self
             .ha
             .as_ref()
-            .is_some_and(|ha| ha.status().role != crate::ha::Role::Leader);
+            .is_some_and(|ha| !ha.delivers(&service.name));
         if matches!(result, Err(PassError::AllNodesDown { .. })) && !standby {
             forget_deliveries(&config, service, LastResult::NodeDown);
         }
@@ -175,7 +175,8 @@ impl Shared {
         let result = run_pass(input, options, self.shutdown.token()).await;
         if let (Some(ha), Ok(r)) = (&self.ha, &result) {
             if let Some(epoch) = epoch {
-                ha.publish(&service.name, epoch, &r.plan_hash).await;
+                ha.publish(&service.name, epoch, &r.plan_hash, r.targets)
+                    .await;
             }
             ha.keep(&service.name, r);
         }
@@ -211,13 +212,14 @@ impl Shared {
     }
 
     /// With `ha:`, how this pass runs: a standby computes only (dry run);
-    /// a leader delivers, fenced, and resends every file on its first pass
-    /// of a term (what an earlier leader delivered is unknown).
+    /// a leader (or the service's owner) delivers, fenced, and resends
+    /// every file on its first pass of a term (what an earlier leader
+    /// delivered is unknown).
     fn ha_mode(&self, config: &Config, service: &Service) -> (PassOptions, Option<Fence>) {
         let Some(ha) = &self.ha else {
             return (PassOptions::default(), None);
         };
-        match ha.mode() {
+        match ha.mode(&service.name) {
             crate::ha::PassMode::Standby => (
                 PassOptions {
                     dry_run: true,

@@ -103,6 +103,9 @@ pub fn render(
 /// `ha:`: this instance's role, so nobody mistakes a standby's plan for
 /// what was delivered.
 fn ha_line(h: &mut String, ha: &crate::ha::HaStatus) {
+    if ha.mode == crate::ha::HaMode::Shared {
+        return shared_line(h, ha);
+    }
     let role = match ha.epoch {
         Some(e) => format!("<b>leader</b> (epoch {e}): writes and delivers"),
         None => format!(
@@ -120,6 +123,42 @@ fn ha_line(h: &mut String, ha: &crate::ha::HaStatus) {
             .map(|e| format!(" · <span class=bad>etcd: {}</span>", esc(e)))
             .unwrap_or_default()
     );
+}
+
+/// `ha.mode: shared`: how many services this instance owns, and the owner
+/// and epoch of every service as last seen in etcd.
+fn shared_line(h: &mut String, ha: &crate::ha::HaStatus) {
+    let _ = write!(
+        h,
+        "<p id=ha>HA cluster {} · instance {} · <b>shared</b>: owns and delivers {} of {} services{}</p>",
+        esc(&ha.cluster),
+        esc(&ha.instance),
+        ha.owned.len(),
+        ha.owners.len(),
+        ha.etcd_error
+            .as_deref()
+            .map(|e| format!(" · <span class=bad>etcd: {}</span>", esc(e)))
+            .unwrap_or_default()
+    );
+    if ha.owners.is_empty() {
+        return;
+    }
+    h.push_str("<table id=owners><tr><th>service</th><th>owner</th><th class=num>epoch</th></tr>");
+    for (service, o) in &ha.owners {
+        let here = if o.instance == ha.instance {
+            " (this instance)"
+        } else {
+            ""
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}{here}</td><td class=num>{}</td></tr>",
+            esc(service),
+            esc(&o.instance),
+            o.epoch
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// The answer to "which server scrapes this target?".
@@ -751,6 +790,7 @@ mod tests {
             sd: None,
             handover: Some(handover),
             plan_hash: String::new(),
+            epoch: None,
             placement_notes: Default::default(),
         }
     }

@@ -28,12 +28,16 @@
 //!   every pass reads them: a drained node stays drained when another
 //!   instance takes over.
 //!
+//! With `mode: shared` ([`shared`]) there is no leader: each service has
+//! its own owner, and the services spread over the live instances.
+//!
 //! etcd is reached through its v3 JSON gateway ([`etcd`]): plain HTTP(S)
 //! calls, so building promshard needs no protobuf compiler.
 
 pub mod etcd;
+pub mod shared;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -44,8 +48,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::ha::HaConfig;
+pub use crate::config::ha::{HaConfig, HaMode};
 pub use crate::pass::Fence;
+pub use shared::ServiceOwner;
 
 use crate::pass::{PassReport, SdSnapshot};
 
@@ -84,6 +89,9 @@ pub struct HaStatus {
     pub cluster: String,
     /// This instance.
     pub instance: String,
+    /// `leader` or `shared`.
+    pub mode: HaMode,
+    /// In shared mode: leader while it owns at least one service.
     pub role: Role,
     /// The epoch this instance leads with.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +102,12 @@ pub struct HaStatus {
     /// The last etcd error, until etcd answers again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_error: Option<String>,
+    /// Shared mode: the owner of each service, as last seen in etcd.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub owners: BTreeMap<String, ServiceOwner>,
+    /// Shared mode: the services owned here and their epochs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub owned: BTreeMap<String, u64>,
 }
 
 /// The leadership held: the lease and election key that prove it.
@@ -125,6 +139,8 @@ pub struct Ha {
     /// Per service, the last plan computed here that the leader delivered:
     /// its hash and `/sd` answer.
     kept: Mutex<HashMap<String, (String, Arc<SdSnapshot>)>>,
+    /// Shared mode: the services owned here and what decides them.
+    shared: Mutex<shared::State>,
 }
 
 type Campaign = Pin<Box<dyn Future<Output = Result<Option<LeaderKey>, etcd::Error>> + Send>>;
@@ -139,10 +155,13 @@ impl Ha {
         let (status, _) = watch::channel(HaStatus {
             cluster: cfg.name.clone(),
             instance: cfg.instance.clone(),
+            mode: cfg.mode,
             role: Role::Standby,
             epoch: None,
             leader: None,
             etcd_error: None,
+            owners: BTreeMap::new(),
+            owned: BTreeMap::new(),
         });
         Arc::new(Ha {
             cfg,
@@ -152,7 +171,13 @@ impl Ha {
             published: Mutex::new(HashMap::new()),
             passed: Mutex::new(HashMap::new()),
             kept: Mutex::new(HashMap::new()),
+            shared: Mutex::new(shared::State::default()),
         })
+    }
+
+    /// `ha.mode`.
+    pub fn ha_mode(&self) -> HaMode {
+        self.cfg.mode
     }
 
     pub fn status(&self) -> HaStatus {
@@ -164,8 +189,22 @@ impl Ha {
         self.status.subscribe()
     }
 
-    /// How a pass started now runs.
-    pub fn mode(self: &Arc<Self>) -> PassMode {
+    /// How a pass of `service` started now runs.
+    pub fn mode(self: &Arc<Self>, service: &str) -> PassMode {
+        if self.cfg.mode == HaMode::Shared {
+            let Some(epoch) = self.owned_epoch(service) else {
+                return PassMode::Standby;
+            };
+            let (ha, name) = (Arc::clone(self), service.to_string());
+            return PassMode::Leader(Fence {
+                epoch,
+                // Ok when etcd shows the owner key still ours at `epoch`.
+                confirm: Arc::new(move || {
+                    let (ha, name) = (Arc::clone(&ha), name.clone());
+                    Box::pin(async move { ha.confirm_owned(&name, epoch).await })
+                }),
+            });
+        }
         match &*lock(&self.term) {
             Some(t) => {
                 let (ha, epoch) = (Arc::clone(self), t.epoch);
@@ -202,8 +241,15 @@ impl Ha {
         self.keep(service, current);
         let published = lock(&self.published).get(service).cloned();
         let kept = lock(&self.kept).get(service).cloned();
+        let shared = self.cfg.mode == HaMode::Shared;
         match (published, kept) {
             (Some(p), Some((h, sd))) if p == h => Ok(sd),
+            (Some(_), _) if shared => Err(format!(
+                "this instance has not planned what the owner of {service:?} delivered; ask its owner"
+            )),
+            (None, _) if shared => {
+                Err(format!("no owner has published a plan for {service:?} yet"))
+            }
             (Some(_), _) => Err(format!(
                 "this instance is a standby and has not planned what the leader delivered for {service:?}; ask the leader"
             )),
@@ -213,10 +259,19 @@ impl Ha {
         }
     }
 
+    /// Whether this instance delivers `service` now (leads, or owns it).
+    pub fn delivers(&self, service: &str) -> bool {
+        match self.cfg.mode {
+            HaMode::Leader => self.status.borrow().role == Role::Leader,
+            HaMode::Shared => self.owned_epoch(service).is_some(),
+        }
+    }
+
     /// Remember `report`'s plan if it is the one the leader delivered.
     pub fn keep(&self, service: &str, report: &PassReport) {
+        self.planned(service);
         let Some(sd) = &report.sd else { return };
-        let delivered_here = !report.dry_run && self.status.borrow().role == Role::Leader;
+        let delivered_here = !report.dry_run && self.delivers(service);
         let published = lock(&self.published).get(service) == Some(&report.plan_hash);
         if delivered_here || published {
             lock(&self.kept).insert(
@@ -226,9 +281,17 @@ impl Ha {
         }
     }
 
-    /// Record in etcd the plan the leader just delivered (only while it
-    /// still holds the election key with `epoch`).
-    pub async fn publish(&self, service: &str, epoch: u64, plan_hash: &str) {
+    /// Record in etcd the plan the leader (or owner) just delivered, of
+    /// `targets` targets (only while it still holds `epoch`).
+    pub async fn publish(&self, service: &str, epoch: u64, plan_hash: &str, targets: usize) {
+        if self.cfg.mode == HaMode::Shared {
+            lock(&self.published).insert(service.to_string(), plan_hash.to_string());
+            if let Ok(client) = self.etcd() {
+                self.publish_owned(&client, service, epoch, plan_hash, targets)
+                    .await;
+            }
+            return;
+        }
         let Some(term) = lock(&self.term).clone().filter(|t| t.epoch == epoch) else {
             return;
         };
@@ -361,8 +424,15 @@ impl Ha {
             .map_err(|e| format!("granting a lease: {e}"))?
             .id;
         self.update(|s| s.etcd_error = None);
-        let held = self.hold(&client, lease, sent + ttl, shutdown).await;
+        let held = match self.cfg.mode {
+            HaMode::Shared => match self.register(&client, lease).await {
+                Ok(()) => self.hold(&client, lease, sent + ttl, shutdown).await,
+                Err(e) => Err(e),
+            },
+            HaMode::Leader => self.hold(&client, lease, sent + ttl, shutdown).await,
+        };
         self.set_term(None);
+        self.end_owned();
         let revoked = client
             .with_timeout(Duration::from_secs(1))
             .lease_revoke(lease)
@@ -385,7 +455,8 @@ impl Ha {
         mut valid_until: Instant,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
-        let mut campaign = Some(self.campaign(client, lease, Duration::ZERO));
+        let shared = self.cfg.mode == HaMode::Shared;
+        let mut campaign = (!shared).then(|| self.campaign(client, lease, Duration::ZERO));
         let mut tick = tokio::time::interval(self.cfg.lease_ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -428,7 +499,11 @@ impl Ha {
                             self.update(|s| s.etcd_error = Some(e.to_string()));
                         }
                     }
-                    self.refresh(client).await;
+                    if shared {
+                        self.shared_tick(client, lease).await;
+                    } else {
+                        self.refresh(client).await;
+                    }
                 }
             }
         }
@@ -470,7 +545,7 @@ impl Ha {
             let mut published = lock(&self.published);
             for kv in kvs {
                 let service = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-                published.insert(service, String::from_utf8_lossy(&kv.value).into_owned());
+                published.insert(service, shared::parse_plan(&kv.value).hash);
             }
         }
     }

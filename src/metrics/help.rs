@@ -280,6 +280,18 @@ pub const METRICS: &[MetricDoc] = &[
         "",
         "The epoch this instance leads with (ha:); absent on a standby",
     ),
+    doc(
+        "owned_services",
+        Gauge,
+        "",
+        "Services this instance owns and delivers (ha: mode shared)",
+    ),
+    doc(
+        "service_owner",
+        Gauge,
+        "service, owner",
+        "1 for the instance that owns the service, as last seen in etcd (ha: mode shared)",
+    ),
 ];
 
 /// The process metrics (no `promshard_` prefix, as every Prometheus

@@ -5,6 +5,7 @@
 //! and labels live in this one file. Names follow Prometheus conventions:
 //! `_total` for counters, base units (seconds).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
@@ -140,6 +141,11 @@ pub struct Metrics {
     pub leader: Family<LabelSet, Gauge>,
     pub ha_role: Family<LabelSet, Gauge>,
     pub ha_epoch: Family<LabelSet, Gauge>,
+    /// `ha.mode: shared` only.
+    pub owned_services: Family<LabelSet, Gauge>,
+    pub service_owner: Family<LabelSet, Gauge>,
+    /// The owner series set last, to remove them when the owner changes.
+    owners_shown: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -212,6 +218,9 @@ impl Metrics {
             leader: register(&mut registry, "leader", Family::default()),
             ha_role: register(&mut registry, "ha_role", Family::default()),
             ha_epoch: register(&mut registry, "ha_epoch", Family::default()),
+            owned_services: register(&mut registry, "owned_services", Family::default()),
+            service_owner: register(&mut registry, "service_owner", Family::default()),
+            owners_shown: std::sync::Mutex::new(BTreeMap::new()),
             registry,
             process,
         };
@@ -450,6 +459,34 @@ impl Metrics {
                 self.ha_epoch.remove(&Vec::new());
             }
         }
+        if s.mode == crate::ha::HaMode::Shared {
+            self.shared_owners(s);
+        }
+    }
+
+    /// `promshard_owned_services` and one `promshard_service_owner` series
+    /// per service, for its owner only (the old owner's series goes).
+    fn shared_owners(&self, s: &crate::ha::HaStatus) {
+        self.owned_services
+            .get_or_create(&Vec::new())
+            .set(i64::try_from(s.owned.len()).unwrap_or(i64::MAX));
+        let mut shown = self.owners_shown.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeMap<String, String> = s
+            .owners
+            .iter()
+            .map(|(svc, o)| (svc.clone(), o.instance.clone()))
+            .collect();
+        for (svc, inst) in shown.iter() {
+            if now.get(svc) != Some(inst) {
+                self.service_owner.remove(&owner_labels(svc, inst));
+            }
+        }
+        for (svc, inst) in &now {
+            self.service_owner
+                .get_or_create(&owner_labels(svc, inst))
+                .set(1);
+        }
+        *shown = now;
     }
 
     pub fn script_reload(&self, result: &'static str) {
@@ -657,6 +694,13 @@ impl RuleMetrics {
     }
 }
 
+fn owner_labels(service: &str, instance: &str) -> LabelSet {
+    vec![
+        ("service", service.to_string()),
+        ("owner", instance.to_string()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,6 +881,7 @@ mod tests {
             sd: None,
             handover: None,
             plan_hash: String::new(),
+            epoch: None,
             placement_notes: Default::default(),
         };
         m.record_pass("s", 2.0, &Ok(report));

@@ -50,6 +50,7 @@ pub(super) async fn deliver(
     cancel: &CancellationToken,
     now: u64,
 ) {
+    report.epoch = fence.map(|f| f.epoch);
     let pusher = Pusher::for_service(service);
     if !pusher.delivers() {
         return;

@@ -108,6 +108,9 @@ pub struct PassReport {
     /// Hash of every node's file name and content: equal hashes, same
     /// assignment (`ha:` standbys compare it with the leader's).
     pub plan_hash: String,
+    /// With `ha:`: the epoch the pass delivered with (none in a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// What placement could not do as asked, as last warned about.
     #[serde(skip)]
     pub placement_notes: PlacementNotes,
@@ -258,6 +261,7 @@ impl PassReport {
             sd: None,
             handover: None,
             plan_hash,
+            epoch: None,
             placement_notes: computed.placement_notes,
         }
     }
@@ -440,6 +444,7 @@ pub fn log_summary(r: &PassReport) {
         delivered = attempted - failed,
         delivery_failed = failed,
         departed = r.departed.len(),
+        epoch = r.epoch,
         duration_ms = r.duration_ms,
         "pass done"
     );

@@ -7,6 +7,7 @@
 //! - [`affinity`]: grouping targets that belong together
 //! - [`plan`]: targets + live nodes → per-node assignment and file names
 //! - [`names`]: file-name rules; [`render`]: file_sd content
+//! - [`spread`]: which `ha:` instance owns which service (shared mode)
 //! - [`assignment`]: the plan's compact target → nodes lookup
 //! - [`observation`]: what a server reported; [`audit`]: what the servers scrape against what was planned
 //! - [`weights`]: series weights learned from the servers
@@ -24,6 +25,7 @@ pub mod placement;
 pub mod plan;
 pub mod relabel;
 pub mod render;
+pub mod spread;
 pub mod target;
 pub mod template;
 pub mod time;

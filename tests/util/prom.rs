@@ -184,3 +184,38 @@ fn spawn(addr: &str, dir: &Path) -> ChildGuard {
         .expect("starting prometheus");
     ChildGuard::new(format!("prometheus {addr}"), child)
 }
+
+/// Ok when `promtool check metrics` accepts the exposition `body` without
+/// a word (no lint finding either); else what it said, with the body.
+pub fn check_metrics(body: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(super::tools::promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running promtool: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(body.as_bytes())
+        .map_err(|e| format!("feeding promtool: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool output: {e}"))?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics: {:?}\n{said}\n--- /metrics ---\n{body}",
+            out.status
+        ))
+    }
+}

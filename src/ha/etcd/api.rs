@@ -49,6 +49,10 @@ pub struct Range {
     /// Keys without their values.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keys_only: bool,
+    /// Read the keys as they were at this revision (0: now); etcd keeps
+    /// history until it is compacted.
+    #[serde(serialize_with = "ser_i64", skip_serializing_if = "is_zero")]
+    pub revision: i64,
 }
 
 impl Range {
