@@ -201,15 +201,7 @@ impl Lab {
             .instances
             .iter()
             .flatten()
-            .map(|p| {
-                let log = fs::read_to_string(&p.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(12).collect();
-                format!(
-                    "--- {} ---\n{}",
-                    p.log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
+            .map(|p| p.log_tail(12))
             .collect();
         panic!("{msg}\n{}", logs.join("\n"))
     }

@@ -116,12 +116,7 @@ impl Lab {
             .instances
             .iter()
             .flatten()
-            .map(|p| {
-                let log = p.log_text();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {} ---\n{}", p.log.display(), tail.join("\n"))
-            })
+            .map(|p| p.log_tail(15))
             .collect();
         panic!("{msg}\n{}", logs.join("\n"))
     }

@@ -406,8 +406,15 @@ impl Ha {
                 .all(|(svc, e)| s.first_done.get(svc) == Some(e))
     }
 
-    async fn acquire(&self, client: &Client, lease: i64, snap: &mut Snapshot, service: &str) {
-        let key = self.shared_key("owner", service).into_bytes();
+    /// Put `key` = this instance under `lease` unless the key exists; the
+    /// revision of the put when it was made.
+    async fn put_if_absent(
+        &self,
+        client: &Client,
+        key: String,
+        lease: i64,
+    ) -> Result<Option<u64>, super::etcd::Error> {
+        let key = key.into_bytes();
         let txn = Txn {
             compare: vec![Compare::CreateRevision(key.clone(), CompareOp::Equal, 0)],
             success: vec![Op::Put(Put {
@@ -417,9 +424,16 @@ impl Ha {
             })],
             failure: vec![],
         };
-        match client.txn(txn).await {
-            Ok(r) if r.succeeded => {
-                let epoch = r.header.revision as u64;
+        let r = client.txn(txn).await?;
+        Ok(r.succeeded.then_some(r.header.revision as u64))
+    }
+
+    async fn acquire(&self, client: &Client, lease: i64, snap: &mut Snapshot, service: &str) {
+        match self
+            .put_if_absent(client, self.shared_key("owner", service), lease)
+            .await
+        {
+            Ok(Some(epoch)) => {
                 tracing::info!(service, epoch, instance = %self.cfg.instance, "service acquired");
                 let owner = ServiceOwner {
                     instance: self.cfg.instance.clone(),
@@ -430,29 +444,22 @@ impl Ha {
                 s.owned.insert(service.to_string(), epoch);
                 s.unowned.remove(service);
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(service, error = %e, "etcd: cannot acquire the service"),
         }
     }
 
     async fn ask(&self, client: &Client, lease: i64, snap: &mut Snapshot, service: &str) {
-        let key = self.shared_key("ready", service).into_bytes();
-        let txn = Txn {
-            compare: vec![Compare::CreateRevision(key.clone(), CompareOp::Equal, 0)],
-            success: vec![Op::Put(Put {
-                key,
-                value: self.cfg.instance.clone().into_bytes(),
-                lease,
-            })],
-            failure: vec![],
-        };
-        match client.txn(txn).await {
-            Ok(r) if r.succeeded => {
+        match self
+            .put_if_absent(client, self.shared_key("ready", service), lease)
+            .await
+        {
+            Ok(Some(_)) => {
                 tracing::info!(service, instance = %self.cfg.instance, "ready to take the service over");
                 snap.ready
                     .insert(service.to_string(), self.cfg.instance.clone());
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(service, error = %e, "etcd: cannot ask for the service"),
         }
     }

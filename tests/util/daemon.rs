@@ -142,6 +142,14 @@ impl Promshard {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `n` lines of the log, headed by its path.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(n)..];
+        format!("--- {} ---\n{}", self.log.display(), tail.join("\n"))
+    }
+
     /// The log's JSON lines.
     pub fn log_lines(&self) -> Vec<Value> {
         self.log_text()
