@@ -445,10 +445,13 @@ fn print_spread(
     let owners = crate::shard::spread::spread(&inst, &services)?;
     let counts: Vec<Option<u64>> = services.iter().map(|(_, t)| *t).collect();
     let weights = crate::shard::spread::weights(&counts);
+    let plural = |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
     println!(
-        "ha.mode shared: {} services over {} instances (weight: targets rounded to a power of two)",
+        "ha.mode shared: {} {} over {} {} (weight: targets rounded to a power of two)",
         services.len(),
-        names.len()
+        plural(services.len(), "service", "services"),
+        names.len(),
+        plural(names.len(), "instance", "instances")
     );
     for name in names {
         let mine: Vec<(usize, &str)> = services
@@ -459,11 +462,13 @@ fn print_spread(
             .collect();
         let weight: u64 = mine.iter().map(|(i, _)| u64::from(weights[*i])).sum();
         let list: Vec<&str> = mine.iter().map(|(_, s)| *s).collect();
-        println!(
-            "  {name}: {} services, weight {weight}: {}",
-            mine.len(),
-            list.join(", ")
-        );
+        let noun = plural(mine.len(), "service", "services");
+        let of = if list.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", list.join(", "))
+        };
+        println!("  {name}: {} {noun}, weight {weight}{of}", mine.len());
     }
     Ok(())
 }
