@@ -202,6 +202,14 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
     // Before anything else: SIGHUP's default action kills the process, and
     // a reload (systemd's ExecReload) may come as soon as we are started.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Watched before the first load, so an edit made while starting is
+    // applied once the daemon runs instead of being missed.
+    let (config_tx, config_rx) = mpsc::unbounded_channel();
+    let config_watcher = watch_config(&config_path, config_tx)
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
+        )
+        .ok();
     let config = Arc::new(Config::load(&config_path)?);
     // Start-up takes only what a reload would: there is no last good
     // version of a script yet, so a missing or broken one stops the start.
@@ -235,7 +243,8 @@ pub async fn run(config_path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()>
         .await
         .context("starting the cron scheduler")?;
     log_start(&config, &shared).await;
-    shared.watch_until_shutdown(&mut hangup).await;
+    shared.watch_until_shutdown(&mut hangup, config_rx).await;
+    drop(config_watcher);
     tracing::info!("shutting down: finishing passes in progress");
     shared.stop_all().await;
     shutdown.finished().await;
@@ -309,19 +318,17 @@ impl Shared {
 
     /// Apply SIGHUP, config file edits, script and rule file edits until
     /// shutdown.
-    async fn watch_until_shutdown(self: &Arc<Self>, hangup: &mut tokio::signal::unix::Signal) {
+    async fn watch_until_shutdown(
+        self: &Arc<Self>,
+        hangup: &mut tokio::signal::unix::Signal,
+        mut config_rx: mpsc::UnboundedReceiver<()>,
+    ) {
         let (script_tx, mut script_rx) = mpsc::unbounded_channel();
         let mut script_watch = start_script_watch(self, &self.config(), &script_tx);
         // Rule files: a change wakes the services that deliver them.
         let (rules_tx, mut rules_rx) = mpsc::unbounded_channel();
         let mut rules_watch =
             RulesWatch::start(&self.running().await, rules_tx.clone(), &self.shutdown);
-        let (config_tx, mut config_rx) = mpsc::unbounded_channel();
-        let _config_watcher = watch_config(&self.config_path, config_tx)
-            .map_err(
-                |e| tracing::warn!(error = %e, "cannot watch the config file; use SIGHUP to reload"),
-            )
-            .ok();
         loop {
             let watched = crate::script::watch::watch_dirs(&self.config());
             tokio::select! {
