@@ -214,6 +214,28 @@ fn targets(ctx) {
         }
     }
 
+    /// `promshard once` when every node's file is as delivered: each node
+    /// `skipped-unchanged`, delivered by no new run, and no
+    /// `ansible-playbook` started at all.
+    fn once_with_nothing_to_deliver(&self, nodes: &[&str]) {
+        let once = self.once();
+        assert_eq!(once.code, Some(0), "{}", once.describe());
+        for node in nodes {
+            assert_eq!(
+                once.outcome(node),
+                ("skipped-unchanged".into(), false, 0),
+                "{node}\n{}",
+                once.describe()
+            );
+            assert_eq!(self.runs(node), 1, "{node} was delivered again");
+        }
+        assert!(
+            !once.stderr.contains("ansible-playbook run"),
+            "a pass with nothing changed started ansible-playbook:\n{}",
+            once.describe()
+        );
+    }
+
     /// How many playbook runs delivered to `node` (counted by `counted.yml`).
     fn runs(&self, node: &str) -> usize {
         let prefix = format!("run_{}.", flat(node));
@@ -354,22 +376,7 @@ fn three_nodes_receive_their_own_files_then_an_unchanged_rerun_runs_no_playbook(
     assert_eq!(f.recorded("host", "[fd00::3]:9092"), "fd00::3");
 
     // A new process (a restart) with nothing changed runs no playbook.
-    let second = f.once();
-    assert_eq!(second.code, Some(0), "{}", second.describe());
-    for node in NODES {
-        assert_eq!(
-            second.outcome(node),
-            ("skipped-unchanged".into(), false, 0),
-            "{node}\n{}",
-            second.describe()
-        );
-        assert_eq!(f.runs(node), 1, "{node} was delivered again");
-    }
-    assert!(
-        !second.stderr.contains("ansible-playbook run"),
-        "a playbook ran:\n{}",
-        second.describe()
-    );
+    f.once_with_nothing_to_deliver(&NODES);
 }
 
 const RULE: &str = "groups:\n  - name: web\n    rules:\n      - record: app:up:sum\n        expr: sum by (app) (up)\n";
@@ -1101,22 +1108,7 @@ fn over_ssh_every_host_gets_its_file_and_an_unchanged_pass_starts_no_ansible() {
     let runs = first.stderr.matches("ansible-playbook run").count();
     assert_eq!(runs, 1, "{}", first.describe());
 
-    let second = f.once();
-    assert_eq!(second.code, Some(0), "{}", second.describe());
-    for node in &nodes {
-        assert_eq!(
-            second.outcome(node),
-            ("skipped-unchanged".into(), false, 0),
-            "{}",
-            second.describe()
-        );
-        assert_eq!(f.runs(node), 1, "{node} was delivered again");
-    }
-    assert!(
-        !second.stderr.contains("ansible-playbook run"),
-        "a pass with nothing changed started ansible-playbook:\n{}",
-        second.describe()
-    );
+    f.once_with_nothing_to_deliver(&nodes);
 }
 
 /// The shipped playbook's module on its own, through `run_batch` with
